@@ -8,3 +8,5 @@ from .codec import TQCodec, pack_codes, unpack_codes, rotate, unrotate, default_
 from .layout import FORMAT_VERSION, TQCache, TQCacheLayout  # noqa: F401
 
 __version__ = "0.1.0"
+from . import ops  # noqa: F401,E402  (registers torch.ops.tqkv.*)
+from .api import compress_store, decode, dequantize, prefill  # noqa: F401,E402
