@@ -27,9 +27,12 @@ def nearest_codes(y: torch.Tensor, codebook: torch.Tensor, scale: torch.Tensor |
     code = #{j : t_j * scale < y}; a value exactly on a threshold takes the lower code.
     ``scale`` has y's shape without the last dim (None = 1)."""
     t = codebook_thresholds(codebook.to(device=y.device, dtype=torch.float32))
-    if scale is not None:
-        t = t * scale.unsqueeze(-1).unsqueeze(-1)  # [..., 1, 2^b - 1]
-    return (t < y.unsqueeze(-1)).sum(-1).to(torch.uint8)
+    if scale is None:
+        t = t.expand(*y.shape[:-1], t.shape[0])
+    else:
+        t = t * scale.to(torch.float32).unsqueeze(-1)  # [..., 2^b - 1], float32 multiply
+    # side="left": index = #{j : t_j < y}
+    return torch.searchsorted(t.contiguous(), y.contiguous(), side="left").to(torch.uint8)
 
 
 def quantize(x: torch.Tensor, signs: torch.Tensor, codebook: torch.Tensor):

@@ -1,0 +1,93 @@
+"""Helpers for tests and benchmarks: random paged caches and varlen batches.
+
+Everything is drawn fresh from the given generator (never zeros): random K/V compressed with
+the reference codec, a shuffled block table (so paging is really exercised), odd lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layout import TQCache
+from . import reference
+
+
+@dataclass
+class PagedBatch:
+    cache: TQCache
+    block_table: torch.Tensor  # int32 [B, max_blocks]
+    seqused_k: torch.Tensor  # int32 [B]
+    cu_seqlens_k: torch.Tensor  # int32 [B+1]
+    slot_mapping: torch.Tensor  # int64 [total_k]
+    key: torch.Tensor  # the original K [total_k, Hkv, D]
+    value: torch.Tensor
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; NaN/inf anywhere gives inf (never passes)."""
+    o, r = out.double(), ref.double()
+    if not bool(torch.isfinite(o).all()):
+        return float("inf")
+    den = float(r.norm())
+    return float((o - r).norm()) / (den if den > 0 else 1.0)
+
+
+def random_paged_batch(seqlens_k, num_kv_heads: int, head_dim: int, k_bits: int, v_bits: int,
+                       block_size: int = 16, *, device="cpu", dtype=torch.bfloat16,
+                       generator: torch.Generator | None = None, seed: int = 0,
+                       extra_blocks: int = 3, codec=None) -> PagedBatch:
+    """Compress random K/V for each sequence into a paged cache with a shuffled block table."""
+    g = generator or torch.Generator().manual_seed(seed)
+    lens = [int(x) for x in seqlens_k]
+    nblk = [(n + block_size - 1) // block_size for n in lens]
+    max_blocks = max(1, max(nblk))
+    num_blocks = sum(nblk) + extra_blocks
+    perm = torch.randperm(num_blocks, generator=g)
+    bt = torch.zeros(len(lens), max_blocks, dtype=torch.int32)
+    # unused table entries point at a real block: kernels must not read them anyway
+    bt.fill_(int(perm[-1]))
+    slots, used = [], 0
+    for b, n in enumerate(lens):
+        ids = perm[used:used + nblk[b]]
+        used += nblk[b]
+        bt[b, :nblk[b]] = ids.to(torch.int32)
+        t = torch.arange(n)
+        slots.append(ids[t // block_size].to(torch.int64) * block_size + t % block_size)
+    slot_mapping = torch.cat(slots) if slots else torch.zeros(0, dtype=torch.int64)
+    total = sum(lens)
+    key = (torch.randn(total, num_kv_heads, head_dim, generator=g) * 0.7 + 0.1).to(dtype)
+    value = torch.randn(total, num_kv_heads, head_dim, generator=g).to(dtype)
+    cache = TQCache.allocate(num_blocks, block_size, num_kv_heads, head_dim, k_bits, v_bits,
+                             codec=codec)
+    # poison the pool so reads of unwritten slots show up
+    cache.k_cache.random_(0, 256, generator=g)
+    cache.v_cache.random_(0, 256, generator=g)
+    cache.k_norm.fill_(float("nan"))
+    cache.v_norm.fill_(float("nan"))
+    c = cache.codec
+    reference.compress_store(key, value, *cache.tensors(), slot_mapping, c.k_signs, c.v_signs,
+                             c.k_codebook, c.v_codebook)
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lens, dtype=torch.int32), 0)
+    batch = PagedBatch(cache, bt, torch.tensor(lens, dtype=torch.int32), cu, slot_mapping, key,
+                       value)
+    if str(device) != "cpu":
+        batch = to_device(batch, device)
+    return batch
+
+
+def to_device(batch: PagedBatch, device) -> PagedBatch:
+    c = batch.cache
+    cache = TQCache(c.layout, c.codec.to(device), c.k_cache.to(device), c.v_cache.to(device),
+                    c.k_norm.to(device), c.v_norm.to(device))
+    return PagedBatch(cache, batch.block_table.to(device), batch.seqused_k.to(device),
+                      batch.cu_seqlens_k.to(device), batch.slot_mapping.to(device),
+                      batch.key.to(device), batch.value.to(device))
+
+
+def cu_seqlens(lens, device="cpu") -> torch.Tensor:
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor([int(x) for x in lens], dtype=torch.int32), 0)
+    return cu.to(device)
