@@ -125,7 +125,8 @@ def check_codebook(codebook: torch.Tensor, name: str = "codebook") -> int:
     if codebook.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(codebook.shape)}")
     n = codebook.numel()
-    bits = {4: 2, 16: 4, 256: 8}.get(n)
+    # comparisons (not a dict lookup) so symbolic sizes under torch.compile/opcheck work
+    bits = 2 if n == 4 else 4 if n == 16 else 8 if n == 256 else None
     if bits is None:
         raise ValueError(f"{name} must have 4, 16 or 256 entries (2, 4 or 8 bits), got {n}")
     if codebook.device.type != "meta" and not _is_fake(codebook):
