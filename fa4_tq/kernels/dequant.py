@@ -1,0 +1,236 @@
+"""Shared CuTeDSL decode helpers for the TurboQuant paged cache (prefill, decode, dequantize).
+
+What a kernel does with them (format v1, fa4_tq/codec):
+
+* codes are ascending-centroid indices packed LSB-first along a row of D elements
+  (4-bit: byte j = code[2j] | code[2j+1] << 4; 2-bit: 4 codes per byte, code[4j] in bits 0-1;
+  8-bit: one code per byte);
+* the dequantized value in rotated space is ``float(norm) * codebook[code]``.
+
+Decoding is a table lookup per *byte*: one byte of packed codes maps to 2 (4-bit), 4 (2-bit)
+or 1 (8-bit) bf16 values, so the table has 256 entries for every bit width and one lookup
+yields a whole bf16x2 word (4-bit), two words (2-bit) or half a word (8-bit). The table is
+built in shared memory by the kernel itself from the float32 codebook tensor (so custom
+codebooks work unchanged), rounded once to bf16 (RNE). The per-row norm is applied afterwards
+with one ``mul.rn.bf16x2`` per output word (two bf16 roundings in total; the reference rounds
+once — the difference is < 1 bf16 ulp per element and far inside the 1e-2 attention budget).
+
+Bank conflicts: a warp's 32 lookups hit random entries. The table is therefore replicated
+``replicas`` times with the replica index in the low word-address bits (word index =
+``entry * replicas + lane % replicas``), so lanes with different ``lane % replicas`` never
+share a bank for the same entry stride; ``replicas = 32`` makes every lookup conflict-free.
+
+All helpers take raw 32-bit shared-memory addresses (``smem_addr``) because the producer
+writes into FA4's 128B-swizzled K/V tiles with hand-computed addresses (``swizzled_offset``)
+and reads its own cp.async staging rows; raw PTX keeps the instruction count predictable.
+Loads/stores from shared memory are emitted with side effects so LLVM never moves them across
+``cp.async.wait_group`` / barriers.
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Int32, Int64, Float32, const_expr
+from cutlass.cutlass_dsl import T, dsl_user_op
+from cutlass._mlir.dialects import llvm
+
+LUT_ENTRIES = 256  # one entry per byte value, for every bit width
+
+
+def lut_entry_words(bits: int) -> int:
+    """32-bit words per table entry: 4-bit -> 1 (bf16x2), 2-bit -> 2 (4 x bf16), 8-bit -> 1
+    (bf16 in the low half)."""
+    return {2: 2, 4: 1, 8: 1}[bits]
+
+
+def lut_bytes(bits: int, replicas: int) -> int:
+    return LUT_ENTRIES * lut_entry_words(bits) * 4 * replicas
+
+
+# --------------------------------------------------------------------------- raw PTX wrappers
+def _i32(x, loc, ip):
+    return Int32(x).ir_value(loc=loc, ip=ip)
+
+
+@dsl_user_op
+def smem_addr(ptr: cute.Pointer, *, loc=None, ip=None) -> Int32:
+    """32-bit shared-state-space address of a shared-memory pointer."""
+    return Int32(ptr.toint(loc=loc, ip=ip))
+
+
+@dsl_user_op
+def ld_shared_b32(addr: Int32, *, loc=None, ip=None) -> Int32:
+    res = llvm.inline_asm(T.i32(), [_i32(addr, loc, ip)], "ld.shared.b32 $0, [$1];", "=r,r",
+                          has_side_effects=True, is_align_stack=False,
+                          asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+    return Int32(res)
+
+
+@dsl_user_op
+def ld_shared_v2(addr: Int32, *, loc=None, ip=None):
+    res = llvm.inline_asm(llvm.StructType.get_literal([T.i32()] * 2), [_i32(addr, loc, ip)],
+                          "ld.shared.v2.b32 {$0, $1}, [$2];", "=r,=r,r",
+                          has_side_effects=True, is_align_stack=False,
+                          asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+    return tuple(Int32(llvm.extractvalue(T.i32(), res, [i], loc=loc, ip=ip)) for i in range(2))
+
+
+@dsl_user_op
+def ld_shared_v4(addr: Int32, *, loc=None, ip=None):
+    res = llvm.inline_asm(llvm.StructType.get_literal([T.i32()] * 4), [_i32(addr, loc, ip)],
+                          "ld.shared.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,r",
+                          has_side_effects=True, is_align_stack=False,
+                          asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+    return tuple(Int32(llvm.extractvalue(T.i32(), res, [i], loc=loc, ip=ip)) for i in range(4))
+
+
+@dsl_user_op
+def st_shared_b32(addr: Int32, a: Int32, *, loc=None, ip=None) -> None:
+    llvm.inline_asm(None, [_i32(addr, loc, ip), _i32(a, loc, ip)],
+                    "st.shared.b32 [$0], $1;", "r,r", has_side_effects=True,
+                    is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
+@dsl_user_op
+def st_shared_v2(addr: Int32, a: Int32, b: Int32, *, loc=None, ip=None) -> None:
+    llvm.inline_asm(None, [_i32(addr, loc, ip), _i32(a, loc, ip), _i32(b, loc, ip)],
+                    "st.shared.v2.b32 [$0], {$1, $2};", "r,r,r", has_side_effects=True,
+                    is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
+@dsl_user_op
+def st_shared_v4(addr: Int32, a: Int32, b: Int32, c: Int32, d: Int32, *, loc=None,
+                 ip=None) -> None:
+    llvm.inline_asm(None, [_i32(addr, loc, ip), _i32(a, loc, ip), _i32(b, loc, ip),
+                           _i32(c, loc, ip), _i32(d, loc, ip)],
+                    "st.shared.v4.b32 [$0], {$1, $2, $3, $4};", "r,r,r,r,r",
+                    has_side_effects=True, is_align_stack=False,
+                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
+@dsl_user_op
+def cp_async_16(smem: Int32, gmem: Int64, src_bytes: Int32, *, loc=None, ip=None) -> None:
+    """16-byte cp.async global -> shared (L2 only: the packed codes are streamed once).
+    ``src_bytes`` = 16 copies, 0 reads nothing and zero-fills (the predicated-off case)."""
+    llvm.inline_asm(None, [_i32(smem, loc, ip), Int64(gmem).ir_value(loc=loc, ip=ip),
+                           _i32(src_bytes, loc, ip)],
+                    "cp.async.cg.shared.global [$0], [$1], 16, $2;", "r,l,r",
+                    has_side_effects=True, is_align_stack=False,
+                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
+@dsl_user_op
+def ld_global_bf16_pair(gmem: Int64, pred: Int32, *, loc=None, ip=None) -> Int32:
+    """Load one bf16 from global memory if ``pred`` != 0 (else 0) and return it broadcast to
+    both halves of a bf16x2 word (the operand of ``mul_bf16x2``)."""
+    res = llvm.inline_asm(
+        T.i32(), [Int64(gmem).ir_value(loc=loc, ip=ip), _i32(pred, loc, ip)],
+        "{\n\t.reg .b16 h;\n\t.reg .pred p;\n\tmov.b16 h, 0;\n\tsetp.ne.b32 p, $2, 0;\n\t"
+        "@p ld.global.nc.b16 h, [$1];\n\tmov.b32 $0, {h, h};\n\t}",
+        "=r,l,r", has_side_effects=True, is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+    return Int32(res)
+
+
+@dsl_user_op
+def mul_bf16x2(a: Int32, b: Int32, *, loc=None, ip=None) -> Int32:
+    res = llvm.inline_asm(T.i32(), [_i32(a, loc, ip), _i32(b, loc, ip)],
+                          "mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", has_side_effects=False,
+                          is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT,
+                          loc=loc, ip=ip)
+    return Int32(res)
+
+
+@dsl_user_op
+def cvt_bf16x2(lo: Float32, hi: Float32, *, loc=None, ip=None) -> Int32:
+    """Pack two float32 into bf16x2 (RNE); ``lo`` goes to bits 0-15."""
+    res = llvm.inline_asm(T.i32(), [Float32(hi).ir_value(loc=loc, ip=ip),
+                                    Float32(lo).ir_value(loc=loc, ip=ip)],
+                          "cvt.rn.bf16x2.f32 $0, $1, $2;", "=r,f,f", has_side_effects=False,
+                          is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT,
+                          loc=loc, ip=ip)
+    return Int32(res)
+
+
+@dsl_user_op
+def prmt(a: Int32, b: Int32, sel: int, *, loc=None, ip=None) -> Int32:
+    """prmt.b32 with an immediate selector: bytes of {b:a} (a = bytes 0-3)."""
+    res = llvm.inline_asm(T.i32(), [_i32(a, loc, ip), _i32(b, loc, ip)],
+                          f"prmt.b32 $0, $1, $2, {sel:#x};", "=r,r,r", has_side_effects=False,
+                          is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT,
+                          loc=loc, ip=ip)
+    return Int32(res)
+
+
+@dsl_user_op
+def byte_times(w: Int32, i: int, scale: int, base: Int32, *, loc=None, ip=None) -> Int32:
+    """``base + byte_i(w) * scale`` (one PRMT/BFE + one IMAD after ptxas)."""
+    res = llvm.inline_asm(
+        T.i32(), [_i32(w, loc, ip), _i32(base, loc, ip)],
+        f"{{\n\t.reg .b32 t;\n\tbfe.u32 t, $1, {8 * i}, 8;\n\tmad.lo.u32 $0, t, {scale}, $2;\n\t}}",
+        "=r,r,r", has_side_effects=False, is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+    return Int32(res)
+
+
+# --------------------------------------------------------------------------- table build
+def build_lut(mCodebook: cute.Tensor, lut_base: Int32, bits: int, replicas: int,
+              tidx: Int32, num_threads: int):
+    """Fill the byte -> bf16 table of one side in shared memory (all replicas).
+
+    Threads ``tidx`` in [0, num_threads) split the 256 entries; the caller must barrier
+    before the first lookup."""
+    for k in range(LUT_ENTRIES // num_threads):
+        e = tidx + k * num_threads
+        if bits == 4:
+            w0 = cvt_bf16x2(Float32(mCodebook[e & 15]), Float32(mCodebook[e >> 4]))
+            for r in range(replicas):
+                st_shared_b32(lut_base + (e * replicas + r) * 4, w0)
+        elif bits == 2:
+            w0 = cvt_bf16x2(Float32(mCodebook[e & 3]), Float32(mCodebook[(e >> 2) & 3]))
+            w1 = cvt_bf16x2(Float32(mCodebook[(e >> 4) & 3]), Float32(mCodebook[(e >> 6) & 3]))
+            for r in range(replicas):
+                st_shared_v2(lut_base + (e * replicas + r) * 8, w0, w1)
+        else:
+            w0 = cvt_bf16x2(Float32(mCodebook[e]), Float32(0.0))
+            for r in range(replicas):
+                st_shared_b32(lut_base + (e * replicas + r) * 4, w0)
+
+
+# --------------------------------------------------------------------------- decode
+def decode_word(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: int):
+    """Decode one 32-bit word of packed codes into bf16x2 words scaled by the norm.
+
+    ``lut_lane`` = table base + (lane % replicas) * entry bytes. Returns a list of
+    4 words (4-bit: 8 values), 8 words (2-bit: 16 values) or 2 words (8-bit: 4 values),
+    element order preserved (low half = lower element index)."""
+    out = []
+    if bits == 4:
+        for i in range(4):
+            v = ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane))
+            out.append(mul_bf16x2(v, norm2))
+    elif bits == 2:
+        for i in range(4):
+            v0, v1 = ld_shared_v2(byte_times(w, i, 8 * replicas, lut_lane))
+            out.append(mul_bf16x2(v0, norm2))
+            out.append(mul_bf16x2(v1, norm2))
+    else:
+        vals = [ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane)) for i in range(4)]
+        for i in range(2):
+            out.append(mul_bf16x2(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2))
+    return out
+
+
+def swizzled_offset_py(row: int, chunk: int, tile_rows: int) -> int:
+    """Byte offset of 8-element chunk ``chunk`` of row ``row`` inside one stage of an FA4 Sm90
+    bf16 K/V tile (128B-swizzle K-major atoms of 8 rows x 64 elements, tiled rows first).
+    Python twin of ``swizzled_offset`` for the layout check in the compile tests."""
+    atom_col, within = divmod(chunk, 8)
+    return atom_col * tile_rows * 128 + row * 128 + ((within ^ (row % 8)) * 16)
+
+
+def swizzled_offset(row: Int32, chunk: int, tile_rows: int) -> Int32:
+    atom_col = chunk // 8
+    within = chunk % 8
+    return atom_col * tile_rows * 128 + row * 128 + ((Int32(within) ^ (row & 7)) << 4)

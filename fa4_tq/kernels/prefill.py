@@ -1,0 +1,133 @@
+"""torch-facing prefill over the TurboQuant paged cache (``torch.ops.tqkv.prefill`` on CUDA).
+
+``prefill_cuda`` is called by fa4_tq/ops.py after fa4_tq/validate.py checked the arguments.
+Steps (all on the current stream, no host syncs, only caching-allocator allocations, so the
+call is CUDA-graph capturable once its kernel is compiled):
+
+1. q -> bf16 in K's rotated space: one float32 GEMM (fa4_tq/kernels/rotation.py) when
+   ``rotate_query``; fp16 queries are computed as bf16 (the kernel's K/V tiles are bf16 and
+   wgmma needs equal operand types; the bf16 rounding of q costs ~2^-9 relative error);
+2. PrefillSm90 (fa4_tq/kernels/prefill_sm90.py) reads the packed cache directly;
+3. out <- out @ R_v^T (float32 GEMM) when ``unrotate_output``, cast to q.dtype.
+
+Compiled kernels are cached per ``PrefillSm90Config`` (every code-changing parameter:
+head_dim, bits, GQA ratio, mask kind, window presence, tiles, staging, table replication,
+register split); the first call for a config compiles (~5-10 s), later calls do not.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .rotation import apply_rotation, rotation_matrix
+
+_ARCH_ENV = {"CUTE_DSL_ARCH": "sm_90a", "FLASH_ATTENTION_ARCH": "sm_90"}
+_compiled: dict = {}
+
+
+def _ensure_arch_env() -> None:
+    # CuTeDSL/FA4 read the target arch at import/compile time; keep an explicit choice.
+    for k, v in _ARCH_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def canonical_mask(causal: bool, window_left: int, window_right: int):
+    """The op's (causal, window_left, window_right) -> FA4's (causal, local, wl|None, wr|None).
+
+    Same rule as FA4's interface: -1 means unlimited; causal means window_right = 0; a causal
+    mask without a left window is FA4's ``causal``, every other window is ``local``."""
+    wl = None if window_left < 0 else int(window_left)
+    wr = None if window_right < 0 else int(window_right)
+    if causal:
+        wr = 0
+    if wl is None and wr is None:
+        return False, False, None, None
+    if wl is None and wr == 0:
+        return True, False, None, None
+    return False, True, wl, wr
+
+
+def _bits(codebook: torch.Tensor) -> int:
+    return {4: 2, 16: 4, 256: 8}[codebook.numel()]
+
+
+def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right):
+    from .prefill_sm90 import make_config
+    hq, d = q.shape[1], q.shape[2]
+    hkv = k_cache.shape[2]
+    c, local, wl, wr = canonical_mask(causal, window_left, window_right)
+    return make_config(d, _bits(k_codebook), _bits(v_codebook), hq // hkv, c, local,
+                       wl is not None, wr is not None), wl, wr
+
+
+def _to_cute(t, align, leading_dim=-1):
+    from flash_attn.cute.cute_dsl_utils import to_cute_tensor
+    return to_cute_tensor(t, assumed_align=align, leading_dim=leading_dim)
+
+
+def _compile(cfg, args):
+    import cutlass.cute as cute
+    from flash_attn.cute.interface import _compile_options  # noqa: F401  (FA4 import check)
+    from .prefill_sm90 import PrefillSm90
+    (q, kc, vc, kn, vn, kcb, vcb, out, lse, scale, cu_q, seqused_k, bt, wl, wr) = args
+    stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+    return cute.compile(
+        PrefillSm90(cfg), _to_cute(q, 16), _to_cute(kc, 16), _to_cute(vc, 16),
+        _to_cute(kn, 4), _to_cute(vn, 4), _to_cute(kcb, 4, 0), _to_cute(vcb, 4, 0),
+        _to_cute(out, 16), _to_cute(lse, 4), scale, _to_cute(cu_q, 4, 0),
+        _to_cute(seqused_k, 4, 0), _to_cute(bt, 4, 1), wl, wr, stream,
+        options="--enable-tvm-ffi")
+
+
+def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table, seqused_k,
+                 k_codebook, v_codebook, k_signs, v_signs, max_seqlen_q, softmax_scale, causal,
+                 window_left, window_right, rotate_query, unrotate_output, *, backend="auto",
+                 kernel_out=None, kernel_lse=None):
+    """(out [total_q, Hq, D] in q.dtype, lse float32 [Hq, total_q]); see fa4_tq/ops.py.
+
+    ``kernel_out`` (bf16 [total_q, Hq, D]) / ``kernel_lse`` (fp32 [Hq, total_q]) are optional
+    buffers for the kernel's raw output (rotated space); tests pass NaN-poisoned ones to prove
+    every element is written."""
+    if backend == "sm80":
+        raise NotImplementedError("tqkv.prefill: backend='sm80' — sm80 prefill not implemented "
+                                  "yet (use backend='sm90' on Hopper)")
+    if backend not in ("auto", "sm90"):
+        raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if major != 9:
+        raise NotImplementedError(f"tqkv.prefill: the sm90 prefill kernel needs a Hopper GPU "
+                                  f"(compute capability 9.x), got {major}.{minor}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("q", q)):
+        if t.data_ptr() % 16:
+            raise ValueError(f"tqkv.prefill: {name} must be 16-byte aligned (cp.async/TMA)")
+    cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
+                             window_right)  # raises NotImplementedError for head_dim 256
+    _ensure_arch_env()
+
+    total_q, hq, d = q.shape
+    out_dtype = q.dtype
+    if rotate_query:
+        qk = apply_rotation(q.to(torch.bfloat16) if q.dtype != torch.bfloat16 else q,
+                            rotation_matrix(k_signs))
+    else:
+        qk = q.to(torch.bfloat16)
+    qk = qk.contiguous()
+    out = kernel_out if kernel_out is not None else torch.empty(
+        total_q, hq, d, dtype=torch.bfloat16, device=q.device)
+    lse = kernel_lse if kernel_lse is not None else torch.empty(
+        hq, total_q, dtype=torch.float32, device=q.device)
+    if total_q == 0:
+        return out.to(out_dtype), lse
+    kn = k_norm.view(torch.int16)
+    vn = v_norm.view(torch.int16)
+    args = (qk, k_cache, v_cache, kn, vn, k_codebook, v_codebook, out, lse,
+            float(softmax_scale), cu_seqlens_q, seqused_k, block_table, wl, wr)
+    fn = _compiled.get(cfg)
+    if fn is None:
+        fn = _compiled[cfg] = _compile(cfg, args)
+    fn(*args)
+    if unrotate_output:
+        out = apply_rotation(out, rotation_matrix(v_signs, inverse=True))
+    return out.to(out_dtype), lse

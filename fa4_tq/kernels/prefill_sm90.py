@@ -1,0 +1,633 @@
+"""PrefillSm90: FlashAttention-4's Hopper forward reading the TurboQuant paged cache directly.
+
+Design (see docs/prefill-sm90-notes.md for the measured history):
+
+* Consumers (2 warpgroups, 128-row Q tile) are FA4's ``FlashAttentionForwardSm90.mma``
+  unchanged: wgmma QK^T and PV from bf16 K/V tiles in FA4's 128B-swizzled shared memory,
+  online softmax, causal/local masking (bottom-right), LSE, TMA epilogue.
+* The producer warpgroup (128 threads) replaces FA4's TMA/cp.async K/V loads. Thread t owns
+  row t of every 128-row K/V tile:
+    1. cp.async its packed code row (D*bits/8 bytes) from the paged cache into a private
+       staging ring ``stage_slots`` blocks ahead (row-major per 16B chunk, conflict-free),
+       and prefetch its bf16 norm into a register (rows past seqlen_k get norm 0 and are
+       never read);
+    2. when the block's cp.async group has landed: one LDS.128 per 16 code bytes, a
+       byte -> bf16 table lookup (shared-memory table built per CTA from the codebook tensor,
+       replicated to avoid bank conflicts; fa4_tq/kernels/dequant.py), one bf16x2 multiply
+       by the norm, one STS.128 per 8 elements into the swizzled K or V stage;
+    3. ``fence.proxy.async`` + mbarrier arrive (PipelineAsync) so the consumers' wgmma sees
+       the tile.
+* Q is loaded by TMA (FA4's path), O stored by TMA; varlen Q (cu_seqlens_q) only.
+
+The class keeps FA4's configuration machinery (tile sizes, smem layouts, tiled MMAs, masks,
+tile scheduler) and overrides only ``__call__`` (packed K/V, norms and codebooks as
+arguments), the kernel entry (PipelineAsync for K/V, staging + table smem) and the producer.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import cuda.bindings.driver as cuda
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, Int64, const_expr
+from cutlass.cute.nvgpu import cpasync
+from cutlass.utils import LayoutEnum
+from cutlass import pipeline
+from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
+from cutlass.cute import FastDivmodDivisorV2
+
+from quack import copy_utils, layout_utils, sm90_utils
+
+from flash_attn.cute import utils as fa_utils
+from flash_attn.cute import pipeline as pipeline_custom
+from flash_attn.cute.block_info import BlockInfo
+from flash_attn.cute.cute_dsl_utils import assume_tensor_aligned
+from flash_attn.cute.flash_fwd_sm90 import FlashAttentionForwardSm90
+from flash_attn.cute.mask import AttentionMask
+from flash_attn.cute.seqlen_info import SeqlenInfoQK
+from flash_attn.cute.tile_scheduler import SingleTileVarlenScheduler, TileSchedulerArguments
+from flash_attn.cute.utils import AuxData
+
+from . import dequant as dq
+
+SMEM_CAPACITY = 227 * 1024  # H100 max dynamic shared memory per block
+SMEM_RESERVE = 2048  # mbarriers + alignment padding of the struct
+PRODUCER_THREADS = 128
+LUT_BARRIER_ID = 7  # FA4's forward uses named barriers 1..6
+
+
+@dataclass(frozen=True)
+class PrefillSm90Config:
+    """Everything that changes the generated code; also the compile-cache key."""
+
+    head_dim: int
+    k_bits: int
+    v_bits: int
+    qhead_per_kvhead: int
+    causal: bool  # FA4 canonical form: causal without a left window
+    local: bool  # any other window
+    has_window_left: bool
+    has_window_right: bool
+    tile_m: int = 128
+    tile_n: int = 128
+    num_stages: int = 2
+    stage_slots: int = 2  # packed-code staging blocks per side
+    k_lut_replicas: int = 16
+    v_lut_replicas: int = 16
+    consumer_regs: int = 224
+    producer_regs: int = 64
+
+    @property
+    def name(self) -> str:
+        mask = "causal" if self.causal else ("local" if self.local else "full")
+        return (f"prefill_sm90_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
+                f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}")
+
+    def k_row_bytes(self) -> int:
+        return self.head_dim * self.k_bits // 8
+
+    def v_row_bytes(self) -> int:
+        return self.head_dim * self.v_bits // 8
+
+    def staging_bytes(self) -> int:
+        return self.stage_slots * self.tile_n * (self.k_row_bytes() + self.v_row_bytes())
+
+    def smem_bytes(self) -> int:
+        d = self.head_dim
+        tiles = 2 * (self.tile_m * d + 2 * self.num_stages * self.tile_n * d)
+        luts = (dq.lut_bytes(self.k_bits, self.k_lut_replicas)
+                + dq.lut_bytes(self.v_bits, self.v_lut_replicas))
+        return tiles + self.staging_bytes() + luts + SMEM_RESERVE
+
+
+def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
+                local: bool, has_window_left: bool, has_window_right: bool) -> PrefillSm90Config:
+    """Pick staging depth and table replication that fit in shared memory (the documented
+    heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
+    replication <= 32 that fits, K and V alike)."""
+    if head_dim not in (64, 128):
+        raise NotImplementedError(
+            f"PrefillSm90: head_dim {head_dim} is not implemented (64 and 128 are). head_dim 256 "
+            f"would need FA4's 128x80 tile (tile_n=80 breaks the one-row-per-producer-thread "
+            f"mapping) and Q 64 KB + 2x(K+V) 80 KB leaves no room for code staging; it needs "
+            f"single-stage K/V or aliased staging")
+    base = dict(head_dim=head_dim, k_bits=k_bits, v_bits=v_bits,
+                qhead_per_kvhead=qhead_per_kvhead, causal=causal, local=local,
+                has_window_left=has_window_left, has_window_right=has_window_right)
+    for slots in (2, 1):
+        for rep in (32, 16, 8, 4, 2, 1):
+            cfg = PrefillSm90Config(**base, stage_slots=slots, k_lut_replicas=rep,
+                                    v_lut_replicas=rep)
+            if cfg.smem_bytes() <= SMEM_CAPACITY and (slots == 1 or rep >= 8):
+                return cfg
+    raise NotImplementedError(f"PrefillSm90: no shared-memory fit for {base}")
+
+
+class PrefillSm90(FlashAttentionForwardSm90):
+    """FA4 Sm90 forward whose producer dequantizes the TurboQuant paged cache."""
+
+    def __init__(self, cfg: PrefillSm90Config):
+        super().__init__(
+            cutlass.BFloat16, cfg.head_dim, cfg.head_dim, cfg.qhead_per_kvhead,
+            is_causal=cfg.causal, is_local=cfg.local, pack_gqa=False, tile_m=cfg.tile_m,
+            tile_n=cfg.tile_n, num_stages=cfg.num_stages, num_threads=384, Q_in_regs=False,
+            intra_wg_overlap=True, mma_pv_is_rs=True, paged_kv_non_tma=True)
+        assert cfg.tile_n == PRODUCER_THREADS, "one K/V row per producer thread"
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ shared memory
+    def _get_shared_storage_cls(self):
+        cfg = self.cfg
+        sQ_struct, sK_struct, sV_struct = [
+            cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(layout)], 1024]
+            for layout in (self.sQ_layout, self.sK_layout, self.sV_layout)
+        ]
+        stage_struct = cute.struct.Align[
+            cute.struct.MemRange[cutlass.Uint8, cfg.staging_bytes()], 1024]
+        lutk_struct = cute.struct.Align[
+            cute.struct.MemRange[Int32, dq.lut_bytes(cfg.k_bits, cfg.k_lut_replicas) // 4], 128]
+        lutv_struct = cute.struct.Align[
+            cute.struct.MemRange[Int32, dq.lut_bytes(cfg.v_bits, cfg.v_lut_replicas) // 4], 128]
+        mbar_Q = cute.struct.MemRange[cutlass.Int64, 2]
+        mbar_K = cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
+        mbar_V = cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
+
+        @cute.struct
+        class SharedStorageTQ:
+            mbar_ptr_Q: mbar_Q
+            mbar_ptr_K: mbar_K
+            mbar_ptr_V: mbar_V
+            sV: sV_struct
+            sQ: sQ_struct
+            sK: sK_struct
+            sStage: stage_struct
+            sLutK: lutk_struct
+            sLutV: lutv_struct
+
+        return SharedStorageTQ
+
+    # ------------------------------------------------------------------ host side
+    @cute.jit
+    def __call__(
+        self,
+        mQ: cute.Tensor,  # (total_q, h, d) bf16, already rotated into K's space
+        mKC: cute.Tensor,  # (num_blocks, block_size, h_kv, d*k_bits/8) uint8
+        mVC: cute.Tensor,  # (num_blocks, block_size, h_kv, d*v_bits/8) uint8
+        mKN: cute.Tensor,  # (num_blocks, block_size, h_kv) bf16 bits as int16
+        mVN: cute.Tensor,
+        mKCB: cute.Tensor,  # (2**k_bits,) float32
+        mVCB: cute.Tensor,
+        mO: cute.Tensor,  # (total_q, h, d) bf16
+        mLSE: cute.Tensor,  # (h, total_q) float32
+        softmax_scale: Float32,
+        mCuSeqlensQ: cute.Tensor,  # (b + 1,) int32
+        mSeqUsedK: cute.Tensor,  # (b,) int32
+        mPageTable: cute.Tensor,  # (b, max_blocks) int32
+        window_size_left: Int32 | int | None = None,
+        window_size_right: Int32 | int | None = None,
+        stream: cuda.CUstream = None,
+    ):
+        self.varlen_q = True
+        mQ, mO = [assume_tensor_aligned(t) for t in (mQ, mO)]
+        mQ, mO = [layout_utils.select(t, [0, 2, 1]) for t in (mQ, mO)]  # (total_q, d, h)
+        mLSE = layout_utils.select(mLSE, [1, 0])  # (total_q, h)
+
+        tiled_mma_qk, tiled_mma_pv = self._get_tiled_mma()
+        self.num_mma_threads = tiled_mma_qk.size
+        self.num_threads_per_warp_group = 128
+        self.num_wg_mma = self.num_mma_threads // self.num_threads_per_warp_group
+        assert self.num_wg_mma == 2
+        self.num_threads = self.num_threads_per_warp_group * (self.num_wg_mma + 1)
+        self.num_producer_threads = 32  # only sizes FA4's (unused) gmem K/V tiled copies
+        self.num_Q_load_threads = self.num_threads_per_warp_group
+        self.num_epilogue_threads = self.num_mma_threads
+        self.num_mma_regs, self.num_producer_regs = self.cfg.consumer_regs, self.cfg.producer_regs
+        self.use_block_sparsity = False
+        self.use_scheduler_barrier = self.num_wg_mma >= 2 and self.tile_hdim <= 128
+        self.use_tma_Q = True
+        self.use_tma_O = True
+        self.rescale_O_before_gemm = self.tile_hdimv > 128 and self.intra_wg_overlap
+        self._setup_attributes()
+        self.sQ_layout, self.sK_layout, self.sV_layout, self.sO_layout = [
+            sm90_utils.make_smem_layout(self.dtype, LayoutEnum.ROW_MAJOR, shape, stage)
+            for shape, stage in [
+                ((self.tile_m, self.tile_hdim), None),
+                ((self.tile_n, self.tile_hdim), self.num_stages),
+                ((self.tile_n, self.tile_hdimv), self.num_stages),
+                ((self.tile_m, self.tile_hdimv), None),
+            ]
+        ]
+        self.sP_layout = None
+        SharedStorage = self._get_shared_storage_cls()
+        self.tma_copy_bytes = {
+            "Q": cute.size_in_bytes(self.dtype, cute.select(self.sQ_layout, mode=[0, 1]))
+        }
+        tma_atom_Q, tma_tensor_Q = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileG2SOp(), mQ, self.sQ_layout, (self.tile_m, self.tile_hdim))
+        mO_tma = copy_utils.create_ragged_tensor_for_tma(mO, ragged_dim=0, ptr_shift=True)
+        tma_atom_O, tma_tensor_O = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileS2GOp(), mO_tma, self.sO_layout,
+            (self.tile_m, self.tile_hdimv))
+        TileScheduler = SingleTileVarlenScheduler
+        tile_sched_args = TileSchedulerArguments(
+            cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m),
+            cute.size(mQ.shape[2]),
+            cute.size(mCuSeqlensQ.shape[0] - 1),
+            1,  # num_splits
+            mKC.shape[1] * mPageTable.shape[1],
+            mQ.shape[1],
+            mQ.shape[1],
+            total_q=cute.size(mQ.shape[0]),
+            tile_shape_mn=(self.tile_m, self.tile_n),
+            mCuSeqlensQ=mCuSeqlensQ,
+            mSeqUsedQ=None,
+            qhead_per_kvhead_packgqa=1,
+            element_size=self.dtype.width // 8,
+            is_persistent=False,
+            lpt=self.is_causal or self.is_local,
+        )
+        tile_sched_params = TileScheduler.to_underlying_arguments(tile_sched_args)
+        grid_dim = TileScheduler.get_grid_shape(tile_sched_params)
+        softmax_scale_log2, softmax_scale = fa_utils.compute_softmax_scale_log2(
+            softmax_scale, None)
+        window_size_left = Int32(window_size_left) if window_size_left is not None else None
+        window_size_right = Int32(window_size_right) if window_size_right is not None else None
+
+        self.kernel_tq(
+            tma_tensor_Q, mKC, mVC, mKN, mVN, mKCB, mVCB, tma_tensor_O, mLSE, mCuSeqlensQ,
+            mSeqUsedK, mPageTable, tma_atom_Q, tma_atom_O, softmax_scale_log2, softmax_scale,
+            window_size_left, window_size_right, self.sQ_layout, self.sK_layout,
+            self.sV_layout, self.sO_layout, self.gmem_tiled_copy_O, tiled_mma_qk,
+            tiled_mma_pv, tile_sched_params, TileScheduler, SharedStorage,
+        ).launch(grid=grid_dim, block=[self.num_threads, 1, 1], stream=stream,
+                 min_blocks_per_mp=1)
+
+    # ------------------------------------------------------------------ kernel entry
+    @cute.kernel
+    def kernel_tq(
+        self,
+        mQ: cute.Tensor,
+        mKC: cute.Tensor,
+        mVC: cute.Tensor,
+        mKN: cute.Tensor,
+        mVN: cute.Tensor,
+        mKCB: cute.Tensor,
+        mVCB: cute.Tensor,
+        mO: cute.Tensor,
+        mLSE: cute.Tensor,
+        mCuSeqlensQ: cute.Tensor,
+        mSeqUsedK: cute.Tensor,
+        mPageTable: cute.Tensor,
+        tma_atom_Q: cute.CopyAtom,
+        tma_atom_O: cute.CopyAtom,
+        softmax_scale_log2: Float32,
+        softmax_scale: Optional[Float32],
+        window_size_left: Optional[Int32],
+        window_size_right: Optional[Int32],
+        sQ_layout: cute.ComposedLayout,
+        sK_layout: cute.ComposedLayout,
+        sV_layout: cute.ComposedLayout,
+        sO_layout: cute.ComposedLayout,
+        gmem_tiled_copy_O: cute.TiledCopy,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        tile_sched_params,
+        TileScheduler: cutlass.Constexpr,
+        SharedStorage: cutlass.Constexpr,
+    ):
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        if warp_idx == 0:
+            cpasync.prefetch_descriptor(tma_atom_Q)
+            cpasync.prefetch_descriptor(tma_atom_O)
+
+        smem = cutlass.utils.SmemAllocator()
+        storage = smem.allocate(SharedStorage)
+
+        ThreadCooperativeGroup = partial(pipeline.CooperativeGroup, pipeline.Agent.Thread)
+        tma_warp = ThreadCooperativeGroup(1)
+        producer_threads = ThreadCooperativeGroup(PRODUCER_THREADS)
+        mma_warps = ThreadCooperativeGroup(self.num_mma_threads // cute.arch.WARP_SIZE)
+        pipeline_q = pipeline_custom.PipelineTmaAsync.create(
+            barrier_storage=storage.mbar_ptr_Q.data_ptr(), num_stages=1,
+            producer_group=tma_warp, consumer_group=mma_warps,
+            tx_count=self.tma_copy_bytes["Q"], defer_sync=True)
+        # K/V tiles are written with plain st.shared by all 128 producer threads: each
+        # thread fences its own stores and arrives (PipelineAsync, no transaction count).
+        pipeline_k = pipeline_custom.PipelineAsync.create(
+            barrier_storage=storage.mbar_ptr_K.data_ptr(), num_stages=self.num_stages,
+            producer_group=producer_threads, consumer_group=mma_warps,
+            elect_one_release=True, syncwarp_before_release=False, defer_sync=True)
+        pipeline_v = pipeline_custom.PipelineAsync.create(
+            barrier_storage=storage.mbar_ptr_V.data_ptr(), num_stages=self.num_stages,
+            producer_group=producer_threads, consumer_group=mma_warps,
+            elect_one_release=True, syncwarp_before_release=False, defer_sync=True)
+        pipeline_init_arrive(cluster_shape_mn=self.cluster_shape_mn, is_relaxed=True)
+
+        sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
+        sV = storage.sV.get_tensor(sV_layout.outer, swizzle=sV_layout.inner)
+        sVt = layout_utils.transpose_view(sV)
+        sO = storage.sQ.get_tensor(sO_layout.outer, swizzle=sO_layout.inner, dtype=self.dtype)
+
+        block_info = BlockInfo(
+            self.tile_m, self.tile_n, self.is_causal, self.is_local, False,
+            window_size_left, window_size_right, qhead_per_kvhead_packgqa=1)
+        SeqlenInfoCls = partial(
+            SeqlenInfoQK.create,
+            seqlen_q_static=mQ.shape[0],
+            seqlen_k_static=mKC.shape[1] * mPageTable.shape[1],
+            mCuSeqlensQ=mCuSeqlensQ, mCuSeqlensK=None, mSeqUsedQ=None, mSeqUsedK=mSeqUsedK)
+        AttentionMaskCls = partial(
+            AttentionMask, self.tile_m, self.tile_n, window_size_left=window_size_left,
+            window_size_right=window_size_right, qhead_per_kvhead_packgqa=1)
+        TileSchedulerCls = partial(TileScheduler.create, tile_sched_params)
+
+        pipeline_init_wait(cluster_shape_mn=self.cluster_shape_mn)
+
+        if warp_idx < 4:  # producer warpgroup
+            cute.arch.setmaxregister_decrease(self.num_producer_regs)
+            tidx, _, _ = cute.arch.thread_idx()
+            self.load_tq(
+                mQ, mKC, mVC, mKN, mVN, mKCB, mVCB, mPageTable, sQ, tma_atom_Q,
+                pipeline_k, pipeline_v, pipeline_q,
+                dq.smem_addr(storage.sK.data_ptr()), dq.smem_addr(storage.sV.data_ptr()),
+                dq.smem_addr(storage.sStage.data_ptr()), dq.smem_addr(storage.sLutK.data_ptr()),
+                dq.smem_addr(storage.sLutV.data_ptr()), tidx, block_info, SeqlenInfoCls,
+                TileSchedulerCls)
+        else:  # consumers: FA4's mainloop, softmax and epilogue, unchanged
+            cute.arch.setmaxregister_increase(self.num_mma_regs)
+            tidx, _, _ = cute.arch.thread_idx()
+            tidx = tidx - 128
+            self.mma(
+                tiled_mma_qk, tiled_mma_pv, mO, mLSE, sQ, sK, sVt, None, sO, None,
+                pipeline_k, pipeline_v, pipeline_q, gmem_tiled_copy_O, tma_atom_O, tidx,
+                softmax_scale_log2, softmax_scale, block_info, SeqlenInfoCls,
+                AttentionMaskCls, TileSchedulerCls, None, AuxData(), None)
+
+    # ------------------------------------------------------------------ producer
+    @cute.jit
+    def load_tq(
+        self,
+        mQ: cute.Tensor,
+        mKC: cute.Tensor,
+        mVC: cute.Tensor,
+        mKN: cute.Tensor,
+        mVN: cute.Tensor,
+        mKCB: cute.Tensor,
+        mVCB: cute.Tensor,
+        mPageTable: cute.Tensor,
+        sQ: cute.Tensor,
+        tma_atom_Q: cute.CopyAtom,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        pipeline_q: pipeline.PipelineAsync,
+        sK_addr: Int32,
+        sV_addr: Int32,
+        stage_addr: Int32,
+        lutk_addr: Int32,
+        lutv_addr: Int32,
+        tidx: Int32,
+        block_info: BlockInfo,
+        SeqlenInfoCls: cutlass.Constexpr,
+        TileSchedulerCls: cutlass.Constexpr,
+    ):
+        cfg = self.cfg
+        tile_n = self.tile_n
+        kbytes = cfg.k_row_bytes()
+        vbytes = cfg.v_row_bytes()
+        slots = cfg.stage_slots
+        warp_idx_in_wg = cute.arch.make_warp_uniform(cute.arch.warp_idx()) % 4
+        lane = tidx % 32
+
+        # Byte -> bf16 tables from the codebooks (once per CTA), producer threads only.
+        dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx, PRODUCER_THREADS)
+        dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx, PRODUCER_THREADS)
+        cute.arch.barrier(barrier_id=LUT_BARRIER_ID, number_of_threads=PRODUCER_THREADS)
+        lutk_lane = lutk_addr + (lane % cfg.k_lut_replicas) * (4 * dq.lut_entry_words(cfg.k_bits))
+        lutv_lane = lutv_addr + (lane % cfg.v_lut_replicas) * (4 * dq.lut_entry_words(cfg.v_bits))
+
+        # Staging ring: slot s holds [K chunks][tile_n rows][16 B] then [V chunks][rows][16 B].
+        slot_bytes = tile_n * (kbytes + vbytes)
+        stage_k_row = stage_addr + tidx * 16
+        stage_v_row = stage_addr + tile_n * kbytes + tidx * 16
+        tile_bytes = tile_n * self.tile_hdim * 2
+
+        page_size = mKC.shape[1]
+        num_heads_kv = mKC.shape[2]
+        page_divmod = FastDivmodDivisorV2(page_size)
+        kc_base = mKC.iterator.toint()
+        vc_base = mVC.iterator.toint()
+        kn_base = mKN.iterator.toint()
+        vn_base = mVN.iterator.toint()
+
+        q_producer_phase = Int32(1)
+        kv_producer_state = pipeline.make_pipeline_state(
+            pipeline.PipelineUserType.Producer, self.num_stages)
+        tile_scheduler = TileSchedulerCls()
+        work_tile = tile_scheduler.initial_work_tile_info()
+        while work_tile.is_valid_tile:
+            m_block, head_idx, batch_idx, _ = work_tile.tile_idx
+            seqlen = SeqlenInfoCls(batch_idx)
+            seqlen_k = seqlen.seqlen_k
+            head_kv = head_idx // self.qhead_per_kvhead
+            mQ_cur = seqlen.offset_batch_Q(mQ, batch_idx, dim=3)[None, None, head_idx]
+            gQ = cute.local_tile(mQ_cur, (self.tile_m, self.tile_hdim), (m_block, 0))
+            load_Q, _, _ = copy_utils.tma_get_copy_fn(
+                tma_atom_Q, 0, cute.make_layout(1), gQ, sQ, single_stage=True)
+
+            n_block_min, n_block_max = block_info.get_n_block_min_max(seqlen, m_block)
+            # FA4's consumer always processes n_block_max - 1 first (clamped to 0 here, its
+            # rows are fully masked then), then down to n_block_min.
+            n_first = cutlass.max(n_block_max - 1, 0)
+            n_count = cutlass.max(n_block_max - n_block_min, 1)
+
+            # Prologue: blocks 0 .. slots-1 (K then V), then Q by TMA.
+            ctx = _ProducerCtx(
+                tidx=tidx, n_first=n_first, n_count=n_count, seqlen_k=seqlen_k,
+                batch_idx=batch_idx, head_kv=head_kv, page_size=page_size,
+                page_divmod=page_divmod, num_heads_kv=num_heads_kv, mPageTable=mPageTable,
+                kc_base=kc_base, vc_base=vc_base, kn_base=kn_base, vn_base=vn_base,
+                stage_k_row=stage_k_row, stage_v_row=stage_v_row, slot_bytes=slot_bytes,
+                lutk_lane=lutk_lane, lutv_lane=lutv_lane)
+            norms_k = []
+            norms_v = []
+            for s in cutlass.range_constexpr(slots):
+                norms_k.append(self._issue(ctx, Int32(s), True))
+                norms_v.append(self._issue(ctx, Int32(s), False))
+            if warp_idx_in_wg == 0:
+                pipeline_q.producer_acquire_w_index_phase(0, q_producer_phase)
+                load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
+            q_producer_phase ^= 1
+
+            nk0 = norms_k[0]
+            nv0 = norms_v[0]
+            nk1 = Int32(0)
+            nv1 = Int32(0)
+            if const_expr(slots == 2):
+                nk1 = norms_k[1]
+                nv1 = norms_v[1]
+            for i in cutlass.range(n_count, unroll=1):
+                # groups in flight: K(i), V(i), ..., K(i+slots-1), V(i+slots-1)
+                cute.arch.cp_async_wait_group(2 * slots - 1)
+                pipeline_k.producer_acquire(kv_producer_state)
+                self._decode(ctx, i, True, nk0, sK_addr + kv_producer_state.index * tile_bytes)
+                cute.arch.fence_view_async_shared()
+                pipeline_k.producer_commit(kv_producer_state)
+                if const_expr(slots == 2):
+                    nk0 = nk1
+                    nk1 = self._issue(ctx, i + 2, True)
+                else:
+                    nk0 = self._issue(ctx, i + 1, True)
+
+                cute.arch.cp_async_wait_group(2 * slots - 1)
+                pipeline_v.producer_acquire(kv_producer_state)
+                self._decode(ctx, i, False, nv0, sV_addr + kv_producer_state.index * tile_bytes)
+                cute.arch.fence_view_async_shared()
+                pipeline_v.producer_commit(kv_producer_state)
+                if const_expr(slots == 2):
+                    nv0 = nv1
+                    nv1 = self._issue(ctx, i + 2, False)
+                else:
+                    nv0 = self._issue(ctx, i + 1, False)
+                kv_producer_state.advance()
+            # drain the (empty) trailing groups before the slots are reused by the next tile
+            cute.arch.cp_async_wait_group(0)
+
+            tile_scheduler.prefetch_next_work()
+            tile_scheduler.advance_to_next_work()
+            work_tile = tile_scheduler.get_current_work()
+
+    # The two producer steps are plain Python (traced inline, fully unrolled, branch-free:
+    # rows past seqlen_k are predicated off instead of branched around).
+    def _issue(self, ctx: "_ProducerCtx", i: Int32, is_k: bool) -> Int32:
+        """cp.async this thread's code row of block #i (one side) into its staging slot and
+        commit the group (possibly empty); return the row's norm as bf16x2 (0 if the row is
+        past seqlen_k or block #i does not exist)."""
+        cfg = self.cfg
+        token = (ctx.n_first - i) * self.tile_n + ctx.tidx
+        valid = Int32((i < ctx.n_count) & (token < ctx.seqlen_k))
+        token = token * valid  # invalid rows look up page-table entry 0 (always in bounds)
+        page_idx, page_off = divmod(token, ctx.page_divmod)
+        page = ctx.mPageTable[ctx.batch_idx, page_idx]
+        row = (Int64(page) * Int64(ctx.page_size) + Int64(page_off)) * Int64(
+            ctx.num_heads_kv) + Int64(ctx.head_kv)
+        nbytes = cfg.k_row_bytes() if is_k else cfg.v_row_bytes()
+        src = (ctx.kc_base if is_k else ctx.vc_base) + row * nbytes
+        dst = (ctx.stage_k_row if is_k else ctx.stage_v_row) + (i % cfg.stage_slots) * ctx.slot_bytes
+        src_bytes = valid * 16
+        for c in range(nbytes // 16):
+            dq.cp_async_16(dst + c * self.tile_n * 16, src + c * 16, src_bytes)
+        norm2 = dq.ld_global_bf16_pair((ctx.kn_base if is_k else ctx.vn_base) + row * 2, valid)
+        cute.arch.cp_async_commit_group()
+        return norm2
+
+    def _decode(self, ctx: "_ProducerCtx", i: Int32, is_k: bool, norm2: Int32,
+                tile_addr: Int32) -> None:
+        """Staged codes of block #i (one side) -> this thread's row of the swizzled bf16 tile."""
+        cfg = self.cfg
+        bits = cfg.k_bits if is_k else cfg.v_bits
+        reps = cfg.k_lut_replicas if is_k else cfg.v_lut_replicas
+        lut_lane = ctx.lutk_lane if is_k else ctx.lutv_lane
+        nbytes = cfg.k_row_bytes() if is_k else cfg.v_row_bytes()
+        src = (ctx.stage_k_row if is_k else ctx.stage_v_row) + (i % cfg.stage_slots) * ctx.slot_bytes
+        out_per_in = 16 // bits  # 8-element output chunks per 16 B of codes
+        for c in range(nbytes // 16):
+            words = dq.ld_shared_v4(src + c * self.tile_n * 16)
+            outs = []
+            for w in words:
+                outs.extend(dq.decode_word(w, lut_lane, norm2, bits, reps))
+            for k in range(out_per_in):
+                dq.st_shared_v4(
+                    tile_addr + dq.swizzled_offset(ctx.tidx, c * out_per_in + k, self.tile_n),
+                    outs[4 * k], outs[4 * k + 1], outs[4 * k + 2], outs[4 * k + 3])
+
+
+@dataclass
+class _ProducerCtx:
+    """Per-work-tile values the producer steps share (a bag of DSL values, not a kernel arg)."""
+
+    tidx: object
+    n_first: object
+    n_count: object
+    seqlen_k: object
+    batch_idx: object
+    head_kv: object
+    page_size: object
+    page_divmod: object
+    num_heads_kv: object
+    mPageTable: object
+    kc_base: object
+    vc_base: object
+    kn_base: object
+    vn_base: object
+    stage_k_row: object
+    stage_v_row: object
+    slot_bytes: int
+    lutk_lane: object
+    lutv_lane: object
+
+
+# --------------------------------------------------------------------------- compile-only
+def build_compile(cfg: PrefillSm90Config):
+    """(compile_fn, args) compiling ``cfg`` from fake tensors (no GPU), for the compile-only
+    harness (fa4_tq/kernels/compile.py). All sizes and strides symbolic, like the real call's
+    ``to_cute_tensor`` (fa4_tq/kernels/prefill.py)."""
+    from .compile import fake_stream, fake_tensor
+    bf16, u8, i16, f32, i32 = (cutlass.BFloat16, cutlass.Uint8, cutlass.Int16, cutlass.Float32,
+                               cutlass.Int32)
+    args = (
+        PrefillSm90(cfg),
+        fake_tensor(bf16, (None,) * 3),  # q
+        fake_tensor(u8, (None,) * 4), fake_tensor(u8, (None,) * 4),  # k/v codes
+        fake_tensor(i16, (None,) * 3, align_bytes=4), fake_tensor(i16, (None,) * 3, align_bytes=4),
+        fake_tensor(f32, (None,), leading_dim=0, align_bytes=4),
+        fake_tensor(f32, (None,), leading_dim=0, align_bytes=4),
+        fake_tensor(bf16, (None,) * 3),  # out
+        fake_tensor(f32, (None,) * 2, align_bytes=4),  # lse
+        1.0 / cfg.head_dim ** 0.5,
+        fake_tensor(i32, (None,), leading_dim=0, align_bytes=4),  # cu_seqlens_q
+        fake_tensor(i32, (None,), leading_dim=0, align_bytes=4),  # seqused_k
+        fake_tensor(i32, (None, None), leading_dim=1, align_bytes=4),  # block_table
+        Int32(0) if cfg.has_window_left else None,
+        Int32(0) if cfg.has_window_right else None,
+        fake_stream(),
+    )
+    return partial(cute.compile, options="--enable-tvm-ffi"), args
+
+
+def shipped_configs() -> list[PrefillSm90Config]:
+    """The configs the compile test and the compile report cover: all nine (k_bits, v_bits)
+    at D=128 (GQA 4, causal and not), a D=64 subset, and a sliding-window variant."""
+    out = []
+    for kb in (2, 4, 8):
+        for vb in (2, 4, 8):
+            out.append(make_config(128, kb, vb, 4, False, False, False, False))
+    out.append(make_config(128, 4, 4, 4, True, False, False, False))
+    out.append(make_config(128, 4, 4, 4, False, True, True, True))
+    for kb, vb in ((4, 4), (2, 2), (8, 8)):
+        out.append(make_config(64, kb, vb, 4, False, False, False, False))
+    return out
+
+
+def _variant(cfg: PrefillSm90Config) -> str:
+    mask = "causal" if cfg.causal else ("local" if cfg.local else "full")
+    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}"
+
+
+def register_configs(register) -> None:
+    """Compile-harness registry hook (fa4_tq/kernels/compile.py)."""
+    from .compile import KernelConfig
+    for cfg in shipped_configs():
+        register(KernelConfig("prefill", cfg.k_bits, cfg.v_bits, cfg.head_dim, _variant(cfg),
+                              partial(build_compile, cfg)))
+
+
+def compile_configs():
+    """(name, thunk) pairs; each thunk compiles one shipped config on the CPU (fake tensors)."""
+    def thunk(cfg):
+        fn, args = build_compile(cfg)
+        return fn(*args)
+    return [(cfg.name, partial(thunk, cfg)) for cfg in shipped_configs()]

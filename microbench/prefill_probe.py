@@ -1,0 +1,214 @@
+"""Device check + bench for the Hopper prefill (PrefillSm90), one run = compile + correctness +
+timing. Prints one line per result as it goes (so a timeout still leaves results) and a table
+at the end; writes the log/CSV under $OUT when set.
+
+    source .devenv/setup.sh && python3 microbench/prefill_probe.py [--quick] 2>&1 | tee $OUT/log.txt
+
+Correctness: fresh random K/V compressed by the reference codec on the GPU into a paged cache
+with a shuffled block table (poisoned unused slots, NaN norms), kernel output/LSE buffers
+NaN-poisoned, compared with fa4_tq.reference.prefill in float64 over the SAME packed cache:
+rel. error <= 1e-2 on out, -inf pattern of LSE identical, finite LSE within 2e-2.
+Timing: triton.testing.do_bench median (warm-up excluded), random data, vs FA4-bf16
+(flash_attn_func on the dequantized bf16 K/V, same shapes) and vs unfused
+"reference dequantize on the GPU + FA4" measured in the same run.
+"""
+
+import math
+import os
+import sys
+import time
+import traceback
+
+os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+os.environ.setdefault("FLASH_ATTENTION_ARCH", "sm_90")
+
+import torch  # noqa: E402
+
+from fa4_tq import reference  # noqa: E402
+from fa4_tq.codec import TQCodec  # noqa: E402
+from fa4_tq.kernels.prefill import prefill_cuda  # noqa: E402
+
+DEV = "cuda"
+OUT_DIR = os.environ.get("OUT")
+ROWS = []
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def build_cache(seqlens_k, hkv, d, kb, vb, block_size, gen, dtype=torch.bfloat16):
+    """Paged cache on the GPU: shuffled blocks, poisoned pool, reference compress_store."""
+    codec = TQCodec(d, kb, vb, seed=int(torch.randint(0, 1000, (1,), generator=gen))).to(DEV)
+    nblk = [(n + block_size - 1) // block_size for n in seqlens_k]
+    num_blocks = sum(nblk) + 2
+    perm = torch.randperm(num_blocks, generator=gen)
+    bt = torch.full((len(seqlens_k), max(1, max(nblk))), int(perm[-1]), dtype=torch.int32)
+    slots, used = [], 0
+    for b, n in enumerate(seqlens_k):
+        ids = perm[used:used + nblk[b]]
+        used += nblk[b]
+        bt[b, :nblk[b]] = ids.to(torch.int32)
+        t = torch.arange(n)
+        slots.append(ids[t // block_size].to(torch.int64) * block_size + t % block_size)
+    slot_mapping = torch.cat(slots).to(DEV)
+    total = sum(seqlens_k)
+    g = torch.Generator(device=DEV).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    key = (torch.randn(total, hkv, d, device=DEV, generator=g) * 0.7 + 0.1).to(dtype)
+    value = torch.randn(total, hkv, d, device=DEV, generator=g).to(dtype)
+    kc = torch.randint(0, 256, (num_blocks, block_size, hkv, d * kb // 8), dtype=torch.uint8,
+                       device=DEV, generator=g)
+    vc = torch.randint(0, 256, (num_blocks, block_size, hkv, d * vb // 8), dtype=torch.uint8,
+                       device=DEV, generator=g)
+    kn = torch.full((num_blocks, block_size, hkv), float("nan"), dtype=torch.bfloat16, device=DEV)
+    vn = torch.full_like(kn, float("nan"))
+    reference.compress_store(key, value, kc, vc, kn, vn, slot_mapping, codec.k_signs,
+                             codec.v_signs, codec.k_codebook, codec.v_codebook)
+    return codec, kc, vc, kn, vn, bt.to(DEV), torch.tensor(seqlens_k, dtype=torch.int32,
+                                                              device=DEV)
+
+
+def cu(lens):
+    c = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    c[1:] = torch.cumsum(torch.tensor(lens, dtype=torch.int32), 0)
+    return c.to(DEV)
+
+
+def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
+          qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0):
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(seed)
+    codec, kc, vc, kn, vn, bt, seqused = build_cache(k_lens, hkv, d, kb, vb, block_size, gen)
+    total_q = sum(q_lens)
+    q = torch.randn(total_q, hq, d, generator=gen).to(qdtype).to(DEV)
+    cuq = cu(q_lens)
+    scale = 1.0 / math.sqrt(d) * (0.9 if seed % 2 else 1.0)
+    args = (q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook, codec.v_codebook,
+            codec.k_signs, codec.v_signs, max(q_lens), scale, causal, wl, wr, rotate, unrotate)
+    kout = torch.full((total_q, hq, d), float("nan"), dtype=torch.bfloat16, device=DEV)
+    klse = torch.full((hq, total_q), float("nan"), dtype=torch.float32, device=DEV)
+    out, lse = prefill_cuda(*args, backend="auto", kernel_out=kout, kernel_lse=klse)
+    torch.cuda.synchronize()
+    ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
+    o, r = out.double(), ref_o.double()
+    err = float("inf") if not bool(torch.isfinite(o).all()) else float((o - r).norm() / r.norm().clamp_min(1e-30))
+    ninf_ok = bool(torch.equal(torch.isneginf(lse), torch.isneginf(ref_l)))
+    fin = torch.isfinite(ref_l)
+    lse_nan = bool(torch.isnan(lse).any())
+    lse_err = float((lse[fin] - ref_l[fin]).abs().max()) if bool(fin.any()) else 0.0
+    ok = err <= 1e-2 and ninf_ok and not lse_nan and lse_err <= 2e-2
+    log(f"CHECK {'PASS' if ok else 'FAIL'} {name}: rel_err={err:.2e} lse_err={lse_err:.2e} "
+        f"ninf_ok={ninf_ok} lse_nan={lse_nan} ({time.time() - t0:.1f}s)")
+    ROWS.append(("check", name, "PASS" if ok else "FAIL", f"{err:.3e}", f"{lse_err:.3e}"))
+    return ok
+
+
+def bench_fn(fn):
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128):
+    from flash_attn.cute.interface import flash_attn_func
+    gen = torch.Generator().manual_seed(kb * 10 + vb)
+    lens = [seqlen] * batch
+    codec, kc, vc, kn, vn, bt, seqused = build_cache(lens, hkv, d, kb, vb, block_size, gen)
+    q = torch.randn(batch * seqlen, hq, d, device=DEV, dtype=torch.bfloat16)
+    cuq = cu(lens)
+    scale = 1.0 / math.sqrt(d)
+    # K/V dequantized to bf16 (rotated space) for the FA4 baselines: same values the kernel sees
+    k16, v16 = reference.dequantize(kc, vc, kn, vn, bt, cuq, codec.k_codebook, codec.v_codebook,
+                                    codec.k_signs, codec.v_signs, False, batch * seqlen,
+                                    torch.bfloat16)
+    qb = q.view(batch, seqlen, hq, d)
+    kb4, vb4 = k16.view(batch, seqlen, hkv, d), v16.view(batch, seqlen, hkv, d)
+    ours = lambda: prefill_cuda(q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook,  # noqa
+                                codec.v_codebook, codec.k_signs, codec.v_signs, seqlen, scale,
+                                causal, -1, -1, False, False)
+    ours_rot = lambda: prefill_cuda(q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook,  # noqa
+                                    codec.v_codebook, codec.k_signs, codec.v_signs, seqlen,
+                                    scale, causal, -1, -1, True, True)
+    fa4 = lambda: flash_attn_func(qb, kb4, vb4, softmax_scale=scale, causal=causal)  # noqa
+
+    def unfused():
+        k, v = reference.dequantize(kc, vc, kn, vn, bt, cuq, codec.k_codebook, codec.v_codebook,
+                                    codec.k_signs, codec.v_signs, False, batch * seqlen,
+                                    torch.bfloat16)
+        return flash_attn_func(qb, k.view(batch, seqlen, hkv, d), v.view(batch, seqlen, hkv, d),
+                               softmax_scale=scale, causal=causal)
+
+    # agreement with FA4 on the same (dequantized) data, as a sanity check of the timing run
+    o1 = ours()[0].view(batch, seqlen, hq, d).double()
+    o2 = fa4()
+    o2 = (o2[0] if isinstance(o2, tuple) else o2).double()
+    agree = float((o1 - o2).norm() / o2.norm())
+    t_ours = bench_fn(ours)
+    t_rot = bench_fn(ours_rot)
+    t_fa4 = bench_fn(fa4)
+    t_unf = bench_fn(unfused)
+    flops = 4 * batch * seqlen * seqlen * hq * d / (2 if causal else 1)
+    tf = lambda t: flops / t / 1e9  # noqa  (ms -> TFLOP/s)
+    name = f"K{kb}V{vb} B{batch} S{seqlen} {'causal' if causal else 'full'} bs{block_size}"
+    log(f"BENCH {name}: ours {t_ours:.3f} ms ({tf(t_ours):.0f} TF/s), +rotations {t_rot:.3f} ms, "
+        f"FA4-bf16 {t_fa4:.3f} ms ({tf(t_fa4):.0f} TF/s), unfused {t_unf:.3f} ms | "
+        f"ours/FA4 speed {t_fa4 / t_ours:.3f}x, vs unfused {t_unf / t_ours:.2f}x, "
+        f"agree_vs_fa4={agree:.1e}")
+    ROWS.append(("bench", name, f"{t_ours:.3f}", f"{t_fa4:.3f}", f"{t_unf:.3f}",
+                 f"{t_fa4 / t_ours:.3f}", f"{tf(t_ours):.0f}", f"{tf(t_fa4):.0f}", f"{t_rot:.3f}"))
+
+
+def guarded(fn, *a, **k):
+    try:
+        return fn(*a, **k)
+    except Exception as e:  # keep going: one failure must not hide the rest of the matrix
+        log(f"ERROR {fn.__name__}{a}: {type(e).__name__}: {e}")
+        traceback.print_exc()
+        ROWS.append(("error", f"{fn.__name__}{a}", type(e).__name__, str(e)[:200]))
+
+
+def main():
+    quick = "--quick" in sys.argv
+    t_start = time.time()
+    log(torch.cuda.get_device_name(), torch.__version__)
+    ql, kl = [1, 17, 300], [40, 17, 1000]  # seqlen_k != seqlen_q, odd lengths, len-1 query
+    # 1. smoke + the headline timing first (a timeout must still leave the key numbers)
+    guarded(check, "K4V4 d128 g4 full bs16", ql, kl, 8, 2, 128, 4, 4, 16, False)
+    guarded(bench, 4, 4, 8192, False)
+    guarded(bench, 4, 4, 8192, True)
+    # 2. correctness: all nine configs at D=128 (GQA 4), causal and not, bs 16/128
+    for i, (kb, vb) in enumerate([(2, 2), (2, 4), (2, 8), (4, 2), (4, 8), (8, 2), (8, 4), (8, 8)]):
+        causal = kb == vb
+        bs = 16 if i % 2 else 128
+        guarded(check, f"K{kb}V{vb} d128 g4 {'causal' if causal else 'full'} bs{bs}", ql, kl, 8,
+                2, 128, kb, vb, bs, causal, seed=i + 1)
+    guarded(check, "K4V4 d128 g4 causal bs128 (sq>sk rows see nothing)", [1, 17, 300],
+            [1, 9, 1000], 8, 2, 128, 4, 4, 128, True, seed=11)
+    guarded(bench, 2, 2, 8192, False)
+    guarded(bench, 8, 8, 8192, False)
+    guarded(check, "K4V4 d128 g4 window(64,0) bs16", ql, kl, 8, 2, 128, 4, 4, 16, True, 64, -1,
+            seed=12)
+    guarded(check, "K4V4 d128 g4 window(32,16) bs48", ql, kl, 8, 2, 128, 4, 4, 48, False, 32, 16,
+            seed=13)
+    guarded(check, "K4V4 d64 g4 causal bs16", ql, kl, 8, 2, 64, 4, 4, 16, True, seed=14)
+    guarded(check, "K2V8 d64 g4 full bs32 fp16-q no-rotation", ql, kl, 8, 2, 64, 2, 8, 32, False,
+            qdtype=torch.float16, rotate=False, unrotate=False, seed=15)
+    guarded(check, "K4V4 d128 MHA(g1) full bs256 long", [700, 1], [2000, 3], 4, 4, 128, 4, 4,
+            256, False, seed=16)
+    if not quick:
+        guarded(bench, 2, 2, 8192, True)
+        guarded(bench, 8, 8, 8192, True)
+        guarded(bench, 4, 4, 16384, False)
+        guarded(bench, 4, 2, 8192, False)
+        guarded(bench, 4, 8, 8192, False)
+    log(f"total {time.time() - t_start:.0f}s")
+    log("\n=== summary ===")
+    for r in ROWS:
+        log(" | ".join(str(x) for x in r))
+    if OUT_DIR:
+        with open(os.path.join(OUT_DIR, "prefill_probe.csv"), "w") as f:
+            for r in ROWS:
+                f.write(",".join(str(x).replace(",", ";") for x in r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
