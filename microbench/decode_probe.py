@@ -1,0 +1,362 @@
+"""Device check + benchmark of the split-K decode kernel (fa4_tq/kernels/decode.py).
+
+One script per device run: (1) correctness matrix against the float64 reference over the
+same packed cache, compiled and checked in parallel worker processes (one compile per
+kernel config), output/LSE NaN-poisoned before every call; (2) timing vs bf16 SDPA
+(enable_gqa) and FA4 on bf16 K/V, Hq=32, Hkv=8, D=128, plus a device copy bandwidth.
+
+    source .devenv/setup.sh && python microbench/decode_probe.py [--no-bench] [--no-check]
+
+Prints compact tables; writes decode_probe.json under $OUT when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+# --------------------------------------------------------------------------- cache setup
+def build_case_inputs(case, device="cuda"):
+    """Random K/V quantized into a paged cache through the reference compress_store, with
+    NaN norms and random bytes in every slot no sequence uses (must never leak)."""
+    from fa4_tq import reference
+    from fa4_tq.codec import TQCodec
+
+    g = torch.Generator(device="cpu").manual_seed(case["seed"])
+    d, hkv, bs = case["D"], case["Hkv"], case["bs"]
+    hq = hkv * case["G"]
+    lens = case["lens"]
+    batch = len(lens)
+    codec = TQCodec(d, case["kb"], case["vb"], seed=case["seed"]).to(device)
+    nblk_seq = [max(1, -(-n // bs)) for n in lens]
+    max_blocks = max(nblk_seq) + 1  # spare capacity: heuristic sees more than is used
+    num_blocks = sum(nblk_seq) + 3
+    perm = torch.randperm(num_blocks, generator=g)
+    bt = torch.zeros(batch, max_blocks, dtype=torch.int32)
+    pos = 0
+    for b, nb in enumerate(nblk_seq):
+        bt[b, :nb] = perm[pos:pos + nb].to(torch.int32)
+        bt[b, nb:] = perm[-1].item()  # unused entries point somewhere valid
+        pos += nb
+    kc = torch.randint(0, 256, (num_blocks, bs, hkv, d * case["kb"] // 8), generator=g,
+                       dtype=torch.uint8)
+    vc = torch.randint(0, 256, (num_blocks, bs, hkv, d * case["vb"] // 8), generator=g,
+                       dtype=torch.uint8)
+    kn = torch.full((num_blocks, bs, hkv), float("nan"), dtype=torch.bfloat16)
+    vn = torch.full((num_blocks, bs, hkv), float("nan"), dtype=torch.bfloat16)
+    kc, vc, kn, vn, bt = (t.to(device) for t in (kc, vc, kn, vn, bt))
+    slots = []
+    for b, n in enumerate(lens):
+        t = torch.arange(n)
+        slots.append(bt[b].cpu().to(torch.int64)[t // bs] * bs + t % bs)
+    slots = torch.cat(slots).to(device) if slots else torch.zeros(0, dtype=torch.int64)
+    total = int(sum(lens))
+    key = torch.randn(total, hkv, d, generator=g).to(device, torch.bfloat16)
+    # values with a non-zero mean so the output is not ~0 (relative error stays meaningful)
+    val = (torch.randn(total, hkv, d, generator=g) + 0.5).to(device, torch.bfloat16)
+    if total:
+        reference.compress_store(key, val, kc, vc, kn, vn, slots, codec.k_signs, codec.v_signs,
+                                 codec.k_codebook, codec.v_codebook)
+    qdt = torch.float16 if case.get("fp16") else torch.bfloat16
+    q = (torch.randn(batch, case["qlen"], hq, d, generator=g) * case.get("qscale", 1.0)).to(
+        device, qdt)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    return dict(q=q, kc=kc, vc=vc, kn=kn, vn=vn, bt=bt, seq=seq, codec=codec)
+
+
+def check_case(case):
+    """Run one correctness case; returns a result dict (never raises)."""
+    from fa4_tq import reference
+    from fa4_tq.kernels import decode as dec
+
+    res = dict(name=case["name"])
+    try:
+        x = build_case_inputs(case)
+        c = x["codec"]
+        scale = 1.0 / math.sqrt(case["D"])
+        args = (x["q"], x["kc"], x["vc"], x["kn"], x["vn"], x["bt"], x["seq"], c.k_codebook,
+                c.v_codebook, c.k_signs, c.v_signs, scale, case["causal"], case["wl"],
+                case["wr"], case.get("rotq", True), case.get("unrot", True))
+        ref_o, ref_l = reference.decode(*args, compute_dtype=torch.float64)
+        t0 = time.perf_counter()
+        if case.get("via_op"):
+            import fa4_tq.ops  # noqa: F401
+            o, lse = torch.ops.tqkv.decode(*args, case.get("splits", 0))
+        else:
+            o = torch.full_like(x["q"], float("nan"))
+            lse = torch.full(ref_l.shape, float("nan"), device="cuda")
+            dec.decode_cuda(*args, num_splits=case.get("splits", 0), out=o, lse=lse)
+        torch.cuda.synchronize()
+        res["first_call_s"] = round(time.perf_counter() - t0, 2)
+        o64, r64 = o.double(), ref_o.double()
+        nan = bool(torch.isnan(o).any()) or bool(torch.isnan(lse).any())
+        rel = float((o64 - r64).norm() / r64.norm().clamp_min(1e-30))
+        fin = torch.isfinite(ref_l)
+        inf_ok = bool((torch.isfinite(lse) == fin).all())
+        lse_err = float((lse[fin] - ref_l[fin]).abs().max()) if bool(fin.any()) else 0.0
+        zero_ok = bool((o[~fin.transpose(1, 2)] == 0).all()) if bool((~fin).any()) else True
+        res.update(rel_err=rel, lse_err=lse_err, nan=nan, inf_ok=inf_ok, zero_ok=zero_ok,
+                   ok=(not nan) and rel <= 1e-2 and lse_err <= 1e-2 and inf_ok and zero_ok)
+    except Exception as exc:  # reported, never hidden
+        res.update(ok=False, error=f"{type(exc).__name__}: {exc}",
+                   tb=traceback.format_exc()[-1500:])
+    return res
+
+
+def check_group(cases):
+    torch.cuda.set_device(0)
+    return [check_case(c) for c in cases]
+
+
+def correctness_cases():
+    cases = []
+    mixed_a = [1, 5003, 37, 0, 300]
+    mixed_b = [4999, 16, 2, 129, 5]
+    for kb in (2, 4, 8):
+        for vb in (2, 4, 8):
+            cases.append(dict(name=f"K{kb}V{vb} D128 G4 q1 bs16", kb=kb, vb=vb, D=128, G=4,
+                              Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True, wl=-1, wr=-1))
+            cases.append(dict(name=f"K{kb}V{vb} D128 G4 q4 bs128 causal", kb=kb, vb=vb, D=128,
+                              G=4, Hkv=2, qlen=4, bs=128, lens=mixed_b, causal=True, wl=-1,
+                              wr=-1))
+    extra = [
+        dict(name="K4V4 D128 G4 q4 bs16 window100 causal", kb=4, vb=4, D=128, G=4, Hkv=2,
+             qlen=4, bs=16, lens=mixed_a, causal=True, wl=100, wr=-1),
+        dict(name="K4V4 D128 G4 q1 bs128 window64", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1,
+             bs=128, lens=mixed_b, causal=False, wl=64, wr=-1),
+        dict(name="K4V4 D128 G4 q4 bs16 noncausal", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=4,
+             bs=16, lens=mixed_b, causal=False, wl=-1, wr=-1),
+        dict(name="K4V4 D128 G4 q4 bs16 wl7 wr3", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=4,
+             bs=16, lens=mixed_b, causal=False, wl=7, wr=3),
+        dict(name="K4V4 D64 G4 q1 bs16", kb=4, vb=4, D=64, G=4, Hkv=2, qlen=1, bs=16,
+             lens=mixed_a, causal=True, wl=-1, wr=-1),
+        dict(name="K2V2 D64 G4 q4 bs32 causal", kb=2, vb=2, D=64, G=4, Hkv=2, qlen=4, bs=32,
+             lens=mixed_b, causal=True, wl=-1, wr=-1),
+        dict(name="K4V4 D256 G4 q1 bs16", kb=4, vb=4, D=256, G=4, Hkv=2, qlen=1, bs=16,
+             lens=mixed_a, causal=True, wl=-1, wr=-1),
+        dict(name="K8V8 D256 G4 q2 bs64 causal", kb=8, vb=8, D=256, G=4, Hkv=2, qlen=2, bs=64,
+             lens=mixed_b, causal=True, wl=-1, wr=-1),
+        dict(name="K4V4 D128 G1 q1 bs16", kb=4, vb=4, D=128, G=1, Hkv=4, qlen=1, bs=16,
+             lens=mixed_a, causal=True, wl=-1, wr=-1),
+        dict(name="K4V4 D128 G16 q1 bs16", kb=4, vb=4, D=128, G=16, Hkv=2, qlen=1, bs=16,
+             lens=mixed_a, causal=True, wl=-1, wr=-1),
+        dict(name="K4V4 D128 G16 q8 bs16 causal", kb=4, vb=4, D=128, G=16, Hkv=2, qlen=8,
+             bs=16, lens=mixed_b, causal=True, wl=-1, wr=-1),
+        dict(name="K4V4 D256 G16 q8 bs16 causal (2 col CTAs)", kb=4, vb=4, D=256, G=16,
+             Hkv=1, qlen=8, bs=16, lens=[700, 3], causal=True, wl=-1, wr=-1),
+        dict(name="K2V4 D128 G5 q3 bs48 causal", kb=2, vb=4, D=128, G=5, Hkv=2, qlen=3,
+             bs=48, lens=mixed_b, causal=True, wl=-1, wr=-1),
+        dict(name="K4V4 D128 G4 q1 fp16", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1, bs=16,
+             lens=mixed_a, causal=True, wl=-1, wr=-1, fp16=True),
+        dict(name="K4V4 D128 G4 q1 no-rotations", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1,
+             bs=16, lens=mixed_a, causal=True, wl=-1, wr=-1, rotq=False, unrot=False),
+        dict(name="K4V4 D128 G4 q1 splits=1", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1, bs=16,
+             lens=mixed_a, causal=True, wl=-1, wr=-1, splits=1),
+        dict(name="K4V4 D128 G4 q1 splits=7 via torch.ops", kb=4, vb=4, D=128, G=4, Hkv=2,
+             qlen=1, bs=16, lens=mixed_a, causal=True, wl=-1, wr=-1, splits=7, via_op=True),
+        dict(name="K4V4 D128 G4 q1 splits=64 qscale=8", kb=4, vb=4, D=128, G=4, Hkv=2,
+             qlen=1, bs=16, lens=[5003, 1], causal=True, wl=-1, wr=-1, splits=64, qscale=8.0),
+    ]
+    cases += extra
+    for i, c in enumerate(cases):
+        c["seed"] = 1000 + i
+    return cases
+
+
+def config_key(case):
+    return (case["kb"], case["vb"], case["D"], case["G"], case["qlen"], bool(case.get("fp16")))
+
+
+def run_checks(workers: int):
+    cases = correctness_cases()
+    groups: dict = {}
+    for c in cases:
+        groups.setdefault(config_key(c), []).append(c)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(workers, len(groups))) as pool:
+        out = []
+        for res in pool.imap_unordered(check_group, list(groups.values())):
+            out += res
+    order = {c["name"]: i for i, c in enumerate(cases)}
+    return sorted(out, key=lambda r: order[r["name"]])
+
+
+# --------------------------------------------------------------------------- timing
+_FLUSH = None
+
+
+def flush_l2():
+    global _FLUSH
+    if _FLUSH is None:
+        _FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    _FLUSH.zero_()
+
+
+def time_fn(fn, reps=20, warmup=3):
+    """Median of per-call CUDA-event times (µs), L2 flushed before every call."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        flush_l2()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) * 1e3)
+    return statistics.median(ts)
+
+
+def copy_bandwidth():
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    us = time_fn(lambda: b.copy_(a), reps=10)
+    return 2 * a.numel() / us / 1e3  # GB/s
+
+
+def bench(results):
+    from fa4_tq.kernels import decode as dec
+    from fa4_tq.codec import TQCodec
+    import torch.nn.functional as F
+
+    try:
+        from flash_attn.cute.interface import flash_attn_func
+    except Exception as exc:  # reported in the table
+        flash_attn_func = None
+        results["fa4_import_error"] = repr(exc)
+    hq, hkv, d, bs = 32, 8, 128, 16
+    copy_gbs = copy_bandwidth()
+    results["copy_GBps"] = copy_gbs
+    print(f"\ndevice copy bandwidth: {copy_gbs:.0f} GB/s (read+write)")
+    rows = []
+    scale = 1.0 / math.sqrt(d)
+    for L in (8192, 32768, 131072):
+        for B in (1, 8, 32):
+            row = dict(L=L, B=B)
+            q = torch.randn(B, 1, hq, d, device="cuda", dtype=torch.bfloat16)
+            k = torch.randn(B, L, hkv, d, device="cuda", dtype=torch.bfloat16)
+            v = torch.randn(B, L, hkv, d, device="cuda", dtype=torch.bfloat16)
+            kt, vt, qt = k.transpose(1, 2), v.transpose(1, 2), q.transpose(1, 2)
+            try:
+                row["sdpa_us"] = time_fn(lambda: F.scaled_dot_product_attention(
+                    qt, kt, vt, enable_gqa=True))
+            except Exception as exc:
+                row["sdpa_err"] = repr(exc)[:200]
+            if flash_attn_func is not None:
+                try:
+                    row["fa4_us"] = time_fn(lambda: flash_attn_func(q, k, v, causal=True))
+                except Exception as exc:
+                    row["fa4_err"] = repr(exc)[:200]
+            del k, v, kt, vt
+            nblk = B * L // bs
+            bt = torch.randperm(nblk, device="cuda").to(torch.int32).view(B, L // bs)
+            seq = torch.full((B,), L, dtype=torch.int32, device="cuda")
+            for kb in (4, 2, 8):
+                codec = TQCodec(d, kb, kb, seed=0).to("cuda")
+                kc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
+                                   device="cuda")
+                vc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
+                                   device="cuda")
+                kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                packed = B * L * hkv * (2 * d * kb // 8 + 4)
+                for tag, rot in (("raw", False), ("full", True)):
+                    try:
+                        fn = lambda: dec.decode_cuda(  # noqa: E731
+                            q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
+                            codec.k_signs, codec.v_signs, scale, True, -1, -1, rot, rot,
+                            num_splits=0)
+                        us = time_fn(fn)
+                        row[f"K{kb}V{kb}_{tag}_us"] = us
+                        if tag == "raw":
+                            row[f"K{kb}V{kb}_GBps"] = packed / us / 1e3
+                    except Exception as exc:
+                        row[f"K{kb}V{kb}_{tag}_err"] = repr(exc)[:300]
+                if kb == 4 and B in (1, 8):
+                    sweep = {}
+                    for ns in (8, 16, 33, 66, 132, 264):
+                        try:
+                            sweep[ns] = round(time_fn(lambda: dec.decode_cuda(
+                                q, kc, vc, kn, vn, bt, seq, codec.k_codebook,
+                                codec.v_codebook, codec.k_signs, codec.v_signs, scale, True,
+                                -1, -1, False, False, num_splits=ns), reps=10), 1)
+                        except Exception as exc:
+                            sweep[ns] = repr(exc)[:100]
+                    row["K4V4_split_sweep_us"] = sweep
+                del kc, vc, kn, vn
+            rows.append(row)
+            torch.cuda.empty_cache()
+            _print_bench_row(row)
+    results["bench"] = rows
+
+
+def _print_bench_row(r):
+    base = min(x for x in (r.get("sdpa_us"), r.get("fa4_us")) if x is not None) \
+        if (r.get("sdpa_us") or r.get("fa4_us")) else None
+    parts = [f"L={r['L']:>6} B={r['B']:>2}",
+             f"sdpa={r.get('sdpa_us', float('nan')):8.1f}",
+             f"fa4={r.get('fa4_us', float('nan')):8.1f}"]
+    for kb in (4, 2, 8):
+        raw, full = r.get(f"K{kb}V{kb}_raw_us"), r.get(f"K{kb}V{kb}_full_us")
+        if raw is None:
+            parts.append(f"K{kb}V{kb}=ERR")
+            continue
+        sp = f"{base / raw:4.2f}x/{base / full:4.2f}x" if base and full else "?"
+        parts.append(f"K{kb}V{kb} raw={raw:7.1f} full={full or float('nan'):7.1f} "
+                     f"({sp}) {r.get(f'K{kb}V{kb}_GBps', 0):5.0f}GB/s")
+    print(" | ".join(parts))
+    for k, v in r.items():
+        if k.endswith("_err") or k.endswith("sweep_us"):
+            print(f"    {k}: {v}")
+
+
+# --------------------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--no-bench", action="store_true")
+    ap.add_argument("--workers", type=int, default=12)
+    ns = ap.parse_args()
+    results = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__)
+    print(f"device: {results['device']}, torch {results['torch']}")
+    t0 = time.time()
+    if not ns.no_check:
+        checks = run_checks(ns.workers)
+        results["checks"] = checks
+        print(f"\ncorrectness ({time.time() - t0:.0f}s):")
+        for r in checks:
+            if "error" in r:
+                print(f"  FAIL {r['name']}: {r['error']}")
+                print("      " + r.get("tb", "").replace("\n", "\n      ")[-900:])
+            else:
+                print(f"  {'ok  ' if r['ok'] else 'FAIL'} {r['name']:<44} rel={r['rel_err']:.2e} "
+                      f"lse={r['lse_err']:.1e} nan={r['nan']} inf_ok={r['inf_ok']} "
+                      f"zero_ok={r['zero_ok']} first={r['first_call_s']}s")
+        print(f"  {sum(r['ok'] for r in checks)}/{len(checks)} passed")
+    if not ns.no_bench:
+        t1 = time.time()
+        bench(results)
+        print(f"bench took {time.time() - t1:.0f}s")
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "decode_probe.json"), "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
