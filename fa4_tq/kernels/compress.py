@@ -1,0 +1,843 @@
+"""CuTeDSL compress+store and dequantize kernels (ops ``tqkv.compress_store`` / ``tqkv.dequantize``).
+
+compress_store: one launch quantizes K *and* V of new tokens and scatters them to the paged
+cache. It is bit-exact with the CPU reference (codec/quantizer.py): every rounding step of
+the format is one explicit PTX instruction with its rounding mode spelled out (``add.rn``,
+``mul.rn``, ``sqrt.rn.f64``, ``div.rn.f64``, ``cvt.rn``), so neither LLVM nor ptxas may fuse
+a multiply into a following add (an FMA rounds once where the format rounds twice).
+
+Thread layout (both kernels): a group of G = D/16 lanes owns one (token, head) vector of D
+elements, 16 per lane, as 2 chunks of 8 contiguous elements: element
+``e = chunk * 8G + lane_in_group * 8 + i``. Bits 0-2 of e (i) and the top bit (chunk) live
+in registers, the log2(G) middle bits across lanes. The Walsh-Hadamard stages h = 1, 2, 4, …
+run in the format's order; an in-register stage is a plain butterfly, a cross-lane stage is
+one ``shfl.bfly`` plus ``o + (±y)`` (a + b on the lower lane, a - b = a + (-b) on the upper),
+which is bit-identical to the reference's (a + b, a - b) on the same operands. Loads are
+16-byte vectors, and a group's lanes read adjacent 16-byte pieces (coalesced).
+
+Repeated slots in ``slot_mapping``: UNDEFINED — the vectors of different tokens are written by
+different thread groups concurrently, so for a slot that appears twice the stored codes/norm
+may come from either token (even mixed between K rows, V rows and norms). vLLM never repeats a
+slot within one step. With ``FA4TQ_DEBUG_CHECKS=1`` repeated non-negative slots raise
+ValueError before the launch (as out-of-range slots do in fa4_tq/validate.py). Negative
+slots are skipped; slots >= num_blocks * block_size are never written (guarded in the kernel).
+
+Nearest centroid: code = #{j : thr[j] * n < y} with thr[j] = (c[j] + c[j+1]) * 0.5, found by
+binary search (b steps): the first two levels use per-vector scaled thresholds held in
+registers, the remaining levels read thr[] from shared memory and scale it by n.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Boolean, Float32, Float64, Int32, Int64, Uint32, const_expr
+from cutlass.cutlass_dsl import T, dsl_user_op
+from cutlass._mlir.dialects import llvm
+
+_SUPPORTED_HEAD_DIMS = (64, 128, 256)
+_SUPPORTED_BITS = (2, 4, 8)
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+_CUTE_DTYPES = {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16, "float32": Float32}
+_CHUNKS = 2  # chunks of 8 contiguous elements per lane (16 elements): keeps registers < 128
+_ELEMS_PER_LANE = 8 * _CHUNKS
+_CTAS_PER_SM = 8  # grid-stride cap: enough resident work to cover memory latency
+
+
+# =============================================================================== PTX helpers
+# Each helper is one or a few PTX instructions with explicit rounding; none can be contracted.
+# Operands always go through registers ("r"/"l"/"f"/"d" constraints), never immediates.
+
+_CONSTRAINT = {Float32: ("f", T.f32), Float64: ("d", T.f64), Uint32: ("r", T.i32),
+               Int32: ("r", T.i32), Int64: ("l", T.i64)}
+
+
+def _asm(ptx: str, out_types: list, args: list, loc=None, ip=None, side_effects=False):
+    """llvm.inline_asm with outputs $0..$(n-1) then inputs; args are (value, DSL type)."""
+    cons = [("=" + _CONSTRAINT[t][0]) for t in out_types] + [_CONSTRAINT[t][0] for _, t in args]
+    vals = [t(v).ir_value(loc=loc, ip=ip) for v, t in args]
+    if len(out_types) == 0:
+        res_ty = llvm.StructType.get_literal([])
+    elif len(out_types) == 1:
+        res_ty = _CONSTRAINT[out_types[0]][1]()
+    else:
+        res_ty = llvm.StructType.get_literal([_CONSTRAINT[t][1]() for t in out_types])
+    res = llvm.inline_asm(res_ty, vals, ptx, ",".join(cons), has_side_effects=side_effects,
+                          is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+    if len(out_types) == 0:
+        return None
+    if len(out_types) == 1:
+        return out_types[0](res)
+    return tuple(t(llvm.extractvalue(_CONSTRAINT[t][1](), res, [i], loc=loc, ip=ip))
+                 for i, t in enumerate(out_types))
+
+
+@dsl_user_op
+def _ld_v4(addr: Int64, *, loc=None, ip=None):
+    """16-byte streaming load (read once: no L1 allocation)."""
+    return _asm("ld.global.nc.L1::no_allocate.v4.b32 {$0, $1, $2, $3}, [$4];",
+                [Uint32] * 4, [(addr, Int64)], loc, ip)
+
+
+@dsl_user_op
+def _ld_v2(addr: Int64, *, loc=None, ip=None):
+    return _asm("ld.global.nc.v2.b32 {$0, $1}, [$2];", [Uint32] * 2, [(addr, Int64)], loc, ip)
+
+
+@dsl_user_op
+def _ld_b32(addr: Int64, *, loc=None, ip=None) -> Uint32:
+    return _asm("ld.global.nc.b32 $0, [$1];", [Uint32], [(addr, Int64)], loc, ip)
+
+
+@dsl_user_op
+def _ld_u16(addr: Int64, *, loc=None, ip=None) -> Uint32:
+    return _asm("{\n.reg .b16 h;\nld.global.nc.b16 h, [$1];\ncvt.u32.u16 $0, h;\n}",
+                [Uint32], [(addr, Int64)], loc, ip)
+
+
+_PRED = "{\n.reg .pred p;\nsetp.ne.b32 p, $0, 0;\n"
+
+
+@dsl_user_op
+def _st_v4(addr: Int64, a: Uint32, b: Uint32, c: Uint32, d: Uint32, pred: Boolean, *, loc=None,
+           ip=None) -> None:
+    _asm(_PRED + "@p st.global.v4.b32 [$1], {$2, $3, $4, $5};\n}", [],
+         [(Uint32(pred), Uint32), (addr, Int64), (a, Uint32), (b, Uint32), (c, Uint32),
+          (d, Uint32)], loc, ip, side_effects=True)
+
+
+@dsl_user_op
+def _st_v2(addr: Int64, a: Uint32, b: Uint32, pred: Boolean, *, loc=None, ip=None) -> None:
+    _asm(_PRED + "@p st.global.v2.b32 [$1], {$2, $3};\n}", [],
+         [(Uint32(pred), Uint32), (addr, Int64), (a, Uint32), (b, Uint32)], loc, ip,
+         side_effects=True)
+
+
+@dsl_user_op
+def _st_b32(addr: Int64, a: Uint32, pred: Boolean, *, loc=None, ip=None) -> None:
+    _asm(_PRED + "@p st.global.b32 [$1], $2;\n}", [],
+         [(Uint32(pred), Uint32), (addr, Int64), (a, Uint32)], loc, ip, side_effects=True)
+
+
+@dsl_user_op
+def _st_b16(addr: Int64, a: Uint32, pred: Boolean, *, loc=None, ip=None) -> None:
+    _asm(_PRED + ".reg .b16 h;\ncvt.u16.u32 h, $2;\n@p st.global.b16 [$1], h;\n}", [],
+         [(Uint32(pred), Uint32), (addr, Int64), (a, Uint32)], loc, ip, side_effects=True)
+
+
+@dsl_user_op
+def _add_rn(a: Float32, b: Float32, *, loc=None, ip=None) -> Float32:
+    return _asm("add.rn.f32 $0, $1, $2;", [Float32], [(a, Float32), (b, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _sub_rn(a: Float32, b: Float32, *, loc=None, ip=None) -> Float32:
+    return _asm("sub.rn.f32 $0, $1, $2;", [Float32], [(a, Float32), (b, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _mul_rn(a: Float32, b: Float32, *, loc=None, ip=None) -> Float32:
+    return _asm("mul.rn.f32 $0, $1, $2;", [Float32], [(a, Float32), (b, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _xor_sign(x: Float32, sign_bit: Uint32, *, loc=None, ip=None) -> Float32:
+    """x with its sign bit xor-ed with bit 31 of ``sign_bit`` (exact negation when set)."""
+    return _asm("{\n.reg .b32 t;\nmov.b32 t, $1;\nxor.b32 t, t, $2;\nmov.b32 $0, t;\n}",
+                [Float32], [(x, Float32), (sign_bit, Uint32)], loc, ip)
+
+
+@dsl_user_op
+def _bits_to_f32(w: Uint32, *, loc=None, ip=None) -> Float32:
+    return _asm("mov.b32 $0, $1;", [Float32], [(w, Uint32)], loc, ip)
+
+
+@dsl_user_op
+def _f32_to_bits(x: Float32, *, loc=None, ip=None) -> Uint32:
+    return _asm("mov.b32 $0, $1;", [Uint32], [(x, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _f16x2_to_f32(w: Uint32, *, loc=None, ip=None):
+    return _asm("{\n.reg .f16 lo, hi;\nmov.b32 {lo, hi}, $2;\ncvt.f32.f16 $0, lo;\n"
+                "cvt.f32.f16 $1, hi;\n}", [Float32, Float32], [(w, Uint32)], loc, ip)
+
+
+@dsl_user_op
+def _sq_acc_f64(acc: Float64, x: Float32, *, loc=None, ip=None) -> Float64:
+    """acc + float64(x)^2; the square of a float32 is exact in float64, so one fma.rn.f64
+    equals the format's separate square and add."""
+    return _asm("{\n.reg .f64 d;\ncvt.f64.f32 d, $2;\nfma.rn.f64 $0, d, d, $1;\n}",
+                [Float64], [(acc, Float64), (x, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _sq_f64(x: Float32, *, loc=None, ip=None) -> Float64:
+    return _asm("{\n.reg .f64 d;\ncvt.f64.f32 d, $1;\nmul.rn.f64 $0, d, d;\n}",
+                [Float64], [(x, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _add_f64(a: Float64, b: Float64, *, loc=None, ip=None) -> Float64:
+    return _asm("add.rn.f64 $0, $1, $2;", [Float64], [(a, Float64), (b, Float64)], loc, ip)
+
+
+@dsl_user_op
+def _sqrt_to_f32(ss: Float64, *, loc=None, ip=None) -> Float32:
+    """float32(sqrt(ss)) with IEEE sqrt.rn.f64 then cvt.rn.f32.f64."""
+    return _asm("{\n.reg .f64 d;\nsqrt.rn.f64 d, $1;\ncvt.rn.f32.f64 $0, d;\n}",
+                [Float32], [(ss, Float64)], loc, ip)
+
+
+@dsl_user_op
+def _norm_correction_bf16(n: Float32, cs: Float64, *, loc=None, ip=None) -> Uint32:
+    """bf16 bits of bfloat16(float32(n / sqrt(cs))) in float64 (IEEE div/sqrt), 0 if cs == 0."""
+    return _asm(
+        "{\n.reg .f64 dn, dc, q;\n.reg .f32 r;\n.reg .b16 h;\n.reg .pred pz;\n"
+        "cvt.f64.f32 dn, $1;\nsqrt.rn.f64 dc, $2;\ndiv.rn.f64 q, dn, dc;\n"
+        "setp.gt.f64 pz, $2, 0d0000000000000000;\nselp.f64 q, q, 0d0000000000000000, pz;\n"
+        "cvt.rn.f32.f64 r, q;\ncvt.rn.bf16.f32 h, r;\ncvt.u32.u16 $0, h;\n}",
+        [Uint32], [(n, Float32), (cs, Float64)], loc, ip)
+
+
+@dsl_user_op
+def _pack2(a: Float32, b: Float32, to_f16: bool, *, loc=None, ip=None) -> Uint32:
+    """Round two float32 to bf16/fp16 (RNE) and pack them (a in the low half)."""
+    kind = "f16x2" if to_f16 else "bf16x2"
+    return _asm(f"cvt.rn.{kind}.f32 $0, $2, $1;", [Uint32], [(a, Float32), (b, Float32)], loc, ip)
+
+
+def _addr(t: cute.Tensor) -> Int64:
+    return t.iterator.toint()
+
+
+# =============================================================================== shared pieces
+@dataclass(frozen=True)
+class _Geometry:
+    head_dim: int
+
+    @property
+    def lanes(self) -> int:  # lanes per vector
+        return self.head_dim // _ELEMS_PER_LANE
+
+    @property
+    def log_lanes(self) -> int:
+        return int(math.log2(self.lanes))
+
+    @property
+    def log_d(self) -> int:
+        return int(math.log2(self.head_dim))
+
+    def element(self, r: int, lane) -> int:
+        """Element index of register r (chunk r // 8, position r % 8) on lane ``lane``."""
+        return (r // 8) * 8 * self.lanes + lane * 8 + r % 8
+
+    def chunk_offset(self, k: int) -> int:
+        """First element of chunk k for lane 0 (add lane * 8)."""
+        return k * 8 * self.lanes
+
+
+def _inv_sqrt_f32(d: int) -> float:
+    """float32(1/sqrt(D)) exactly as the reference builds it (RNE of the float64 value)."""
+    return float(np.float32(1.0 / math.sqrt(d)))
+
+
+@cute.jit
+def _wht(y: list, geo: cutlass.Constexpr, lane: Int32):
+    """In-place unnormalized WHT of the register values (stages h = 1, 2, ..., D/2)."""
+    for b in cutlass.range_constexpr(geo.log_d):
+        if const_expr(b < 3):
+            h = 1 << b
+            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                if const_expr((r % 8) & h == 0):
+                    a0 = y[r]
+                    b0 = y[r + h]
+                    y[r] = _add_rn(a0, b0)
+                    y[r + h] = _sub_rn(a0, b0)
+        elif const_expr(b < 3 + geo.log_lanes):
+            lb = b - 3
+            upper = Uint32((lane >> lb) & 1) << Uint32(31)
+            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                o = cute.arch.shuffle_sync_bfly(y[r], offset=1 << lb)
+                y[r] = _add_rn(o, _xor_sign(y[r], upper))
+        else:
+            step = 8 << (b - 3 - geo.log_lanes)
+            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                if const_expr((r // 8) & (step // 8) == 0):
+                    a0 = y[r]
+                    b0 = y[r + step]
+                    y[r] = _add_rn(a0, b0)
+                    y[r + step] = _sub_rn(a0, b0)
+
+
+@cute.jit
+def _group_sum_f64(v: Float64, log_lanes: cutlass.Constexpr) -> Float64:
+    """Butterfly sum over the lanes of a group (every lane ends with the same value)."""
+    for i in cutlass.range_constexpr(log_lanes):
+        v = _add_f64(v, cute.arch.shuffle_sync_bfly(v, offset=1 << i))
+    return v
+
+
+@cute.jit
+def _sign_mask(signs: cute.Tensor, geo: cutlass.Constexpr, lane: Int32) -> Uint32:
+    """Bit r = 1 iff the sign of this lane's register r is negative."""
+    m = Uint32(0)
+    for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+        e = (r // 8) * 8 * geo.lanes + lane * 8 + r % 8
+        neg = signs[e] < Float32(0.0)
+        m = m | (Uint32(neg) << Uint32(r))
+    return m
+
+
+@cute.jit
+def _reg_sign(mask: Uint32, r: cutlass.Constexpr) -> Uint32:
+    return (mask << Uint32(31 - r)) & Uint32(0x80000000)
+
+
+# =============================================================================== compress
+@dataclass(frozen=True)
+class CompressConfig:
+    """Everything that changes the compress kernel's code (also its compile-cache key)."""
+
+    head_dim: int = 128
+    k_bits: int = 4
+    v_bits: int = 4
+    in_dtype: str = "bfloat16"
+    num_threads: int = 256
+
+    def __post_init__(self):
+        if self.head_dim not in _SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"compress: head_dim must be one of {_SUPPORTED_HEAD_DIMS}, got {self.head_dim}")
+        for name in ("k_bits", "v_bits"):
+            if getattr(self, name) not in _SUPPORTED_BITS:
+                raise ValueError(f"compress: {name} must be one of {_SUPPORTED_BITS}")
+        if self.in_dtype not in _DTYPES:
+            raise ValueError(f"compress: in_dtype must be one of {tuple(_DTYPES)}, got {self.in_dtype!r}")
+
+    @property
+    def name(self) -> str:
+        return f"compress_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_{self.in_dtype}"
+
+
+class CompressStoreKernel:
+    def __init__(self, cfg: CompressConfig):
+        self.cfg = cfg
+        self.geo = _Geometry(cfg.head_dim)
+        self.in_bytes = torch.empty((), dtype=_DTYPES[cfg.in_dtype]).element_size()
+
+    @cute.jit
+    def __call__(self, mKey: cute.Tensor, mValue: cute.Tensor, mKCache: cute.Tensor,
+                 mVCache: cute.Tensor, mKNorm: cute.Tensor, mVNorm: cute.Tensor,
+                 mSlot: cute.Tensor, mKSigns: cute.Tensor, mVSigns: cute.Tensor,
+                 mKCb: cute.Tensor, mVCb: cute.Tensor, num_ctas: Int32, stream):
+        self.kernel(mKey, mValue, mKCache, mVCache, mKNorm, mVNorm, mSlot, mKSigns, mVSigns,
+                    mKCb, mVCb).launch(grid=[num_ctas, 1, 1], block=[self.cfg.num_threads, 1, 1],
+                                       stream=stream)
+
+    @cute.jit
+    def _load_side(self, base: Int64, pc: Int64, lane: Int32):
+        """Raw 32-bit words of this lane's elements of vector pc (one 16-byte load per chunk)."""
+        cfg = self.cfg
+        words = []
+        for k in cutlass.range_constexpr(_CHUNKS):
+            off = (pc * cfg.head_dim + self.geo.chunk_offset(k) + Int64(lane) * 8) * self.in_bytes
+            if const_expr(self.in_bytes == 4):
+                w = _ld_v4(base + off)
+                words.extend(list(w))
+                w = _ld_v4(base + off + 16)
+                words.extend(list(w))
+            else:
+                w = _ld_v4(base + off)
+                words.extend(list(w))
+        return words
+
+    @cute.jit
+    def _to_f32(self, words: list, smask: Uint32):
+        """Input words -> float32 values with the rotation signs applied (exact)."""
+        y = []
+        if const_expr(self.cfg.in_dtype == "float32"):
+            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                y.append(_xor_sign(_bits_to_f32(words[r]), _reg_sign(smask, r)))
+        elif const_expr(self.cfg.in_dtype == "bfloat16"):
+            for j in cutlass.range_constexpr(_ELEMS_PER_LANE // 2):
+                w = words[j]
+                y.append(_bits_to_f32((w << Uint32(16)) ^ _reg_sign(smask, 2 * j)))
+                y.append(_bits_to_f32((w & Uint32(0xFFFF0000)) ^ _reg_sign(smask, 2 * j + 1)))
+        else:
+            for j in cutlass.range_constexpr(_ELEMS_PER_LANE // 2):
+                lo, hi = _f16x2_to_f32(words[j])
+                y.append(_xor_sign(lo, _reg_sign(smask, 2 * j)))
+                y.append(_xor_sign(hi, _reg_sign(smask, 2 * j + 1)))
+        return y
+
+    @cute.jit
+    def _quantize(self, words: list, smask: Uint32, sThr: cute.Tensor, sCb2: cute.Tensor,
+                  bits: cutlass.Constexpr, lane: Int32):
+        """-> (packed code words per chunk, bf16 norm bits)."""
+        geo = self.geo
+        y = self._to_f32(words, smask)
+        _wht(y, geo, lane)
+        inv = Float32(_inv_sqrt_f32(self.cfg.head_dim))
+        ss = Float64(0.0)
+        for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+            y[r] = _mul_rn(y[r], inv)
+            ss = _sq_acc_f64(ss, y[r])
+        ss = _group_sum_f64(ss, geo.log_lanes)
+        n = _sqrt_to_f32(ss)
+        nlev = 1 << bits
+        t_mid = _mul_rn(sThr[nlev // 2 - 1], n)
+        t_lo = _mul_rn(sThr[nlev // 4 - 1], n)
+        t_hi = _mul_rn(sThr[3 * nlev // 4 - 1], n)
+        cs = Float64(0.0)
+        packed = []
+        for k in cutlass.range_constexpr(_CHUNKS):
+            words = [Uint32(0), Uint32(0)]
+            for i in cutlass.range_constexpr(8):
+                yr = y[8 * k + i]
+                p1 = t_mid < yr
+                code = Int32(cutlass.select_(p1, Int32(nlev // 2), Int32(0)))
+                t2 = Float32(cutlass.select_(p1, t_hi, t_lo))
+                code = code + Int32(cutlass.select_(t2 < yr, Int32(nlev // 4), Int32(0)))
+                for s in cutlass.range_constexpr(2, bits):
+                    cand = code + (nlev >> (s + 1))
+                    t = _mul_rn(sThr[cand - 1], n)
+                    code = Int32(cutlass.select_(t < yr, cand, code))
+                cs = _add_f64(cs, sCb2[code])
+                sh = (bits * i) % 32
+                words[(bits * i) // 32] = words[(bits * i) // 32] | (Uint32(code) << Uint32(sh))
+            packed.append((words[0], words[1]) if const_expr(bits == 8) else (words[0],))
+        cs = _group_sum_f64(cs, geo.log_lanes)
+        nbits = _norm_correction_bf16(n, cs)
+        return packed, nbits
+
+    @cute.jit
+    def _store_side(self, cache_base: Int64, norm_base: Int64, row: Int64, packed: list,
+                    nbits: Uint32, bits: cutlass.Constexpr, lane: Int32, ok: Boolean):
+        row_bytes = self.cfg.head_dim * bits // 8
+        for k in cutlass.range_constexpr(_CHUNKS):
+            off = row * row_bytes + (self.geo.chunk_offset(k) + lane * 8) * bits // 8
+            if const_expr(bits == 8):
+                _st_v2(cache_base + off, packed[k][0], packed[k][1], ok)
+            elif const_expr(bits == 4):
+                _st_b32(cache_base + off, packed[k][0], ok)
+            else:
+                _st_b16(cache_base + off, packed[k][0], ok)
+        _st_b16(norm_base + row * 2, nbits, ok & (lane == 0))
+
+    @cute.kernel
+    def kernel(self, mKey: cute.Tensor, mValue: cute.Tensor, mKCache: cute.Tensor,
+               mVCache: cute.Tensor, mKNorm: cute.Tensor, mVNorm: cute.Tensor,
+               mSlot: cute.Tensor, mKSigns: cute.Tensor, mVSigns: cute.Tensor,
+               mKCb: cute.Tensor, mVCb: cute.Tensor):
+        cfg = self.cfg
+        geo = self.geo
+        G = geo.lanes
+        vpc = cfg.num_threads // G
+        tidx, _, _ = cute.arch.thread_idx()
+        cta, _, _ = cute.arch.block_idx()
+        nctas, _, _ = cute.arch.grid_dim()
+        lane = tidx % G
+        vec = tidx // G
+
+        smem = cutlass.memory.SmemAllocator()
+        nk = 1 << cfg.k_bits
+        nv = 1 << cfg.v_bits
+        sKThr = smem.allocate_tensor(Float32, cute.make_layout(nk), byte_alignment=16)
+        sVThr = smem.allocate_tensor(Float32, cute.make_layout(nv), byte_alignment=16)
+        sKCb2 = smem.allocate_tensor(Float64, cute.make_layout(nk), byte_alignment=16)
+        sVCb2 = smem.allocate_tensor(Float64, cute.make_layout(nv), byte_alignment=16)
+        # Thresholds exactly as codec_thresholds: (c[j] + c[j+1]) * 0.5 in float32; squared
+        # centroids in float64 (exact) for the norm correction.
+        for j in cutlass.range(tidx, nk, cfg.num_threads):
+            cj = mKCb[j]
+            if j < nk - 1:
+                sKThr[j] = _mul_rn(_add_rn(cj, mKCb[j + 1]), Float32(0.5))
+            sKCb2[j] = _sq_f64(cj)
+        for j in cutlass.range(tidx, nv, cfg.num_threads):
+            cj = mVCb[j]
+            if j < nv - 1:
+                sVThr[j] = _mul_rn(_add_rn(cj, mVCb[j + 1]), Float32(0.5))
+            sVCb2[j] = _sq_f64(cj)
+        kmask = _sign_mask(mKSigns, geo, lane)
+        vmask = _sign_mask(mVSigns, geo, lane)
+        cute.arch.sync_threads()
+
+        num_tokens = mKey.shape[0]
+        num_heads = mKey.shape[1]
+        total = Int64(num_tokens) * Int64(num_heads)
+        num_slots = Int64(mKCache.shape[0]) * Int64(mKCache.shape[1])
+        step = Int64(nctas) * vpc
+        iters = (total + step - 1) // step
+        key_base = _addr(mKey)
+        val_base = _addr(mValue)
+        kc_base = _addr(mKCache)
+        vc_base = _addr(mVCache)
+        kn_base = _addr(mKNorm)
+        vn_base = _addr(mVNorm)
+        slot_base = _addr(mSlot)
+        for it in cutlass.range(iters):
+            p = Int64(it) * step + Int64(cta) * vpc + Int64(vec)
+            valid = p < total
+            # Past the end: compute on a real vector and store nothing, so that every lane
+            # takes part in every shuffle (no divergent control flow in the loop).
+            pc = Int64(cutlass.select_(valid, p, total - 1))
+            tok = pc // Int64(num_heads)
+            head = pc - tok * Int64(num_heads)
+            lo, hi = _ld_v2(slot_base + tok * 8)
+            slot = Int64(lo) | (Int64(hi) << Int64(32))
+            kw = self._load_side(key_base, pc, lane)
+            vw = self._load_side(val_base, pc, lane)
+            ok = valid & (slot >= 0) & (slot < num_slots)
+            row = slot * Int64(num_heads) + head
+            kpacked, knb = self._quantize(kw, kmask, sKThr, sKCb2, cfg.k_bits, lane)
+            self._store_side(kc_base, kn_base, row, kpacked, knb, cfg.k_bits, lane, ok)
+            vpacked, vnb = self._quantize(vw, vmask, sVThr, sVCb2, cfg.v_bits, lane)
+            self._store_side(vc_base, vn_base, row, vpacked, vnb, cfg.v_bits, lane, ok)
+
+
+# =============================================================================== dequantize
+@dataclass(frozen=True)
+class DequantConfig:
+    """Everything that changes the dequantize kernel's code (also its compile-cache key)."""
+
+    head_dim: int = 128
+    k_bits: int = 4
+    v_bits: int = 4
+    out_dtype: str = "bfloat16"
+    unrotate: bool = False
+    num_threads: int = 256
+
+    def __post_init__(self):
+        if self.head_dim not in _SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"dequantize: head_dim must be one of {_SUPPORTED_HEAD_DIMS}, got {self.head_dim}")
+        for name in ("k_bits", "v_bits"):
+            if getattr(self, name) not in _SUPPORTED_BITS:
+                raise ValueError(f"dequantize: {name} must be one of {_SUPPORTED_BITS}")
+        if self.out_dtype not in _DTYPES:
+            raise ValueError(f"dequantize: out_dtype must be one of {tuple(_DTYPES)}, got {self.out_dtype!r}")
+
+    @property
+    def name(self) -> str:
+        rot = "_unrot" if self.unrotate else ""
+        return f"dequant_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_{self.out_dtype}{rot}"
+
+
+class DequantizeKernel:
+    def __init__(self, cfg: DequantConfig):
+        self.cfg = cfg
+        self.geo = _Geometry(cfg.head_dim)
+        self.out_bytes = torch.empty((), dtype=_DTYPES[cfg.out_dtype]).element_size()
+
+    @cute.jit
+    def __call__(self, mKCache: cute.Tensor, mVCache: cute.Tensor, mKNorm: cute.Tensor,
+                 mVNorm: cute.Tensor, mBlockTable: cute.Tensor, mCuSeqlens: cute.Tensor,
+                 mKCb: cute.Tensor, mVCb: cute.Tensor, mKSigns: cute.Tensor, mVSigns: cute.Tensor,
+                 mKOut: cute.Tensor, mVOut: cute.Tensor, num_ctas: Int32, search_steps: Int32,
+                 stream):
+        self.kernel(mKCache, mVCache, mKNorm, mVNorm, mBlockTable, mCuSeqlens, mKCb, mVCb,
+                    mKSigns, mVSigns, mKOut, mVOut, search_steps).launch(
+            grid=[num_ctas, 1, 1], block=[self.cfg.num_threads, 1, 1], stream=stream)
+
+    @cute.jit
+    def _load_codes(self, base: Int64, row: Int64, bits: cutlass.Constexpr, lane: Int32):
+        row_bytes = self.cfg.head_dim * bits // 8
+        words = []
+        for k in cutlass.range_constexpr(_CHUNKS):
+            addr = base + row * row_bytes + (self.geo.chunk_offset(k) + lane * 8) * bits // 8
+            if const_expr(bits == 8):
+                w0, w1 = _ld_v2(addr)
+                words.append((w0, w1))
+            elif const_expr(bits == 4):
+                words.append((_ld_b32(addr),))
+            else:
+                words.append((_ld_u16(addr),))
+        return words
+
+    @cute.jit
+    def _decode_store(self, words: list, nbits: Uint32, sCb: cute.Tensor, smask: Uint32,
+                      bits: cutlass.Constexpr, out_base: Int64, pc: Int64, lane: Int32,
+                      ok: Boolean):
+        cfg = self.cfg
+        n = _bits_to_f32(nbits << Uint32(16))
+        y = []
+        for k in cutlass.range_constexpr(_CHUNKS):
+            for i in cutlass.range_constexpr(8):
+                w = words[k][(bits * i) // 32]
+                code = (w >> Uint32((bits * i) % 32)) & Uint32((1 << bits) - 1)
+                # x = codebook[code] * norm (float32, one rounding; mul.rn is never fused
+                # into the WHT additions that follow).
+                y.append(_mul_rn(sCb[Int32(code)], n))
+        if const_expr(cfg.unrotate):
+            _wht(y, self.geo, lane)
+            inv = Float32(_inv_sqrt_f32(cfg.head_dim))
+            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                y[r] = _xor_sign(_mul_rn(y[r], inv), _reg_sign(smask, r))
+        for k in cutlass.range_constexpr(_CHUNKS):
+            addr = out_base + (pc * cfg.head_dim + self.geo.chunk_offset(k) + Int64(lane) * 8) * self.out_bytes
+            if const_expr(cfg.out_dtype == "float32"):
+                _st_v4(addr, _f32_to_bits(y[8 * k]), _f32_to_bits(y[8 * k + 1]),
+                       _f32_to_bits(y[8 * k + 2]), _f32_to_bits(y[8 * k + 3]), ok)
+                _st_v4(addr + 16, _f32_to_bits(y[8 * k + 4]), _f32_to_bits(y[8 * k + 5]),
+                       _f32_to_bits(y[8 * k + 6]), _f32_to_bits(y[8 * k + 7]), ok)
+            else:
+                f16 = cfg.out_dtype == "float16"
+                o = [_pack2(y[8 * k + 2 * i], y[8 * k + 2 * i + 1], f16) for i in range(4)]
+                _st_v4(addr, o[0], o[1], o[2], o[3], ok)
+
+    @cute.kernel
+    def kernel(self, mKCache: cute.Tensor, mVCache: cute.Tensor, mKNorm: cute.Tensor,
+               mVNorm: cute.Tensor, mBlockTable: cute.Tensor, mCuSeqlens: cute.Tensor,
+               mKCb: cute.Tensor, mVCb: cute.Tensor, mKSigns: cute.Tensor, mVSigns: cute.Tensor,
+               mKOut: cute.Tensor, mVOut: cute.Tensor, search_steps: Int32):
+        cfg = self.cfg
+        geo = self.geo
+        G = geo.lanes
+        vpc = cfg.num_threads // G
+        tidx, _, _ = cute.arch.thread_idx()
+        cta, _, _ = cute.arch.block_idx()
+        nctas, _, _ = cute.arch.grid_dim()
+        lane = tidx % G
+        vec = tidx // G
+
+        smem = cutlass.memory.SmemAllocator()
+        nk = 1 << cfg.k_bits
+        nv = 1 << cfg.v_bits
+        sKCb = smem.allocate_tensor(Float32, cute.make_layout(nk), byte_alignment=16)
+        sVCb = smem.allocate_tensor(Float32, cute.make_layout(nv), byte_alignment=16)
+        for j in cutlass.range(tidx, nk, cfg.num_threads):
+            sKCb[j] = mKCb[j]
+        for j in cutlass.range(tidx, nv, cfg.num_threads):
+            sVCb[j] = mVCb[j]
+        kmask = Uint32(0)
+        vmask = Uint32(0)
+        if const_expr(cfg.unrotate):
+            kmask = _sign_mask(mKSigns, geo, lane)
+            vmask = _sign_mask(mVSigns, geo, lane)
+        cute.arch.sync_threads()
+
+        total_k = mKOut.shape[0]
+        num_heads = mKOut.shape[1]
+        block_size = mKCache.shape[1]
+        batch = mCuSeqlens.shape[0] - 1
+        total = Int64(total_k) * Int64(num_heads)
+        step = Int64(nctas) * vpc
+        iters = (total + step - 1) // step
+        kc_base = _addr(mKCache)
+        vc_base = _addr(mVCache)
+        kn_base = _addr(mKNorm)
+        vn_base = _addr(mVNorm)
+        ko_base = _addr(mKOut)
+        vo_base = _addr(mVOut)
+        for it in cutlass.range(iters):
+            p = Int64(it) * step + Int64(cta) * vpc + Int64(vec)
+            ok = p < total
+            pc = Int64(cutlass.select_(ok, p, total - 1))
+            tok = Int32(pc // Int64(num_heads))
+            head = Int32(pc - Int64(tok) * Int64(num_heads))
+            # Sequence of token tok: the last b with cu[b] <= tok (fixed step count keeps the
+            # lanes converged; empty sequences are skipped because cu[b+1] > tok).
+            lo = Int32(0)
+            hi = Int32(batch)
+            for _ in cutlass.range(search_steps):
+                mid = (lo + hi) >> 1
+                go_up = (mCuSeqlens[mid] <= tok) & (hi - lo > 1)
+                lo = Int32(cutlass.select_(go_up, mid, lo))
+                hi = Int32(cutlass.select_(go_up | (hi - lo <= 1), hi, mid))
+            pos = tok - mCuSeqlens[lo]
+            blk_i = pos // block_size
+            blk = mBlockTable[lo, blk_i]
+            row = (Int64(blk) * Int64(block_size) + Int64(pos - blk_i * block_size)) * Int64(num_heads) + Int64(head)
+            kw = self._load_codes(kc_base, row, cfg.k_bits, lane)
+            vw = self._load_codes(vc_base, row, cfg.v_bits, lane)
+            knb = _ld_u16(kn_base + row * 2)
+            vnb = _ld_u16(vn_base + row * 2)
+            self._decode_store(kw, knb, sKCb, kmask, cfg.k_bits, ko_base, pc, lane, ok)
+            self._decode_store(vw, vnb, sVCb, vmask, cfg.v_bits, vo_base, pc, lane, ok)
+
+
+# =============================================================================== compilation
+def _fake(dtype, shape, align=16):
+    """Fake CuTe tensor with dynamic (symbolic) sizes where given None, row-major dynamic
+    strides and unit last stride. The kernels compute addresses from contiguous shapes."""
+    dims = tuple(cute.sym_int() if s is None else s for s in shape)
+    stride = tuple([cute.sym_int64() for _ in dims[:-1]] + [1])
+    return cute.runtime.make_fake_tensor(dtype, dims, stride=stride, assumed_align=align)
+
+
+def _compile_compress(cfg: CompressConfig):
+    in_dt = _CUTE_DTYPES[cfg.in_dtype]
+    d = cfg.head_dim
+    key = _fake(in_dt, (None, None, d))
+    value = _fake(in_dt, (None, None, d))
+    kc = _fake(cutlass.Uint8, (None, None, None, d * cfg.k_bits // 8))
+    vc = _fake(cutlass.Uint8, (None, None, None, d * cfg.v_bits // 8))
+    kn = _fake(cutlass.BFloat16, (None, None, None), align=2)
+    vn = _fake(cutlass.BFloat16, (None, None, None), align=2)
+    slot = _fake(Int64, (None,), align=8)
+    ks = _fake(Float32, (d,), align=4)
+    vs = _fake(Float32, (d,), align=4)
+    kcb = _fake(Float32, (1 << cfg.k_bits,), align=4)
+    vcb = _fake(Float32, (1 << cfg.v_bits,), align=4)
+    stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+    return cute.compile(CompressStoreKernel(cfg), key, value, kc, vc, kn, vn, slot, ks, vs, kcb,
+                        vcb, Int32(1), stream, options=("--enable-tvm-ffi " + _EXTRA_OPTS).strip())
+
+
+def _compile_dequant(cfg: DequantConfig):
+    out_dt = _CUTE_DTYPES[cfg.out_dtype]
+    d = cfg.head_dim
+    kc = _fake(cutlass.Uint8, (None, None, None, d * cfg.k_bits // 8))
+    vc = _fake(cutlass.Uint8, (None, None, None, d * cfg.v_bits // 8))
+    kn = _fake(cutlass.BFloat16, (None, None, None), align=2)
+    vn = _fake(cutlass.BFloat16, (None, None, None), align=2)
+    bt = _fake(Int32, (None, None), align=4)
+    cu = _fake(Int32, (None,), align=4)
+    kcb = _fake(Float32, (1 << cfg.k_bits,), align=4)
+    vcb = _fake(Float32, (1 << cfg.v_bits,), align=4)
+    ks = _fake(Float32, (d,), align=4)
+    vs = _fake(Float32, (d,), align=4)
+    ko = _fake(out_dt, (None, None, d))
+    vo = _fake(out_dt, (None, None, d))
+    stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+    return cute.compile(DequantizeKernel(cfg), kc, vc, kn, vn, bt, cu, kcb, vcb, ks, vs, ko, vo,
+                        Int32(1), Int32(1), stream,
+                        options=("--enable-tvm-ffi " + _EXTRA_OPTS).strip())
+
+
+_EXTRA_OPTS = os.environ.get("FA4TQ_COMPRESS_COMPILE_OPTS", "")
+_COMPILED: dict = {}
+
+
+def _get_compiled(cfg, builder):
+    fn = _COMPILED.get(cfg)
+    if fn is None:
+        fn = builder(cfg)
+        _COMPILED[cfg] = fn
+    return fn
+
+
+# =============================================================================== host side
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _debug_checks() -> bool:
+    return os.environ.get("FA4TQ_DEBUG_CHECKS", "0") not in ("", "0", "false", "False")
+
+
+def _bits(codebook: torch.Tensor) -> int:
+    return {4: 2, 16: 4, 256: 8}[codebook.numel()]
+
+
+def _check_aligned(**tensors) -> None:
+    for name, t in tensors.items():
+        if t.data_ptr() % 16:
+            raise ValueError(f"{name} must be 16-byte aligned for the CUDA kernel "
+                             f"(data_ptr % 16 = {t.data_ptr() % 16})")
+
+
+def _grid(num_vectors: int, head_dim: int, num_threads: int, device: torch.device) -> int:
+    vpc = num_threads // (head_dim // _ELEMS_PER_LANE)
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(-(-num_vectors // vpc), _sm_count(idx) * _CTAS_PER_SM))
+
+
+def compress_store_cuda(key, value, k_cache, v_cache, k_norm, v_norm, slot_mapping, k_signs,
+                        v_signs, k_codebook, v_codebook) -> None:
+    """tqkv.compress_store on CUDA (arguments already validated by fa4_tq.validate).
+
+    One launch quantizes K and V; bit-exact with reference.compress_store. Repeated
+    non-negative slots are undefined (see module doc); FA4TQ_DEBUG_CHECKS=1 rejects them."""
+    num_tokens, num_heads, head_dim = key.shape
+    if num_tokens == 0:
+        return
+    _check_aligned(key=key, value=value, k_cache=k_cache, v_cache=v_cache)
+    if _debug_checks():
+        used = slot_mapping[slot_mapping >= 0]
+        if used.numel() != torch.unique(used).numel():
+            raise ValueError("slot_mapping repeats a non-negative slot; the CUDA compress_store "
+                             "does not define which token wins (FA4TQ_DEBUG_CHECKS=1)")
+    cfg = CompressConfig(head_dim, _bits(k_codebook), _bits(v_codebook), _DTYPE_NAMES[key.dtype])
+    fn = _get_compiled(cfg, _compile_compress)
+    grid = _grid(num_tokens * num_heads, head_dim, cfg.num_threads, key.device)
+    fn(key, value, k_cache, v_cache, k_norm, v_norm, slot_mapping, k_signs, v_signs, k_codebook,
+       v_codebook, grid)
+
+
+def dequantize_cuda(k_cache, v_cache, k_norm, v_norm, block_table, cu_seqlens_k, k_codebook,
+                    v_codebook, k_signs, v_signs, unrotate, total_k, dtype):
+    """tqkv.dequantize on CUDA -> (k, v) [total_k, Hkv, D] in ``dtype`` (validated args).
+
+    Decode is bit-exact with reference.dequantize (x = codebook[code] * norm in float32,
+    optional float32 inverse WHT in the reference's stage order, one rounding to dtype)."""
+    num_heads = k_cache.shape[2]
+    head_dim = k_cache.shape[3] * 8 // _bits(k_codebook)
+    k_out = torch.empty((total_k, num_heads, head_dim), dtype=dtype, device=k_cache.device)
+    v_out = torch.empty((total_k, num_heads, head_dim), dtype=dtype, device=k_cache.device)
+    batch = cu_seqlens_k.shape[0] - 1
+    if total_k == 0:
+        return k_out, v_out
+    if batch < 1:
+        raise ValueError(f"dequantize: total_k={total_k} > 0 needs at least one sequence in "
+                         "cu_seqlens_k")
+    _check_aligned(k_cache=k_cache, v_cache=v_cache)
+    cfg = DequantConfig(head_dim, _bits(k_codebook), _bits(v_codebook), _DTYPE_NAMES[dtype],
+                        bool(unrotate))
+    fn = _get_compiled(cfg, _compile_dequant)
+    grid = _grid(total_k * num_heads, head_dim, cfg.num_threads, k_cache.device)
+    steps = max(1, (batch - 1).bit_length())  # halvings of [0, batch) down to one sequence
+    fn(k_cache, v_cache, k_norm, v_norm, block_table, cu_seqlens_k, k_codebook, v_codebook,
+       k_signs, v_signs, k_out, v_out, grid, steps)
+    return k_out, v_out
+
+
+# =============================================================================== configs
+def shipped_configs() -> list:
+    """Configs compiled by the CPU compile test (and registered with the compile harness)."""
+    cfgs: list = []
+    for d in _SUPPORTED_HEAD_DIMS:
+        for b in _SUPPORTED_BITS:
+            cfgs.append(CompressConfig(d, b, b, "bfloat16"))
+            cfgs.append(DequantConfig(d, b, b, "bfloat16", False))
+            cfgs.append(DequantConfig(d, b, b, "bfloat16", True))
+    cfgs += [CompressConfig(128, 4, 2, "bfloat16"), CompressConfig(128, 8, 4, "bfloat16"),
+             CompressConfig(128, 4, 4, "float16"), CompressConfig(128, 4, 4, "float32"),
+             DequantConfig(128, 4, 2, "bfloat16", True), DequantConfig(128, 4, 4, "float16", True),
+             DequantConfig(128, 4, 4, "float32", True)]
+    return cfgs
+
+
+def compile_one(cfg):
+    """Compile one config on the current target (CPU: fake tensors; CUTE_DSL_ARCH=sm_90a)."""
+    return _compile_compress(cfg) if isinstance(cfg, CompressConfig) else _compile_dequant(cfg)
+
+
+def compile_configs():
+    """[(name, thunk)]: each thunk compiles one shipped config."""
+    return [(c.name, functools.partial(compile_one, c)) for c in shipped_configs()]
+
+
+def _variant(cfg) -> str:
+    if isinstance(cfg, CompressConfig):
+        return cfg.in_dtype
+    return cfg.out_dtype + ("-unrotate" if cfg.unrotate else "")
+
+
+def register_configs(register) -> None:
+    """Compile-harness hook (fa4_tq.kernels.compile): one KernelConfig per shipped config."""
+    from .compile import KernelConfig
+
+    for c in shipped_configs():
+        kernel = "compress" if isinstance(c, CompressConfig) else "dequantize"
+        register(KernelConfig(kernel, c.k_bits, c.v_bits, c.head_dim, _variant(c),
+                              functools.partial(lambda cfg: (compile_one, (cfg,)), c)))

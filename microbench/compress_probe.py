@@ -1,0 +1,233 @@
+"""Device probe for the CUDA compress_store / dequantize kernels (one run does everything).
+
+  source .devenv/setup.sh && python3 -m microbench.compress_probe [--quick] 2>&1 | tee $OUT/log.txt
+
+1. Correctness: runs tests/gpu/test_compress.py (pytest, in-process).
+2. Timing (H100, Hkv=8, D=128, bf16 in/out, 1 ... 64K tokens): kernel time as the median of
+   CUDA-graph replays (20 calls captured per graph, CUDA events around each replay, warm-up
+   excluded; 4 input sets rotated so L2 does not serve them), effective bandwidth =
+   (bytes read + bytes written) / time, compared with a device-to-device copy_ of the same
+   number of bytes and with a large (512 MiB) copy measured in this run, and with the torch
+   reference (fa4_tq/reference.py run on the GPU, eager).
+Prints a compact table at the end; also writes it to $OUT/compress_probe.csv if $OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+
+def _graph_time_ms(fn, calls=20, reps=15):
+    """Median per-call time of ``fn(i)`` for i in range(calls), captured in a CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for i in range(calls):  # warm-up (compiles on first call)
+            fn(i)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(calls):
+            fn(i)
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / calls)
+    return statistics.median(times)
+
+
+def _eager_time_ms(fn, reps=5):
+    fn(0)
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn(i)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def _copy_ms(nbytes):
+    """Median time of a D2D copy_ moving ``nbytes`` in total (nbytes/2 read + nbytes/2 written)."""
+    n = max(1, nbytes // 2)
+    src = [torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda") for _ in range(4)]
+    dst = [torch.empty_like(x) for x in src]
+    return _graph_time_ms(lambda i: dst[i % 4].copy_(src[i % 4]))
+
+
+def bench(quick: bool):
+    import fa4_tq.ops  # noqa: F401
+    from fa4_tq import reference
+    from fa4_tq.codec import TQCodec
+
+    dev = "cuda"
+    h, d, bs = 8, 128, 16
+    big = 512 * 2**20
+    peak_ms = _copy_ms(big)
+    peak_gbs = big / peak_ms / 1e6
+    rows = []
+    tokens = [1, 16, 256, 4096, 16384, 65536] if not quick else [1, 4096, 65536]
+    bit_pairs = [(4, 4), (2, 2), (8, 8)]
+    for kb, vb in bit_pairs:
+        codec = TQCodec(d, kb, vb).to(dev)
+        cargs = (codec.k_signs, codec.v_signs, codec.k_codebook, codec.v_codebook)
+        for t in tokens:
+            if (kb, vb) != (4, 4) and t not in (16, 65536):
+                continue
+            nb = max(4, -(-t // bs) * 1)
+            sets = 4
+            caches = [[torch.zeros(nb, bs, h, d * kb // 8, dtype=torch.uint8, device=dev),
+                       torch.zeros(nb, bs, h, d * vb // 8, dtype=torch.uint8, device=dev),
+                       torch.zeros(nb, bs, h, dtype=torch.bfloat16, device=dev),
+                       torch.zeros(nb, bs, h, dtype=torch.bfloat16, device=dev)]
+                      for _ in range(sets)]
+            keys = [torch.randn(t, h, d, dtype=torch.bfloat16, device=dev) for _ in range(sets)]
+            vals = [torch.randn(t, h, d, dtype=torch.bfloat16, device=dev) for _ in range(sets)]
+            slots = [torch.randperm(nb * bs, device=dev)[:t] for _ in range(sets)]
+
+            def comp(i):
+                j = i % sets
+                torch.ops.tqkv.compress_store(keys[j], vals[j], *caches[j], slots[j], *cargs)
+
+            def comp_ref(i):
+                j = i % sets
+                reference.compress_store(keys[j], vals[j], *caches[j], slots[j], *cargs)
+
+            nbytes = (2 * t * h * d * 2 + t * 8) + t * h * (d * kb // 8 + d * vb // 8 + 4)
+            ms = _graph_time_ms(comp)
+            ref_ms = _eager_time_ms(comp_ref) if t <= 16384 else float("nan")
+            cp_ms = _copy_ms(nbytes)
+            rows.append(("compress", f"K{kb}V{vb}", t, "", ms * 1e3, nbytes / ms / 1e6,
+                         (nbytes / ms) / (nbytes / cp_ms), (nbytes / ms / 1e6) / peak_gbs,
+                         ref_ms / ms))
+
+            # dequantize the same tokens as 4 sequences through a random block table
+            bsz = 4 if t >= 4 else 1
+            lens = torch.full((bsz,), t // bsz, dtype=torch.int32)
+            lens[-1] += t - int(lens.sum())
+            mb = int(-(-lens.max() // bs))
+            nb2 = bsz * mb
+            kc, vc, kn, vn = caches[0]
+            if nb2 > nb:
+                continue
+            bt = torch.randperm(nb, device=dev)[: nb2].reshape(bsz, mb).to(torch.int32)
+            cu = torch.zeros(bsz + 1, dtype=torch.int32, device=dev)
+            cu[1:] = torch.cumsum(lens, 0).to(dev)
+            # real codes: compress once into every set
+            for j in range(sets):
+                torch.ops.tqkv.compress_store(keys[j], vals[j], *caches[j], slots[j], *cargs)
+            for unrot in (False, True):
+                if unrot and (kb, vb) != (4, 4):
+                    continue
+
+                def deq(i):
+                    j = i % sets
+                    torch.ops.tqkv.dequantize(*caches[j], bt, cu, codec.k_codebook,
+                                              codec.v_codebook, codec.k_signs, codec.v_signs,
+                                              unrot, t, torch.bfloat16)
+
+                def deq_ref(i):
+                    j = i % sets
+                    reference.dequantize(*caches[j], bt, cu, codec.k_codebook, codec.v_codebook,
+                                         codec.k_signs, codec.v_signs, unrot, t, torch.bfloat16)
+
+                nbytes = t * h * (d * kb // 8 + d * vb // 8 + 4) + 2 * t * h * d * 2
+                ms = _graph_time_ms(deq)
+                ref_ms = _eager_time_ms(deq_ref) if t <= 16384 else float("nan")
+                cp_ms = _copy_ms(nbytes)
+                rows.append(("dequant" + ("+unrot" if unrot else ""), f"K{kb}V{vb}", t, "",
+                             ms * 1e3, nbytes / ms / 1e6, cp_ms / ms,
+                             (nbytes / ms / 1e6) / peak_gbs, ref_ms / ms))
+    return peak_gbs, rows
+
+
+def smoke():
+    """One bit-exact compress + dequantize check before timing (fails loudly)."""
+    import fa4_tq.ops  # noqa: F401
+    from fa4_tq import reference
+    from fa4_tq.codec import TQCodec
+
+    g = torch.Generator().manual_seed(0)
+    codec = TQCodec(128, 4, 4)
+    nb, bs, h, t = 8, 16, 8, 100
+    cache = [torch.zeros(nb, bs, h, 64, dtype=torch.uint8), torch.zeros(nb, bs, h, 64, dtype=torch.uint8),
+             torch.zeros(nb, bs, h, dtype=torch.bfloat16), torch.zeros(nb, bs, h, dtype=torch.bfloat16)]
+    key = torch.randn(t, h, 128, generator=g).to(torch.bfloat16)
+    val = torch.randn(t, h, 128, generator=g).to(torch.bfloat16)
+    slots = torch.randperm(nb * bs, generator=g)[:t]
+    ref = [x.clone() for x in cache]
+    cargs = (codec.k_signs, codec.v_signs, codec.k_codebook, codec.v_codebook)
+    reference.compress_store(key, val, *ref, slots, *cargs)
+    gpu = [x.cuda() for x in cache]
+    torch.ops.tqkv.compress_store(key.cuda(), val.cuda(), *gpu, slots.cuda(), *[a.cuda() for a in cargs])
+    for name, a, b in zip(("k_cache", "v_cache", "k_norm", "v_norm"), gpu, ref):
+        a = a.cpu()
+        eq = (a.view(torch.int16) == b.view(torch.int16)) if a.dtype == torch.bfloat16 else (a == b)
+        print(f"smoke compress {name}: {int((~eq).sum())} mismatching of {eq.numel()}", flush=True)
+    bt = torch.arange(nb, dtype=torch.int32).reshape(1, nb)
+    cu = torch.tensor([0, nb * bs], dtype=torch.int32)
+    for unrot in (False, True):
+        rk, rv = reference.dequantize(*ref, bt, cu, codec.k_codebook, codec.v_codebook,
+                                      codec.k_signs, codec.v_signs, unrot, nb * bs, torch.bfloat16)
+        gk, gv = torch.ops.tqkv.dequantize(*[x.cuda() for x in ref], bt.cuda(), cu.cuda(),
+                                           codec.k_codebook.cuda(), codec.v_codebook.cuda(),
+                                           codec.k_signs.cuda(), codec.v_signs.cuda(), unrot,
+                                           nb * bs, torch.bfloat16)
+        print(f"smoke dequant unrotate={unrot}: k equal={torch.equal(gk.cpu(), rk)} "
+              f"v equal={torch.equal(gv.cpu(), rv)} "
+              f"max|diff|={float((gk.cpu().float() - rk.float()).abs().max()):.3g}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-tests", action="store_true")
+    args = ap.parse_args()
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    smoke()
+    t0 = time.time()
+    peak, rows = bench(args.quick)
+    print(f"bench {time.time() - t0:.0f}s", flush=True)
+    hdr = ("kernel", "bits", "tokens", "", "us", "GB/s", "vs_copy_same_bytes",
+           "vs_copy_512MiB", "speedup_vs_torch_ref")
+    print(f"\nD2D copy 512 MiB: {peak:.0f} GB/s (read+write)")
+    print("  ".join(f"{c:>10}" for c in hdr if c))
+    for r in rows:
+        print("  ".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v!s:>10}" for v, c in
+                        zip(r, hdr) if c))
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "compress_probe.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([c for c in hdr if c])
+            w.writerows([[v for v, c in zip(r, hdr) if c] for r in rows])
+    sys.stdout.flush()
+    rc = 0
+    if not args.skip_tests:
+        import pytest
+
+        t0 = time.time()
+        rc = pytest.main(["-v", "-x", "-p", "no:cacheprovider", "tests/gpu/test_compress.py"])
+        print(f"pytest rc={rc} ({time.time() - t0:.0f}s)", flush=True)
+    sys.exit(0 if rc == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""CUDA compress_store / dequantize (fa4_tq/kernels/compress.py) against the CPU reference.
+
+compress_store must be bit-exact: the whole cache (codes of every slot, written or not, and
+both norm tensors) is compared byte for byte with reference.compress_store run on a CPU copy
+of the same pre-filled (random) cache. dequantize is compared with reference.dequantize over
+the same packed cache; outputs are allocated from memory that was NaN-filled just before.
+"""
+
+import os
+
+import pytest
+import torch
+
+import fa4_tq.ops  # noqa: F401  (registers torch.ops.tqkv)
+from fa4_tq import reference
+from fa4_tq.codec import TQCodec, default_codebook
+
+pytestmark = pytest.mark.gpu
+
+DEV = "cuda"
+
+
+def _skip_without_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+
+def _codec(d, kb, vb, seed=0, custom=False):
+    c = TQCodec(d, kb, vb, seed=seed)
+    if custom:  # a calibrated-looking table: random strictly increasing values
+        g = torch.Generator().manual_seed(seed + 7)
+        for side, b in (("k", kb), ("v", vb)):
+            cb = torch.sort(torch.randn(2 ** b, generator=g) * 1.7 / d ** 0.5 + 0.01).values
+            setattr(c, f"{side}_codebook", cb.to(torch.float32))
+    return c
+
+
+def _random_cache(nb, bs, h, d, kb, vb, gen):
+    k_cache = torch.randint(0, 256, (nb, bs, h, d * kb // 8), dtype=torch.uint8, generator=gen)
+    v_cache = torch.randint(0, 256, (nb, bs, h, d * vb // 8), dtype=torch.uint8, generator=gen)
+    k_norm = torch.randn(nb, bs, h, generator=gen).to(torch.bfloat16)
+    v_norm = torch.randn(nb, bs, h, generator=gen).to(torch.bfloat16)
+    return [k_cache, v_cache, k_norm, v_norm]
+
+
+def _inputs(t, h, d, dtype, gen):
+    # Mixed magnitudes (per token scale over 6 decades), plus an all-zero vector.
+    scale = torch.exp(torch.randn(t, 1, 1, generator=gen) * 3.0)
+    key = (torch.randn(t, h, d, generator=gen) * scale).to(dtype)
+    value = (torch.randn(t, h, d, generator=gen) * scale + 0.3).to(dtype)
+    if t > 2:
+        key[1, 0] = 0
+        value[2, -1] = 0
+    return key, value
+
+
+def _slots(t, num_slots, gen, negatives=True):
+    perm = torch.randperm(num_slots, generator=gen)[:t].to(torch.int64)
+    if negatives:
+        perm[torch.rand(t, generator=gen) < 0.2] = -1
+    return perm
+
+
+def _run_compress(key, value, cache_cpu, slots, codec):
+    """(gpu result tensors, cpu reference tensors) starting from the same cache contents."""
+    ref = [x.clone() for x in cache_cpu]
+    reference.compress_store(key, value, *ref, slots, codec.k_signs, codec.v_signs,
+                             codec.k_codebook, codec.v_codebook)
+    gpu = [x.to(DEV) for x in cache_cpu]
+    torch.ops.tqkv.compress_store(key.to(DEV), value.to(DEV), *gpu, slots.to(DEV),
+                                  codec.k_signs.to(DEV), codec.v_signs.to(DEV),
+                                  codec.k_codebook.to(DEV), codec.v_codebook.to(DEV))
+    torch.cuda.synchronize()
+    return [x.cpu() for x in gpu], ref
+
+
+def _assert_same_cache(got, ref):
+    for name, g, r in zip(("k_cache", "v_cache", "k_norm", "v_norm"), got, ref):
+        if g.dtype == torch.bfloat16:
+            g, r = g.view(torch.int16), r.view(torch.int16)
+        bad = (g != r).nonzero()
+        assert bad.numel() == 0, f"{name}: {bad.shape[0]} mismatches, first at {bad[:4].tolist()}"
+
+
+CASES = [(d, kb, vb, "bfloat16") for d in (64, 128, 256) for kb, vb in
+         ((2, 2), (4, 4), (8, 8), (4, 2), (2, 8))]
+CASES += [(128, 4, 4, "float16"), (128, 4, 4, "float32"), (64, 8, 2, "float16"),
+          (256, 2, 4, "float32")]
+
+
+@pytest.mark.parametrize("d,kb,vb,dtype", CASES, ids=lambda x: str(x))
+def test_compress_store_bit_exact(d, kb, vb, dtype):
+    _skip_without_cuda()
+    gen = torch.Generator().manual_seed(1000 * d + 10 * kb + vb)
+    codec = _codec(d, kb, vb, seed=d + kb)
+    nb, bs, h, t = 11, 16, 3, 150  # odd head count, tail of a partial CTA
+    cache = _random_cache(nb, bs, h, d, kb, vb, gen)
+    key, value = _inputs(t, h, d, getattr(torch, dtype), gen)
+    slots = _slots(t, nb * bs, gen)
+    got, ref = _run_compress(key, value, cache, slots, codec)
+    _assert_same_cache(got, ref)
+
+
+@pytest.mark.parametrize("d,kb,vb,t", [(128, 4, 4, 9000), (64, 8, 2, 1500), (256, 2, 8, 1500)])
+def test_compress_store_custom_codebook_many_tokens(d, kb, vb, t):
+    _skip_without_cuda()
+    gen = torch.Generator().manual_seed(d * kb * vb)
+    codec = _codec(d, kb, vb, seed=3, custom=True)
+    nb, bs, h = 400, 32, 8  # t=9000: 72000 vectors, more than one pass of the persistent grid
+    cache = _random_cache(nb, bs, h, d, kb, vb, gen)
+    key, value = _inputs(t, h, d, torch.bfloat16, gen)
+    slots = _slots(t, nb * bs, gen)
+    got, ref = _run_compress(key, value, cache, slots, codec)
+    _assert_same_cache(got, ref)
+
+
+def test_compress_store_out_of_range_slots_never_written(monkeypatch):
+    _skip_without_cuda()
+    monkeypatch.setenv("FA4TQ_DEBUG_CHECKS", "0")
+    gen = torch.Generator().manual_seed(5)
+    d, kb, vb, nb, bs, h, t = 128, 4, 4, 4, 16, 2, 40
+    codec = _codec(d, kb, vb)
+    # One big allocation, the cache is a view of its first part: slots past the cache would
+    # land in the guard region if the kernel did not check them.
+    k_buf = torch.randint(0, 256, (2 * nb, bs, h, d * kb // 8), dtype=torch.uint8, generator=gen)
+    cache = _random_cache(nb, bs, h, d, kb, vb, gen)
+    key, value = _inputs(t, h, d, torch.bfloat16, gen)
+    slots = _slots(t, nb * bs, gen)
+    slots[::7] = nb * bs + torch.arange(0, t, 7) % (nb * bs)  # out of range
+    keep = slots < nb * bs
+    ref = [x.clone() for x in cache]
+    reference.compress_store(key, value, *ref, torch.where(keep, slots, -1), codec.k_signs,
+                             codec.v_signs, codec.k_codebook, codec.v_codebook)
+    k_buf_gpu = k_buf.to(DEV)
+    k_buf_gpu[:nb] = cache[0].to(DEV)
+    gpu = [k_buf_gpu[:nb]] + [x.to(DEV) for x in cache[1:]]
+    torch.ops.tqkv.compress_store(key.to(DEV), value.to(DEV), *gpu, slots.to(DEV),
+                                  codec.k_signs.to(DEV), codec.v_signs.to(DEV),
+                                  codec.k_codebook.to(DEV), codec.v_codebook.to(DEV))
+    torch.cuda.synchronize()
+    _assert_same_cache([x.cpu() for x in gpu], ref)
+    assert torch.equal(k_buf_gpu[nb:].cpu(), k_buf[nb:]), "wrote past the cache"
+
+
+def test_compress_store_debug_checks_reject_bad_slots(monkeypatch):
+    _skip_without_cuda()
+    monkeypatch.setenv("FA4TQ_DEBUG_CHECKS", "1")
+    gen = torch.Generator().manual_seed(6)
+    d, nb, bs, h, t = 64, 2, 16, 1, 4
+    codec = _codec(d, 4, 4)
+    cache = [x.to(DEV) for x in _random_cache(nb, bs, h, d, 4, 4, gen)]
+    key, value = (x.to(DEV) for x in _inputs(t, h, d, torch.bfloat16, gen))
+    args = (codec.k_signs.to(DEV), codec.v_signs.to(DEV), codec.k_codebook.to(DEV),
+            codec.v_codebook.to(DEV))
+    with pytest.raises(ValueError, match="slot"):
+        torch.ops.tqkv.compress_store(key, value, *cache,
+                                      torch.tensor([0, 1, nb * bs, -1], device=DEV), *args)
+    with pytest.raises(ValueError, match="repeats"):
+        torch.ops.tqkv.compress_store(key, value, *cache,
+                                      torch.tensor([3, -1, 3, 5], device=DEV), *args)
+    # negatives may repeat
+    torch.ops.tqkv.compress_store(key, value, *cache, torch.tensor([-1, -1, 3, 5], device=DEV),
+                                  *args)
+
+
+def _poison_allocator(nbytes):
+    """NaN-fill memory the caching allocator will hand out next (outputs start as NaN)."""
+    junk = [torch.full((nbytes // 4 + 1024,), float("nan"), device=DEV) for _ in range(2)]
+    del junk
+
+
+@pytest.mark.parametrize("d,kb,vb", [(64, 2, 2), (128, 4, 4), (256, 8, 8), (128, 4, 2),
+                                     (64, 8, 4)])
+@pytest.mark.parametrize("unrotate", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_dequantize_matches_reference(d, kb, vb, unrotate, dtype):
+    _skip_without_cuda()
+    if dtype != torch.bfloat16 and (d, kb, vb) not in ((128, 4, 4), (64, 8, 4)):
+        pytest.skip("other dtypes on a subset")
+    gen = torch.Generator().manual_seed(d + kb + 7 * vb + int(unrotate))
+    codec = _codec(d, kb, vb, seed=11)
+    nb, bs, h = 64, 16, 3
+    # Fill the whole cache through the reference compress (real codes and norms).
+    cache = _random_cache(nb, bs, h, d, kb, vb, gen)
+    key, value = _inputs(nb * bs, h, d, torch.bfloat16, gen)
+    reference.compress_store(key, value, *cache, torch.arange(nb * bs), codec.k_signs,
+                             codec.v_signs, codec.k_codebook, codec.v_codebook)
+    lens = torch.tensor([37, 0, 1, 200, 16, 0, 95], dtype=torch.int32)
+    max_blocks = int((lens.max() + bs - 1) // bs) + 1
+    block_table = torch.randperm(nb, generator=gen)[: lens.numel() * max_blocks]
+    block_table = block_table.reshape(lens.numel(), max_blocks).to(torch.int32)
+    cu = torch.zeros(lens.numel() + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lens, 0)
+    total = int(cu[-1])
+    args = (block_table, cu, codec.k_codebook, codec.v_codebook, codec.k_signs, codec.v_signs)
+    rk, rv = reference.dequantize(*cache, *args, unrotate, total, dtype)
+    _poison_allocator(total * h * d * 4 * 2)
+    gk, gv = torch.ops.tqkv.dequantize(*[x.to(DEV) for x in cache], *[a.to(DEV) for a in args],
+                                       unrotate, total, dtype)
+    torch.cuda.synchronize()
+    for g, r in ((gk.cpu(), rk), (gv.cpu(), rv)):
+        assert not torch.isnan(g).any()
+        if not unrotate:
+            assert torch.equal(g, r)
+        else:
+            # same float32 ops in the same order: expected identical; allow 1 ulp of dtype
+            diff = (g.float() - r.float()).abs()
+            ulp = r.float().abs() * (2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
+                                     if dtype == torch.float16 else 2.0 ** -23)
+            assert bool((diff <= ulp + 1e-30).all()), float((diff - ulp).max())
+            assert (g.float() - r.float()).norm() <= 1e-2 * r.float().norm()
+
+
+def test_dequantize_empty_and_compress_empty():
+    _skip_without_cuda()
+    d = 128
+    codec = _codec(d, 4, 4).to(DEV)
+    cache = [x.to(DEV) for x in _random_cache(2, 16, 2, d, 4, 4, torch.Generator().manual_seed(0))]
+    bt = torch.zeros(1, 1, dtype=torch.int32, device=DEV)
+    cu = torch.zeros(2, dtype=torch.int32, device=DEV)
+    k, v = torch.ops.tqkv.dequantize(*cache, bt, cu, codec.k_codebook, codec.v_codebook,
+                                     codec.k_signs, codec.v_signs, True, 0, torch.bfloat16)
+    assert k.shape == (0, 2, d) and v.shape == (0, 2, d)
+    before = [x.clone() for x in cache]
+    empty = torch.empty(0, 2, d, dtype=torch.bfloat16, device=DEV)
+    torch.ops.tqkv.compress_store(empty, empty, *cache, torch.empty(0, dtype=torch.int64,
+                                  device=DEV), codec.k_signs, codec.v_signs, codec.k_codebook,
+                                  codec.v_codebook)
+    assert all(torch.equal(a, b) for a, b in zip(before, cache))
+
+
+def test_compile_cache_reused():
+    _skip_without_cuda()
+    from fa4_tq.kernels import compress
+
+    gen = torch.Generator().manual_seed(9)
+    codec = _codec(128, 4, 4)
+    cache = _random_cache(4, 16, 2, 128, 4, 4, gen)
+    key, value = _inputs(8, 2, 128, torch.bfloat16, gen)
+    _run_compress(key, value, cache, _slots(8, 64, gen), codec)
+    n = len(compress._COMPILED)
+    _run_compress(key, value, cache, _slots(8, 64, gen), codec)
+    assert len(compress._COMPILED) == n
