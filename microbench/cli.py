@@ -141,7 +141,8 @@ def _add_shape_options(p):
     g.add_argument("--causal", action=argparse.BooleanOptionalAction, default=None,
                    help="prefill default: both; decode default: causal")
     g.add_argument("--window", type=_window_type, default=(-1, -1), metavar="L,R",
-                   help="sliding window (-1 = unlimited; default -1,-1)")
+                   help="sliding window, e.g. --window 128,0 (-1 = unlimited; write "
+                   "--window=-1,0 when L is negative; default -1,-1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

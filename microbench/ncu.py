@@ -365,7 +365,7 @@ def _smem_bytes(k: KernelProfile) -> str:
         if v is None:
             return 0
         num = to_number(v[0]) or 0.0
-        unit = v[1].strip().lower()
+        unit = v[1].strip().lower().split("/")[0]
         mult = {"byte": 1, "kbyte": 1e3, "mbyte": 1e6, "kibyte": 1024, "mibyte": 2**20}.get(unit, 1)
         return int(round(num * mult))
 

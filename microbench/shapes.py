@@ -255,7 +255,7 @@ class Case:
         args = ["--batch", str(self.batch), "--hq", str(self.num_heads), "--hkv",
                 str(self.num_kv_heads), "--head-dim", str(self.head_dim), "--block-size",
                 str(self.block_size), "--dtype", self.dtype,
-                "--window", f"{self.window_left},{self.window_right}",
+                f"--window={self.window_left},{self.window_right}",  # "-1,.." is not an option
                 "--causal" if self.causal else "--no-causal"]
         if self.op == "decode":
             args += ["--seqlens", str(self.seqlen_k), "--q-len", str(self.seqlen_q)]
