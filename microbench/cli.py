@@ -1,4 +1,4 @@
-"""``python -m microbench``: benchmark fa4_tq's ops against bf16 baselines measured in the
+"""python -m microbench: benchmark fa4_tq's ops against bf16 baselines measured in the
 same run, print a table, write CSV/JSON/PNG; compile report; ncu profiles.
 
 Subcommands (``python -m microbench <cmd> -h`` for options):
@@ -169,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         _add_shape_options(sp)
         _add_output_options(sp)
 
-    sw = sub.add_parser("sweep", help="prefill + decode + compress over the default grids [GPU]")
+    sw = sub.add_parser("sweep", help="prefill + decode + compress over the default grids [GPU]",
+                        description="prefill (B=1, S 2K/8K/16K, causal and not), decode "
+                        "(B 1/8, L 8K/32K, q_len 1) and compress (1..64K tokens), Hq=32, Hkv=8, "
+                        "D=128, block size 16, all nine KV configs, with every baseline. Sized "
+                        "for one 10-minute command on an H100 (--time-budget guards it). With "
+                        "--device cpu: the tiny CPU grid.")
     sw.add_argument("--ops", type=_csv_list, default=list(shapes.OPS),
                     help="comma-separated subset of prefill,decode,compress")
     _add_bench_options(sw, sweep=True)
@@ -596,8 +601,9 @@ class Bench:
 
 # =========================================================================== commands
 def _print_header(meta: dict, out, extra: list[str]) -> None:
-    print(f"# microbench on {meta['device']}  (SM clock {meta['sm_clock_mhz'] or '?'} / max "
-          f"{meta['sm_clock_max_mhz'] or '?'} MHz)", file=out)
+    clocks = (f"  (SM clock {meta['sm_clock_mhz'] or '?'} / max {meta['sm_clock_max_mhz'] or '?'} "
+              f"MHz)" if not meta["device"].startswith("CPU") else "")
+    print(f"# microbench on {meta['device']}{clocks}", file=out)
     print(f"# torch {meta['torch']}, nvidia-cutlass-dsl {meta['cutlass_dsl']}, flash-attn-4 "
           f"{meta['flash_attn_4']}, git {meta['git_sha']}, {meta['timestamp']}", file=out)
     for line in extra:
@@ -630,10 +636,15 @@ def _bench_command(args, plan_ops: list[str], grid_source) -> int:
     out = stdout_or_stderr(args.csv == "-" or args.json == "-")
     meta = run_metadata(device)
     sink = ResultSink(args.csv, args.json, meta, command=shlex.join(sys.argv))
-    bench = Bench(args, device, sink, progress_enabled=not args.quiet)
-    extra = [f"timing: {bench.timer.mode} mode ({'CUDA-graph replays' if bench.timer.mode == 'graph' else 'CUDA events per call' if device.type == 'cuda' else 'wall clock per call'}), "
-             f"median of {bench.timer.reps} samples, warm-up excluded; ratios = baseline "
-             f"time / row time (> 1 = faster)",
+    try:
+        bench = Bench(args, device, sink, progress_enabled=not args.quiet)
+    except ValueError as e:
+        _err(f"microbench {args.command}: {e}")
+        return 2
+    how = {"graph": "CUDA-graph replays", "eager": "CUDA events around each call"}[
+        bench.timer.mode] if device.type == "cuda" else "wall clock around each call"
+    extra = [f"timing: {how}, median of {bench.timer.reps} samples, warm-up excluded; "
+             f"ratios = baseline time / row time (> 1 = faster)",
              f"KV configs: {' '.join(k.label for k in kvs)}; cases: "
              + ", ".join(f"{op} {len(c)}" for op, c in plan)]
     if device.type != "cuda":
@@ -679,8 +690,8 @@ def cmd_sweep(args) -> int:
 def cmd_smoke(args) -> int:
     """CPU reference run on tiny shapes, then the compile report (subset)."""
     ns = argparse.Namespace(
-        command="smoke", kv=args.kv or [k.cli for k in SMOKE_KV], dtype="bf16", reps=args.reps, warmup=1, timing="eager",
-        device="cpu", seed=args.seed, check=True, cache_build="auto", time_budget=None,
+        command="smoke", kv=args.kv or [k.cli for k in SMOKE_KV], dtype="bf16", reps=args.reps,
+        warmup=1, timing="eager", device="cpu", seed=args.seed, check=True, cache_build="auto", time_budget=None,
         impls=list(SMOKE_IMPLS), backend="auto", num_splits=0, csv=args.csv, json=args.json,
         plot=args.plot, quiet=args.quiet)
     rc = _bench_command(ns, list(shapes.OPS),

@@ -10,6 +10,10 @@ Method, per implementation and shape:
      removes Python launch overhead, which would otherwise dominate microsecond-scale decode
      kernels, and is how serving engines run decode. If capture fails (e.g. the op syncs
      with the host) the measurement falls back to ``eager`` and says so in ``note``.
+     A call that syncs with the host (detected with torch's sync debug mode before any
+     capture) cannot be captured and is timed eagerly, with a note. After capture the
+     last call's floating-point outputs are poisoned with NaN and one replay must rewrite
+     them, which proves the kernels are in the graph (``_verify_replay``).
      ``eager`` mode: every call is bracketed by CUDA events (host overhead included when
      the GPU outruns the host). CPU: ``time.perf_counter`` around each call.
   4. The reported time is the median sample.
@@ -213,9 +217,8 @@ class Timer:
         self.sync()
         with torch.cuda.graph(graph):
             for i in range(calls):
-                call(i % num_sets)
-        graph.replay()  # one untimed replay: first replay uploads the graph
-        self.sync()
+                last = call(i % num_sets)
+        _verify_replay(graph, last)
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(self.reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(self.reps)]
         for r in range(self.reps):
@@ -232,6 +235,30 @@ class Timer:
         """After a failed capture: make sure the stream is usable again (a sticky CUDA error
         surfaces here and is raised, which aborts the remaining rows)."""
         self.sync()
+
+
+def _float_outputs(result) -> list[torch.Tensor]:
+    items = result if isinstance(result, (tuple, list)) else (result,)
+    return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _verify_replay(graph, last_result) -> None:
+    """Make sure the graph really contains the call's kernels: a kernel launched on another
+    stream during capture would run once, eagerly, and be missing from the graph, so the
+    timing would be of an empty graph. The last captured call's outputs are overwritten
+    with NaN and must be rewritten by a replay. (Calls without a floating-point output,
+    such as compress_store, cannot be verified this way.) The replay is also the untimed
+    first one, which uploads the graph."""
+    outs = _float_outputs(last_result)
+    for t in outs:
+        t.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for t in outs:
+        if bool(torch.isnan(t).any()):
+            raise RuntimeError("a graph replay left NaN in the call's output: its kernels were "
+                               "not captured (launched on another stream?) or do not write "
+                               "every output element")
 
 
 def _summary(samples, method, compile_s, calls, num_sets) -> Measurement:
