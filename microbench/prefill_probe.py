@@ -158,12 +158,18 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128):
 
 
 def guarded(fn, *a, **k):
+    import faulthandler
+    log(f"START {fn.__name__}{a[:3]}")
+    # a hung kernel blocks inside a CUDA call: dump where and exit so the log says so
+    faulthandler.dump_traceback_later(100, exit=True)
     try:
         return fn(*a, **k)
     except Exception as e:  # keep going: one failure must not hide the rest of the matrix
         log(f"ERROR {fn.__name__}{a}: {type(e).__name__}: {e}")
         traceback.print_exc()
         ROWS.append(("error", f"{fn.__name__}{a}", type(e).__name__, str(e)[:200]))
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def main():

@@ -77,8 +77,14 @@ class PrefillSm90Config:
     stage_slots: int = 2  # packed-code staging blocks per side
     k_lut_replicas: int = 16
     v_lut_replicas: int = 16
+    # setmaxnreg split: 2 x 128 consumer threads + 128 producer threads must fit in the
+    # launch allocation (168 regs x 384 threads = 64512), else setmaxnreg.inc never returns.
     consumer_regs: int = 224
-    producer_regs: int = 64
+    producer_regs: int = 56
+
+    def __post_init__(self):
+        if 256 * self.consumer_regs + PRODUCER_THREADS * self.producer_regs > 168 * 384:
+            raise ValueError("register split exceeds the CTA's launch allocation (64512)")
 
     @property
     def name(self) -> str:
