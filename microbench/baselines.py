@@ -277,6 +277,48 @@ def tq_dequantize_call(case: Case, inp: PagedInputs) -> Callable[[int], object]:
     return call
 
 
+def kernel_function(op: str):
+    """The CUDA kernel entry point registered for ``tqkv.<op>`` (fa4_tq.ops.CUDA_KERNELS),
+    called directly: the same kernels as the op minus torch.ops dispatch and argument
+    validation. Used for "-kernel" rows when the op itself cannot be CUDA-graph captured
+    (validation that syncs with the host), so kernel time can still be compared with
+    graph-timed baselines. Raises NotImplementedError when the kernel module is missing."""
+    from fa4_tq import ops
+
+    return ops._cuda_impl(op)
+
+
+def tq_kernel_call(op: str, case: Case, inp: PagedInputs, *, backend: str = "auto",
+                   num_splits: int = 0) -> Callable[[int], object]:
+    """Direct-kernel counterpart of tq_{prefill,decode,compress,dequantize}_call, with the
+    arguments the op would pass (fa4_tq/ops.py order; rotations on, default scale)."""
+    from fa4_tq.reference import default_softmax_scale
+
+    fn = kernel_function(op)
+    c = inp.cache.codec
+    cache = inp.cache.tensors()
+    scale = default_softmax_scale(case.head_dim)
+    dt = torch_dtype(case.dtype)
+    total_k = case.batch * case.seqlen_k
+    if op == "prefill":
+        return lambda i: fn(inp.queries[i], *cache, inp.cu_seqlens_q, inp.block_tables[i],
+                            inp.seqused_k, c.k_codebook, c.v_codebook, c.k_signs, c.v_signs,
+                            case.seqlen_q, scale, case.causal, case.window_left,
+                            case.window_right, True, True, backend=backend)
+    if op == "decode":
+        return lambda i: fn(inp.queries[i], *cache, inp.block_tables[i], inp.seqused_k,
+                            c.k_codebook, c.v_codebook, c.k_signs, c.v_signs, scale,
+                            case.causal, case.window_left, case.window_right, True, True,
+                            num_splits=num_splits)
+    if op == "compress_store":
+        return lambda i: fn(inp.keys[i], inp.values[i], *cache, inp.slot_mappings[i],
+                            c.k_signs, c.v_signs, c.k_codebook, c.v_codebook)
+    if op == "dequantize":
+        return lambda i: fn(*cache, inp.block_tables[i], inp.cu_seqlens_k, c.k_codebook,
+                            c.v_codebook, c.k_signs, c.v_signs, True, total_k, dt)
+    raise ValueError(f"no direct kernel call for op {op!r}")
+
+
 def fa4_call(case: Case, dense: DenseInputs, device: torch.device) -> Callable[[int], object]:
     flash_attn_func, _ = fa4_functions(device)
     window = _fa4_window(case)
@@ -316,18 +358,22 @@ def sdpa_call(case: Case, dense: DenseInputs, device) -> Callable[[int], object]
     return call
 
 
-def unfused_prefill_call(case: Case, inp: PagedInputs, device) -> Callable[[int], object]:
-    """tqkv.dequantize (gather + decode + un-rotate) then FA4 varlen on the bf16 result."""
+def unfused_prefill_call(case: Case, inp: PagedInputs, device, *,
+                         direct: bool = False) -> Callable[[int], object]:
+    """tqkv.dequantize (gather + decode + un-rotate) then FA4 varlen on the bf16 result
+    (``direct``: the dequantize kernel function instead of the op, see kernel_function)."""
     import fa4_tq
 
     _, flash_attn_varlen_func = fa4_functions(device)
     total_k = case.batch * case.seqlen_k
     dt = torch_dtype(case.dtype)
     window = _fa4_window(case)
+    dequantize = tq_kernel_call("dequantize", case, inp) if direct else (
+        lambda i: fa4_tq.dequantize(inp.cache, inp.block_tables[i], inp.cu_seqlens_k, total_k,
+                                    unrotate=True, dtype=dt))
 
     def call(i: int):
-        k, v = fa4_tq.dequantize(inp.cache, inp.block_tables[i], inp.cu_seqlens_k, total_k,
-                                 unrotate=True, dtype=dt)
+        k, v = dequantize(i)
         return flash_attn_varlen_func(inp.queries[i], k, v, cu_seqlens_q=inp.cu_seqlens_q,
                                       cu_seqlens_k=inp.cu_seqlens_k,
                                       max_seqlen_q=case.seqlen_q, max_seqlen_k=case.seqlen_k,

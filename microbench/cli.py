@@ -117,6 +117,10 @@ def _add_bench_options(p, *, sweep=False):
                    metavar="S", help="stop measuring after S seconds; remaining rows are "
                    "reported as skipped" + (f" (default {SWEEP_TIME_BUDGET_S:.0f})" if sweep
                                             else ""))
+    g.add_argument("--kernel-rows", choices=("auto", "always", "never"), default="auto",
+                   help="also time the kernel entry point directly (rows 'tqkv-kernel', "
+                   "'unfused-kernel', ...: no torch.ops dispatch/validation): auto = only when "
+                   "the op syncs with the host and so cannot be CUDA-graph timed (default auto)")
     g.add_argument("--impls", type=_csv_list, default=None,
                    help=f"comma-separated subset of {','.join(ALL_IMPLS)} (default: all)")
     g.add_argument("--backend", choices=("auto", "sm90", "sm80"), default="auto",
@@ -195,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("ncu", help="profile one kernel config with Nsight Compute [GPU]")
     n.add_argument("op", choices=("prefill", "decode", "compress", "dequantize"))
-    n.add_argument("--impl", default="tqkv", choices=("tqkv", "fa4", "sdpa", "unfused"),
-                   help="what to profile (default tqkv; compress/dequantize: tqkv only)")
+    n.add_argument("--impl", default="tqkv",
+                   choices=("tqkv", "tqkv-kernel", "fa4", "sdpa", "unfused", "unfused-kernel"),
+                   help="what to profile (default tqkv, the op; tqkv-kernel: the kernel entry "
+                   "point without the op's validation; compress/dequantize: tqkv or "
+                   "tqkv-kernel)")
     n.add_argument("--kv", type=_kv_type, default="4,4", metavar="K,V",
                    help="one KV config (default 4,4)")
     n.add_argument("--dtype", choices=shapes.DTYPES, default="bf16")
@@ -283,6 +290,7 @@ class Bench:
         if unknown:
             raise ValueError(f"--impls: unknown {sorted(unknown)}; choose from {ALL_IMPLS}")
         self.check = getattr(args, "check", True)
+        self.kernel_rows = getattr(args, "kernel_rows", "auto")
         self.cache_build = getattr(args, "cache_build", "auto")
         budget = getattr(args, "time_budget", None)
         self.deadline = None if budget is None else time.perf_counter() + budget
@@ -427,7 +435,7 @@ class Bench:
         dev = self.device
         seed = self.args.seed
         for case in cases:
-            times: dict[str, float] = {}
+            times: dict[str, tuple[float, str]] = {}  # impl -> (median ms, timing method)
             # ---- bf16 baselines: once per shape, shared by every KV config
             for impl, layout, make_call in (("fa4", "bshd", baselines.fa4_call),
                                             ("sdpa", "bhsd", baselines.sdpa_call)):
@@ -448,7 +456,7 @@ class Bench:
                 m = self.measure(row, make, n)
                 holder.clear()
                 if m is not None:
-                    times[impl] = m.median_ms
+                    times[impl] = (m.median_ms, m.method)
                     self._fill_rates(row, case, None, m.median_ms)
                     self._fill_ratios(row, times, "fa4" if impl == "sdpa" else None)
                 self._emit(row)
@@ -457,6 +465,35 @@ class Bench:
             for kv in kvs:
                 self._run_tq_attention(op, case, kv, dict(times))
                 self._free()
+
+    def _kernel_rows_wanted(self, m) -> bool:
+        """Whether to add a "-kernel" row (direct kernel call) after an op row timed as ``m``:
+        --kernel-rows always, or auto when the op could not be graph-timed (host sync)."""
+        if self.device.type != "cuda" or self.kernel_rows == "never":
+            return False
+        return self.kernel_rows == "always" or (m is not None and m.host_sync)
+
+    def _measure_kernel_row(self, op_row: dict, make, n, rate) -> object:
+        """The "-kernel" twin of an op row: same kernels, called directly, no check (the op
+        row checked them), so its time is comparable with graph-timed baselines."""
+        row = dict(op_row)
+        for k in ("status", "time_ms", "tflops", "gbps", "vs_fa4", "vs_unfused", "vs_sdpa",
+                  "frac_ceiling", "check_rel_err", "check_lse_err", "check_ok", "compile_s",
+                  "timing", "calls_per_sample", "input_sets", "note"):
+            row.pop(k, None)
+        row["impl"] = op_row["impl"] + "-kernel"
+        parts = op_row["nvtx_range"].split(" ", 1)
+        impl_name, op_name = parts[0].split(".", 1)
+        row["nvtx_range"] = f"{impl_name}-kernel.{op_name} {parts[1]}"
+        if self.progress is not None:
+            self.progress.extend(1)
+        m = self.measure(row, make, n)
+        if m is not None:
+            rate(row, m)
+            row["note"] = "; ".join(filter(None, [
+                row.get("note"), "kernel entry point called directly (no torch.ops dispatch "
+                "or validation); checked in the op row"]))
+        return row, m
 
     def _run_tq_attention(self, op, case, kv, times):
         from . import baselines
@@ -475,6 +512,16 @@ class Bench:
                                                       cache_build=self.cache_build)
             except Exception as e:  # noqa: BLE001
                 build_error = e
+        # The check uses the last input set: that also verifies the replicated blocks and
+        # the per-set block tables.
+        last = n - 1
+        args = self.args
+
+        def rate(row, m):
+            times[row["impl"]] = (m.median_ms, m.method)
+            self._fill_rates(row, case, kv, m.median_ms)
+            self._fill_ratios(row, times, None)
+
         for impl in wanted:
             row = self._base_row(op, impl, case, kv, range_name(impl, op, case, kv))
             if build_error is not None:
@@ -484,22 +531,26 @@ class Bench:
                 continue
             if inputs is not None:
                 row["cache_built_by"] = inputs.built_by
-            # The check uses the last input set: that also verifies the replicated blocks
-            # and per-set block tables.
-            last = n - 1
             if impl == "unfused":
                 make = lambda: baselines.unfused_prefill_call(case, inputs, dev)  # noqa: E731
+                make_kernel = lambda: baselines.unfused_prefill_call(  # noqa: E731
+                    case, inputs, dev, direct=True)
             elif op == "prefill":
-                make = lambda: baselines.tq_prefill_call(case, inputs, self.args.backend)  # noqa: E731
+                make = lambda: baselines.tq_prefill_call(case, inputs, args.backend)  # noqa: E731
+                make_kernel = lambda: baselines.tq_kernel_call(  # noqa: E731
+                    "prefill", case, inputs, backend=args.backend)
             else:
-                make = lambda: baselines.tq_decode_call(case, inputs, self.args.num_splits)  # noqa: E731
+                make = lambda: baselines.tq_decode_call(case, inputs, args.num_splits)  # noqa: E731
+                make_kernel = lambda: baselines.tq_kernel_call(  # noqa: E731
+                    "decode", case, inputs, num_splits=args.num_splits)
             check = lambda call: baselines.check_attention(case, inputs, last, *call(last))  # noqa: E731
             m = self.measure(row, make, n, check=check)
             if m is not None:
-                times[impl] = m.median_ms
-                self._fill_rates(row, case, kv, m.median_ms)
-                self._fill_ratios(row, times, None)
+                rate(row, m)
             self._emit(row)
+            if self._kernel_rows_wanted(m):
+                krow, _ = self._measure_kernel_row(row, make_kernel, n, rate)
+                self._emit(krow)
         inputs = None  # free the pool before the next config
 
     def _fill_rates(self, row, case: Case, kv: KVConfig | None, ms: float):
@@ -516,14 +567,27 @@ class Bench:
 
     @staticmethod
     def _fill_ratios(row, times, only: str | None):
+        """vs_X = time of baseline X / time of this row. A "-kernel" row compares with the
+        "-kernel" variant of a baseline when there is one. Ratios between different timing
+        methods (CUDA graph vs eager with host overhead) are flagged in the note."""
         t = row.get("time_ms")
         if not t:
             return
+        mixed = []
         for base, col in (("fa4", "vs_fa4"), ("unfused", "vs_unfused"), ("sdpa", "vs_sdpa")):
             if only is not None and base != only:
                 continue
-            if base in times and row["impl"] != base:
-                row[col] = times[base] / t
+            if row["impl"] in (base, base + "-kernel"):
+                continue
+            key = base + "-kernel" if row["impl"].endswith("-kernel") and \
+                base + "-kernel" in times else base
+            if key in times:
+                ms, method = times[key]
+                row[col] = ms / t
+                if method != row.get("timing"):
+                    mixed.append(f"{col} compares {row.get('timing')} with {method} timing")
+        if mixed:
+            row["note"] = "; ".join(filter(None, [row.get("note")] + mixed))
 
     # ------------------------------------------------------------------ compress
     def run_compress(self, cases: list[Case], kvs: list[KVConfig]):
@@ -545,6 +609,9 @@ class Bench:
                                                               cache_build=self.cache_build)
                     except Exception as e:  # noqa: BLE001
                         build_error = e
+                # Every set was written by the timed calls (warm-up covers all sets); the
+                # last set's K/V are not the ones the cache was built from.
+                last = n - 1
                 for impl in wanted:
                     op_name = "compress_store" if impl == "compress" else "dequantize"
                     row = self._base_row("compress", f"tqkv.{op_name}", case, kv,
@@ -556,23 +623,30 @@ class Bench:
                         continue
                     if inputs is not None:
                         row["cache_built_by"] = inputs.built_by
-                    # Every set was written by the timed calls (warm-up covers all sets);
-                    # the last set's K/V are not the ones the cache was built from.
-                    last = n - 1
                     if impl == "compress":
                         make = lambda: baselines.tq_compress_call(case, inputs)  # noqa: E731
                         check = lambda call: baselines.check_compress(case, inputs, last)  # noqa: E731
                         nbytes = case.compress_bytes(kv)
                     else:
                         make = lambda: baselines.tq_dequantize_call(case, inputs)  # noqa: E731
-                        check = lambda call: baselines.check_dequantize(case, inputs, last, call(last))  # noqa: E731
+                        check = lambda call: baselines.check_dequantize(  # noqa: E731
+                            case, inputs, last, call(last))
                         nbytes = case.dequantize_bytes(kv)
-                    m = self.measure(row, make, n, check=check)
-                    if m is not None:
+
+                    def rate(row, m, nbytes=nbytes):
                         row["gbps"] = nbytes / m.median_ms / 1e6
                         if "copy" in self.ceiling:
                             row["frac_ceiling"] = row["gbps"] / self.ceiling["copy"]
+
+                    m = self.measure(row, make, n, check=check)
+                    if m is not None:
+                        rate(row, m)
                     self._emit(row)
+                    if self._kernel_rows_wanted(m):
+                        make_kernel = (lambda op_name=op_name: baselines.tq_kernel_call(
+                            op_name, case, inputs))
+                        krow, _ = self._measure_kernel_row(row, make_kernel, n, rate)
+                        self._emit(krow)
                 inputs = None  # free the pool before the next config
                 self._free()
 

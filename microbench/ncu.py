@@ -97,30 +97,39 @@ def _single_case(args) -> shapes.Case:
 
 def plan(args, device_name: str) -> NcuPlan:
     op, impl = args.op, args.impl
-    if op in ("compress", "dequantize") and impl != "tqkv":
-        raise ValueError(f"ncu {op}: only --impl tqkv exists")
-    if op == "decode" and impl == "unfused":
+    if op in ("compress", "dequantize") and impl not in ("tqkv", "tqkv-kernel"):
+        raise ValueError(f"ncu {op}: only --impl tqkv or tqkv-kernel exists")
+    if op == "decode" and impl.startswith("unfused"):
         raise ValueError("ncu decode: there is no unfused decode baseline")
+    if op != "prefill" and impl.startswith("unfused"):
+        raise ValueError(f"ncu {op}: unfused is a prefill baseline")
     case = _single_case(args)
     kvs = shapes.parse_kv([args.kv])
     if len(kvs) != 1:
         raise ValueError("ncu profiles one KV config: pass --kv K,V")
-    kv = kvs[0] if impl in ("tqkv", "unfused") else None
+    kernel_row = impl.endswith("-kernel")  # the "-kernel" twin row of an op row
+    base_impl = impl.removesuffix("-kernel")
+    kv = kvs[0] if base_impl in ("tqkv", "unfused") else None
     if op in ("compress", "dequantize"):
         range_op = "compress_store" if op == "compress" else "dequantize"
-        rname = shapes.range_name("tqkv", range_op, case, kv)
+        rname = shapes.range_name(impl, range_op, case, kv)
         bench_cmd, impls = "compress", op
     else:
         rname = shapes.range_name(impl, op, case, kv)
-        bench_cmd, impls = op, impl
-    config = (kv.label if kv else f"{impl}-bf16") if impl in ("tqkv", "fa4", "sdpa") else \
-        f"{impl}-{kv.label}"
+        bench_cmd, impls = op, base_impl
+    if impl == "tqkv":
+        config = kv.label
+    elif kv is None:
+        config = f"{impl}-bf16"
+    else:
+        config = f"{impl}-{kv.label}"
     name = f"{op}-{config}-{case.slug()}-{gpu_slug(device_name)}"
     out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "ncu_reports"
     child = [sys.executable, "-m", "microbench", bench_cmd, *case.cli_args(),
              "--kv", (kv or shapes.KVConfig(4, 4)).cli, "--impls", impls,
              "--timing", "eager", "--reps", "1", "--warmup", "1", "--no-check", "--quiet",
-             "--seed", str(args.seed), "--cache-build", args.cache_build]
+             "--seed", str(args.seed), "--cache-build", args.cache_build,
+             "--kernel-rows", "always" if kernel_row else "never"]
     if bench_cmd == "prefill":
         child += ["--backend", args.backend]
     if bench_cmd == "decode":

@@ -55,6 +55,7 @@ class Measurement:
     calls_per_sample: int
     input_sets: int
     note: str = ""
+    host_sync: bool = False  # the call syncs with the host, so it was timed eagerly
 
 
 def l2_bytes(device: torch.device) -> int:
@@ -141,6 +142,7 @@ class Timer:
             if blocker is not None:
                 m = self._eager(call, num_sets, name, compile_s)
                 m.note = f"not graph-capturable, the call syncs with the host ({blocker}); eager timing"
+                m.host_sync = True
                 return m
             try:
                 return self._graph(call, num_sets, name, compile_s)

@@ -165,6 +165,46 @@ def test_cpu_timer_median_and_sets():
         t.measure(lambda i: (_ for _ in ()).throw(NotImplementedError("no kernel")), 1, "x")
 
 
+# =========================================================================== ratios
+def test_ratios_prefer_same_method_and_flag_mixed_timing():
+    times = {"fa4": (2.0, "cuda-graph"), "sdpa": (4.0, "cuda-graph"),
+             "unfused": (8.0, "cuda-events"), "unfused-kernel": (3.0, "cuda-graph")}
+    op_row = {"impl": "tqkv", "time_ms": 4.0, "timing": "cuda-events"}
+    cli.Bench._fill_ratios(op_row, times, None)
+    assert (op_row["vs_fa4"], op_row["vs_sdpa"], op_row["vs_unfused"]) == (0.5, 1.0, 2.0)
+    assert "vs_fa4 compares cuda-events with cuda-graph" in op_row["note"]
+    assert "vs_unfused" not in op_row["note"]  # both eager: no flag
+    k_row = {"impl": "tqkv-kernel", "time_ms": 1.0, "timing": "cuda-graph"}
+    cli.Bench._fill_ratios(k_row, times, None)
+    assert k_row["vs_unfused"] == 3.0 and k_row["vs_fa4"] == 2.0 and not k_row.get("note")
+    sdpa = {"impl": "sdpa", "time_ms": 4.0, "timing": "cuda-graph"}
+    cli.Bench._fill_ratios(sdpa, times, "fa4")
+    assert sdpa == {"impl": "sdpa", "time_ms": 4.0, "timing": "cuda-graph", "vs_fa4": 0.5}
+
+
+def test_kernel_row_naming(capsys):
+    args = parse("prefill", *TINY)
+    sink = report.ResultSink()
+    bench = cli.Bench(args, torch.device("cpu"), sink, progress_enabled=False)
+    assert not bench._kernel_rows_wanted(None)  # never on the CPU
+    op_row = {"op": "prefill", "impl": "tqkv", "kv": "K4V4", "status": "ok", "time_ms": 5.0,
+              "check_ok": True, "note": "x",
+              "nvtx_range": "tqkv.prefill K4V4 B1 Sq64 Sk64 Hq4 Hkv2 D64 bs16 causal bf16"}
+    seen = {}
+    row, m = bench._measure_kernel_row(op_row, lambda: (lambda i: None), 2,
+                                       lambda r, m: seen.update(ms=m.median_ms))
+    assert row["impl"] == "tqkv-kernel" and row["status"] == "ok" and "check_ok" not in row
+    assert row["nvtx_range"] == "tqkv-kernel.prefill K4V4 B1 Sq64 Sk64 Hq4 Hkv2 D64 bs16 causal bf16"
+    assert "called directly" in row["note"] and "ms" in seen
+    case = Case("compress", 1, 0, 64, 2, 2, 64, causal=False)
+    name = shapes.range_name("tqkv", "compress_store", case, KVConfig(4, 4))
+    row, _ = bench._measure_kernel_row(dict(op_row, impl="tqkv.compress_store", nvtx_range=name),
+                                       lambda: (lambda i: None), 1, lambda r, m: None)
+    assert row["impl"] == "tqkv.compress_store-kernel"
+    assert row["nvtx_range"] == shapes.range_name("tqkv-kernel", "compress_store", case,
+                                                  KVConfig(4, 4))
+
+
 # =========================================================================== compile report
 @pytest.fixture
 def fake_harness(monkeypatch):
@@ -327,6 +367,22 @@ def test_plot_without_matplotlib_is_a_clear_message(tmp_path, capsys):
     assert "matplotlib" in capsys.readouterr().err
 
 
+def test_plot_from_results_json(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rows = []
+    for seqlen in (2048, 8192):
+        for kv in ("K4V4", "K2V2"):
+            r = {k: None for k in report.COLUMNS}
+            r.update(op="prefill", impl="tqkv", kv=kv, batch=1, seqlen_q=seqlen, seqlen_k=seqlen,
+                     causal=True, status="ok", vs_fa4=0.9, vs_unfused=1.2)
+            rows.append(r)
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"rows": rows}))
+    assert cli.main(["plot", str(results), "--plot", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").stat().st_size > 0
+    assert "prefill vs FA4-bf16: B=1 causal" in capsys.readouterr().out
+
+
 # =========================================================================== ncu
 def test_ncu_dry_run_command(capsys, tmp_path):
     rc = cli.main(["ncu", "prefill", "--kv", "2,4", "--seqlens", "8K", "--causal", "--dry-run",
@@ -359,6 +415,12 @@ def test_ncu_plan_single_case_and_names():
     assert d.child[3] == "compress" and "dequantize" in d.child
     f = ncu.plan(parse("ncu", "prefill", "--impl", "fa4"), "H100")
     assert f.range_name.startswith("fa4.prefill bf16 ") and "-fa4-bf16-" in f.name
+    k = ncu.plan(parse("ncu", "compress", "--impl", "tqkv-kernel", "--kv", "2,2"), "H100")
+    assert k.range_name.startswith("tqkv-kernel.compress_store K2V2 T8192")
+    assert k.child[k.child.index("--kernel-rows") + 1] == "always"
+    assert "compress-tqkv-kernel-K2V2-" in k.name
+    with pytest.raises(ValueError, match="unfused"):
+        ncu.plan(parse("ncu", "decode", "--impl", "unfused-kernel"), "H100")
 
 
 DETAILS_CSV = '''==PROF== Disconnected from process 1
