@@ -1,0 +1,90 @@
+"""GPU correctness of tqkv.prefill (PrefillSm90) against the float64 reference over the same
+packed cache: fresh random inputs, NaN-poisoned kernel output/LSE buffers, rel. error <= 1e-2."""
+
+import math
+
+import pytest
+import torch
+
+from fa4_tq import reference
+from fa4_tq.testing import random_paged_batch, rel_error
+
+pytestmark = pytest.mark.gpu
+
+BITS = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
+
+
+def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
+         qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0):
+    from fa4_tq.kernels.prefill import prefill_cuda
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("PrefillSm90 needs a Hopper GPU")
+    g = torch.Generator().manual_seed(seed)
+    pb = random_paged_batch(k_lens, hkv, d, kb, vb, block_size, device="cuda", generator=g)
+    c = pb.cache
+    q = torch.randn(sum(q_lens), hq, d, generator=g).to(qdtype).cuda()
+    cuq = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+    cuq[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
+    args = (q, *c.tensors(), cuq.cuda(), pb.block_table, pb.seqused_k, c.codec.k_codebook,
+            c.codec.v_codebook, c.codec.k_signs, c.codec.v_signs, max(q_lens),
+            0.9 / math.sqrt(d), causal, wl, wr, rotate, unrotate)
+    kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device="cuda")
+    klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
+    out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse)
+    ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
+    assert out.dtype == qdtype and lse.dtype == torch.float32
+    assert rel_error(out, ref_o) <= 1e-2
+    assert not bool(torch.isnan(lse).any())
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_l))
+    fin = torch.isfinite(ref_l)
+    if bool(fin.any()):
+        assert float((lse[fin] - ref_l[fin]).abs().max()) <= 2e-2
+
+
+@pytest.mark.parametrize("kb,vb", BITS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_all_bit_widths_d128_gqa4(kb, vb, causal):
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 16 if causal else 128, causal,
+         seed=kb * 10 + vb)
+
+
+@pytest.mark.parametrize("kb,vb", [(4, 4), (2, 8), (8, 2)])
+def test_d64(kb, vb):
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 64, kb, vb, 16, True, seed=kb + vb)
+
+
+def test_queries_that_see_no_key():
+    _run([1, 17, 300], [1, 9, 1000], 8, 2, 128, 4, 4, 128, True, seed=3)
+
+
+@pytest.mark.parametrize("wl,wr,causal", [(64, -1, True), (32, 16, False), (-1, 8, False)])
+def test_sliding_window(wl, wr, causal):
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, 4, 4, 48, causal, wl, wr, seed=5)
+
+
+def test_mha_mqa_long_blocks():
+    _run([700, 1], [2000, 3], 4, 4, 128, 4, 4, 256, False, seed=6)
+    _run([130, 5], [300, 5], 8, 1, 128, 2, 4, 32, True, seed=7)
+
+
+def test_fp16_and_no_rotation():
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 64, 2, 8, 32, False, qdtype=torch.float16,
+         rotate=False, unrotate=False, seed=8)
+
+
+def test_unsupported_cases_raise_before_launch():
+    from fa4_tq.kernels.prefill import prefill_cuda
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("PrefillSm90 needs a Hopper GPU")
+    q = torch.zeros(4, 2, 256, dtype=torch.bfloat16, device="cuda")
+    kc = torch.zeros(1, 16, 2, 128, dtype=torch.uint8, device="cuda")
+    kn = torch.zeros(1, 16, 2, dtype=torch.bfloat16, device="cuda")
+    cb = torch.linspace(-1, 1, 16, device="cuda")
+    s = torch.ones(256, device="cuda")
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device="cuda")  # noqa: E731
+    args = (q, kc, kc, kn, kn, i32(0, 4), i32(0).view(1, 1), i32(4), cb, cb, s, s, 4, 0.1,
+            False, -1, -1, True, True)
+    with pytest.raises(NotImplementedError, match="sm80"):
+        prefill_cuda(*args, backend="sm80")
+    with pytest.raises(NotImplementedError, match="head_dim 256"):
+        prefill_cuda(*args, backend="auto")
