@@ -8,6 +8,10 @@ Implementations (``impl`` column of a row):
             bf16/fp16 K/V, layout [B, H, S, D]
   unfused   prefill as ``tqkv.dequantize`` (gather + decode + un-rotate to bf16) followed by
             FA4 varlen attention: what fusing the dequantization into attention saves
+  *-kernel  (tqkv-kernel, unfused-kernel, tqkv.compress_store-kernel, ...) the same kernels
+            called through their entry point in fa4_tq.ops.CUDA_KERNELS, without torch.ops
+            dispatch and validation: added when the op syncs with the host and therefore
+            cannot be CUDA-graph timed like the baselines (see kernel_function)
   copy      device-to-device copy of 1 GiB: the bandwidth ceiling
   gemm      bf16 8192^3 GEMM: the tensor-core throughput ceiling
 

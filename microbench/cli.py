@@ -14,6 +14,13 @@ Subcommands (``python -m microbench <cmd> -h`` for options):
   plot             PNG from a results JSON/CSV written earlier
 GPU subcommands accept ``--device cpu`` to time the CPU reference ops instead (tiny shapes
 only: the reference is a float64 dense implementation).
+
+Rows: one per (implementation, op, KV config, shape); baselines are measured once per shape
+in the same run and shared by the nine KV configs. Every tqkv/unfused output is checked
+against float64 attention over the same packed cache. When an op cannot be CUDA-graph
+timed because it syncs with the host, a "-kernel" row times its kernel entry point
+directly as well, so kernel time is compared like for like (``--kernel-rows``). A failing
+or missing kernel becomes a row ("not implemented" / "error"), never a crash of the run.
 """
 
 from __future__ import annotations

@@ -160,6 +160,12 @@ def correctness_cases():
              Hkv=1, qlen=8, bs=16, lens=[700, 3], causal=True, wl=-1, wr=-1),
         dict(name="K2V4 D128 G5 q3 bs48 causal", kb=2, vb=4, D=128, G=5, Hkv=2, qlen=3,
              bs=48, lens=mixed_b, causal=True, wl=-1, wr=-1),
+        dict(name="K4V4 D128 G4 q2 bs16 causal", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=2,
+             bs=16, lens=mixed_b, causal=True, wl=-1, wr=-1),
+        dict(name="K2V2 D256 G4 q1 bs32", kb=2, vb=2, D=256, G=4, Hkv=2, qlen=1, bs=32,
+             lens=mixed_a, causal=True, wl=-1, wr=-1),
+        dict(name="K4V4 D128 G8 q1 bs16 window33", kb=4, vb=4, D=128, G=8, Hkv=2, qlen=1,
+             bs=16, lens=mixed_a, causal=True, wl=33, wr=-1),
         dict(name="K4V4 D128 G4 q1 fp16", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1, bs=16,
              lens=mixed_a, causal=True, wl=-1, wr=-1, fp16=True),
         dict(name="K4V4 D128 G4 q1 no-rotations", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1,
@@ -222,6 +228,25 @@ def time_fn(fn, reps=20, warmup=3):
     return statistics.median(ts)
 
 
+def graph_of(fn):
+    """Capture fn into a CUDA graph (warm-up on a side stream first); returns replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def gtime(fn, reps=20):
+    """GPU time of fn replayed from a CUDA graph (no host launch overhead), µs."""
+    return time_fn(graph_of(fn), reps=reps)
+
+
 def copy_bandwidth():
     a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
@@ -253,13 +278,13 @@ def bench(results):
             v = torch.randn(B, L, hkv, d, device="cuda", dtype=torch.bfloat16)
             kt, vt, qt = k.transpose(1, 2), v.transpose(1, 2), q.transpose(1, 2)
             try:
-                row["sdpa_us"] = time_fn(lambda: F.scaled_dot_product_attention(
+                row["sdpa_us"] = gtime(lambda: F.scaled_dot_product_attention(
                     qt, kt, vt, enable_gqa=True))
             except Exception as exc:
                 row["sdpa_err"] = repr(exc)[:200]
             if flash_attn_func is not None:
                 try:
-                    row["fa4_us"] = time_fn(lambda: flash_attn_func(q, k, v, causal=True))
+                    row["fa4_us"] = gtime(lambda: flash_attn_func(q, k, v, causal=True))
                 except Exception as exc:
                     row["fa4_err"] = repr(exc)[:200]
             del k, v, kt, vt
@@ -281,23 +306,55 @@ def bench(results):
                             q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
                             codec.k_signs, codec.v_signs, scale, True, -1, -1, rot, rot,
                             num_splits=0)
-                        us = time_fn(fn)
+                        us = gtime(fn)
                         row[f"K{kb}V{kb}_{tag}_us"] = us
+                        if tag == "raw":
+                            row[f"K{kb}V{kb}_eager_us"] = time_fn(fn, reps=10)
                         if tag == "raw":
                             row[f"K{kb}V{kb}_GBps"] = packed / us / 1e3
                     except Exception as exc:
                         row[f"K{kb}V{kb}_{tag}_err"] = repr(exc)[:300]
-                if kb == 4 and B in (1, 8):
+                if kb in (4, 2):  # the run-1 path (no prefetch, 8 warps) for comparison
+                    try:
+                        cfg0 = dec.DecodeConfig(kb, kb, d, hq // hkv, 1, prefetch=False)
+                        row[f"K{kb}V{kb}_nopf_us"] = gtime(lambda: dec.decode_cuda(
+                            q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
+                            codec.k_signs, codec.v_signs, scale, True, -1, -1, False, False,
+                            num_splits=0, config=cfg0), reps=10)
+                    except Exception as exc:
+                        row[f"K{kb}V{kb}_nopf_err"] = repr(exc)[:300]
+                if B in (1, 8, 32):
                     sweep = {}
-                    for ns in (8, 16, 33, 66, 132, 264):
+                    for ns in (1, 2, 4, 8, 16, 24, 33, 48, 66, 132):
                         try:
-                            sweep[ns] = round(time_fn(lambda: dec.decode_cuda(
+                            sweep[ns] = round(gtime(lambda: dec.decode_cuda(
                                 q, kc, vc, kn, vn, bt, seq, codec.k_codebook,
                                 codec.v_codebook, codec.k_signs, codec.v_signs, scale, True,
-                                -1, -1, False, False, num_splits=ns), reps=10), 1)
+                                -1, -1, False, False, num_splits=ns), reps=8), 1)
                         except Exception as exc:
                             sweep[ns] = repr(exc)[:100]
-                    row["K4V4_split_sweep_us"] = sweep
+                    row[f"K{kb}V{kb}_split_sweep_us"] = sweep
+                if kb == 4 and B == 8 and L == 8192:  # graph replay == eager (capture-safe)
+                    try:
+                        eager = dec.decode_cuda(q, kc, vc, kn, vn, bt, seq, codec.k_codebook,
+                                                codec.v_codebook, codec.k_signs, codec.v_signs,
+                                                scale, True, -1, -1, True, True)
+                        holder = {}
+
+                        def cap():
+                            holder["o"] = dec.decode_cuda(
+                                q, kc, vc, kn, vn, bt, seq, codec.k_codebook,
+                                codec.v_codebook, codec.k_signs, codec.v_signs, scale, True,
+                                -1, -1, True, True)
+                        rep = graph_of(cap)
+                        rep()
+                        torch.cuda.synchronize()
+                        results["graph_replay_equal"] = bool(
+                            torch.equal(holder["o"][0], eager[0])
+                            and torch.equal(holder["o"][1], eager[1]))
+                    except Exception as exc:
+                        results["graph_replay_equal"] = repr(exc)[:300]
+                    print(f"    graph replay == eager: {results['graph_replay_equal']}")
                 del kc, vc, kn, vn
             rows.append(row)
             torch.cuda.empty_cache()
@@ -317,11 +374,13 @@ def _print_bench_row(r):
             parts.append(f"K{kb}V{kb}=ERR")
             continue
         sp = f"{base / raw:4.2f}x/{base / full:4.2f}x" if base and full else "?"
+        nopf = r.get(f"K{kb}V{kb}_nopf_us")
         parts.append(f"K{kb}V{kb} raw={raw:7.1f} full={full or float('nan'):7.1f} "
-                     f"({sp}) {r.get(f'K{kb}V{kb}_GBps', 0):5.0f}GB/s")
+                     f"({sp}) {r.get(f'K{kb}V{kb}_GBps', 0):5.0f}GB/s"
+                     + (f" nopf={nopf:7.1f}" if nopf else ""))
     print(" | ".join(parts))
     for k, v in r.items():
-        if k.endswith("_err") or k.endswith("sweep_us"):
+        if k.endswith("_err") or k.endswith("sweep_us") or k.endswith("eager_us"):
             print(f"    {k}: {v}")
 
 

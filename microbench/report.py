@@ -166,10 +166,12 @@ def _check_text(r: dict) -> str:
     return ("ok " if r["check_ok"] else "FAIL ") + text
 
 
-def _status_text(r: dict) -> str:
+def _status_text(r: dict, limit: int = 140) -> str:
+    """Status plus the note, shortened for the table (CSV/JSON keep the whole note)."""
     s = r.get("status", "")
-    if r.get("note"):
-        s += f" ({r['note']})"
+    note = r.get("note")
+    if note:
+        s += f" ({note if len(note) <= limit else note[:limit - 3] + '...'})"
     return s
 
 

@@ -278,7 +278,7 @@ DEFAULT_GRID = {
 
 # Tiny shapes for the CPU reference run (`python -m microbench` without a GPU).
 CPU_SMOKE_GRID = {
-    "prefill": dict(batch=[2], seqlens=[100], q_len=None, num_heads=4, num_kv_heads=2,
+    "prefill": dict(batch=[1], seqlens=[100], q_len=None, num_heads=4, num_kv_heads=2,
                     head_dim=[64], block_size=[16], causal=[True, False]),
     "decode": dict(batch=[2], seqlens=[200], q_len=[1, 3], num_heads=4, num_kv_heads=2,
                    head_dim=[64], block_size=[16], causal=[True]),
