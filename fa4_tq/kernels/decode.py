@@ -81,6 +81,12 @@ class DecodeConfig:
     q_len: int
     dtype: str = "bfloat16"  # q / mma operand type: "bfloat16" or "float16"
     target_warps: int = 8  # warps per CTA to aim for (n_groups x streams)
+    # Software pipelining: load tile i+1 into registers while tile i is computed (a warp
+    # otherwise waits a full DRAM latency per tile).
+    prefetch: bool = True
+    # CTAs per SM the register allocation must allow (ptxas caps registers accordingly);
+    # 0 = let ptxas choose.
+    min_ctas_per_sm: int = 0
 
     def __post_init__(self):
         if self.k_bits not in (2, 4, 8) or self.v_bits not in (2, 4, 8):
@@ -156,10 +162,29 @@ class DecodeConfig:
     def smem_bytes(self) -> int:
         return max(self.lut_bytes(self.k_bits) + self.lut_bytes(self.v_bits), self.merge_bytes)
 
+    @classmethod
+    def for_problem(cls, k_bits: int, v_bits: int, head_dim: int, qhead_per_kvhead: int,
+                    q_len: int, dtype: str = "bfloat16") -> "DecodeConfig":
+        """The shipped tuning for a problem. With one column tile per warp and few code
+        words per thread and tile, prefetching the next tile into registers fits at
+        occupancy (spill-free at these register caps, checked by the compile report):
+        <= 8 words: 8 warps x 2 CTAs/SM (128 regs), <= 16 words: 4 warps x 3 CTAs/SM
+        (168 regs), head_dim <= 128. Everything else runs without prefetch, 8 warps, ptxas-chosen registers."""
+        base = cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype, prefetch=False)
+        words = 2 * base.k_seg_words + 4 * max(1, base.v_seg_bytes // 4)
+        if head_dim <= 128 and base.n_tiles_per_warp == 1 and base.total_groups == 1:
+            if words <= 8:
+                return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
+                           target_warps=8, prefetch=True, min_ctas_per_sm=2)
+            if words <= 16:
+                return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
+                           target_warps=4, prefetch=True, min_ctas_per_sm=3)
+        return base
+
     @property
     def name(self) -> str:
         return (f"decode_k{self.k_bits}v{self.v_bits}_d{self.head_dim}_g{self.qhead_per_kvhead}"
-                f"_q{self.q_len}_{self.dtype}_w{self.num_warps}")
+                f"_q{self.q_len}_{self.dtype}_w{self.num_warps}{'_pf' if self.prefetch else ''}")
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, cfg: DecodeConfig,
@@ -338,7 +363,11 @@ class TQDecodeSplitK:
         self.kernel(mQ, mKc, mVc, mKn, mVn, mBT, mSeq, mKcb, mVcb, mOp, mLp, scale_log2,
                     window_left, window_right).launch(
             grid=[num_splits, hkv * self.cfg.col_ctas, batch], block=[self.num_threads, 1, 1],
-            smem=self.cfg.smem_bytes, stream=stream)
+            smem=self.cfg.smem_bytes, stream=stream,
+            min_blocks_per_mp=self.cfg.min_ctas_per_sm,
+            # the tables need shared memory: ask for the maximum carveout (percent); also
+            # keeps the launch config free of device queries at compile time
+            preferred_smem_carveout=100)
 
     # ------------------------------------------------------------------ helpers
     @cute.jit
@@ -400,6 +429,38 @@ class TQDecodeSplitK:
                 regs.append(ptx.prmt(x0, x1, 0x7632))
         # mma A order: (row g, k lo), (row g+8, k lo), (row g, k hi), (row g+8, k hi)
         return [regs[0], regs[1], regs[2], regs[3]]
+
+    @cute.jit
+    def load_tile(self, tile: Int32, mBT: cute.Tensor, mKc: cute.Tensor, mVc: cute.Tensor,
+                  mKn: cute.Tensor, mVn: cute.Tensor, b: Int32, h: Int32, g: Int32, c: Int32,
+                  kbuf: cute.Tensor, vbuf: cute.Tensor, nbuf: cute.Tensor):
+        """Issue every global load of one 16-token tile into register buffers: K rows g and
+        g+8 (this thread's segment), V tokens 2c, 2c+1, 2c+8, 2c+9, and the 4 norms."""
+        D = self.D
+        KW = max(1, D * self.kb // 128)
+        VW = max(1, D * self.vb // 256)
+        bs = mKc.shape[1]
+        t0 = tile * 16
+        phys = mBT[b, t0 // bs]
+        r0 = t0 % bs
+        for rr in cutlass.range_constexpr(2):
+            a = (mKc.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h, c * (D * self.kb // 32)),
+                                             mKc.layout)).toint()
+            words = ptx.ld_global_words(a, D * self.kb // 32)
+            for w in cutlass.range_constexpr(KW):
+                kbuf[rr * KW + w] = words[w]
+        for tt in cutlass.range_constexpr(4):
+            tok = 2 * c + (tt % 2) + 8 * (tt // 2)
+            a = (mVc.iterator + cute.crd2idx((phys, r0 + tok, h, g * (D * self.vb // 64)),
+                                             mVc.layout)).toint()
+            words = ptx.ld_global_words(a, D * self.vb // 64)
+            for w in cutlass.range_constexpr(VW):
+                vbuf[tt * VW + w] = words[w]
+        for rr in cutlass.range_constexpr(2):
+            ka = (mKn.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h), mKn.layout)).toint()
+            va = (mVn.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h), mVn.layout)).toint()
+            nbuf[rr] = ptx.ld_global_u16(ka)
+            nbuf[2 + rr] = ptx.ld_global_u16(va)
 
     # ------------------------------------------------------------------ kernel
     @cute.kernel
@@ -491,36 +552,35 @@ class TQDecodeSplitK:
                     acc_o[j, i, r] = Float32(0.0)
         acc_s = cute.make_rmem_tensor((NTW, 4), Float32)
 
-        bs = mKc.shape[1]
-        kc_row = c * (D * self.kb // 32)  # byte offset of the thread's K segment
-        vc_row = g * (D * self.vb // 64)  # byte offset of the thread's V segment
         cute.arch.sync_threads()
+
+        KW = max(1, D * self.kb // 128)  # words per K row segment
+        VW = max(1, D * self.vb // 256)  # words per V token segment
+        # register buffers of the next tile (software pipelining, cfg.prefetch)
+        kbuf = cute.make_rmem_tensor((2 * KW,), Uint32)
+        vbuf = cute.make_rmem_tensor((4 * VW,), Uint32)
+        nbuf = cute.make_rmem_tensor((4,), Uint32)
+        if const_expr(self.cfg.prefetch):
+            first = t_begin + stream
+            if first < t_end:
+                self.load_tile(first, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf, vbuf, nbuf)
 
         for tile in cutlass.range(t_begin + stream, t_end, self.streams, unroll=1):
             t0 = tile * 16
-            phys = mBT[b, t0 // bs]
-            r0 = t0 % bs
-            # ---- loads (all issued up front)
-            kw = []
-            for rr in cutlass.range_constexpr(2):
-                a = (mKc.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h, kc_row),
-                                                 mKc.layout)).toint()
-                kw.append(ptx.ld_global_words(a, D * self.kb // 32))
-            vw = []
-            for tt in cutlass.range_constexpr(4):
-                tok = 2 * c + (tt % 2) + 8 * (tt // 2)
-                a = (mVc.iterator + cute.crd2idx((phys, r0 + tok, h, vc_row),
-                                                 mVc.layout)).toint()
-                vw.append(ptx.ld_global_words(a, D * self.vb // 64))
-            kn = []
-            vn = []
-            for rr in cutlass.range_constexpr(2):
-                ka = (mKn.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h),
-                                                  mKn.layout)).toint()
-                va = (mVn.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h),
-                                                  mVn.layout)).toint()
-                kn.append(ptx.ld_global_u16(ka))
-                vn.append(ptx.ld_global_u16(va))
+            if const_expr(self.cfg.prefetch):
+                kw = [[kbuf[rr * KW + w] for w in range(KW)] for rr in range(2)]
+                vw = [[vbuf[tt * VW + w] for w in range(VW)] for tt in range(4)]
+                kn = [nbuf[0], nbuf[1]]
+                vn = [nbuf[2], nbuf[3]]
+                nxt = tile + self.streams
+                if nxt < t_end:
+                    self.load_tile(nxt, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf, vbuf, nbuf)
+            else:
+                self.load_tile(tile, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf, vbuf, nbuf)
+                kw = [[kbuf[rr * KW + w] for w in range(KW)] for rr in range(2)]
+                vw = [[vbuf[tt * VW + w] for w in range(VW)] for tt in range(4)]
+                kn = [nbuf[0], nbuf[1]]
+                vn = [nbuf[2], nbuf[3]]
 
             # ---- Sᵀ = K̃ Qᵀ
             for j in cutlass.range_constexpr(NTW):
@@ -728,11 +788,12 @@ def get_compiled(cfg: DecodeConfig):
 #: Configs compiled by the CPU compile report / test: every bit pair at D=128 for the
 #: benchmark shape (GQA 4, q_len 1), plus the geometry extremes.
 def _report_configs() -> list[DecodeConfig]:
-    cfgs = [DecodeConfig(kb, vb, 128, 4, 1) for kb in (2, 4, 8) for vb in (2, 4, 8)]
-    cfgs += [DecodeConfig(4, 4, 64, 4, 1), DecodeConfig(8, 8, 256, 4, 1),
-             DecodeConfig(4, 4, 128, 4, 4), DecodeConfig(4, 4, 128, 1, 1),
-             DecodeConfig(4, 4, 128, 16, 8), DecodeConfig(8, 8, 256, 16, 8),
-             DecodeConfig(2, 2, 64, 16, 1), DecodeConfig(4, 4, 128, 4, 1, "float16")]
+    fp = DecodeConfig.for_problem
+    cfgs = [fp(kb, vb, 128, 4, 1) for kb in (2, 4, 8) for vb in (2, 4, 8)]
+    cfgs += [fp(4, 4, 64, 4, 1), fp(8, 8, 256, 4, 1), fp(4, 4, 128, 4, 4), fp(4, 4, 128, 1, 1),
+             fp(4, 4, 128, 16, 8), fp(4, 4, 256, 16, 8), fp(8, 8, 256, 16, 8),
+             fp(2, 2, 64, 16, 1), fp(4, 4, 128, 4, 1, "float16"),
+             DecodeConfig(4, 4, 128, 4, 1, prefetch=False), DecodeConfig(2, 2, 128, 4, 1, prefetch=False)]
     return cfgs
 
 
@@ -742,7 +803,8 @@ def compile_configs():
 
     out = []
     for cfg in _report_configs():
-        variant = f"g{cfg.qhead_per_kvhead}q{cfg.q_len}_{cfg.dtype}_w{cfg.num_warps}"
+        variant = (f"g{cfg.qhead_per_kvhead}q{cfg.q_len}_{cfg.dtype}_w{cfg.num_warps}"
+                   f"{'_pf' if cfg.prefetch else ''}")
 
         def build(cfg=cfg):
             import cutlass.cute as cute
@@ -765,11 +827,13 @@ def register_configs(register) -> None:
 # --------------------------------------------------------------------------- entry point
 def decode_cuda(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k, k_codebook,
                 v_codebook, k_signs, v_signs, softmax_scale, causal, window_left, window_right,
-                rotate_query, unrotate_output, *, num_splits=0, out=None, lse=None):
+                rotate_query, unrotate_output, *, num_splits=0, out=None, lse=None,
+                config=None):
     """tqkv.decode on CUDA tensors (arguments already validated by fa4_tq.validate).
 
     Returns (out [B, q_len, Hq, D] in q.dtype, lse fp32 [B, Hq, q_len]). ``out`` / ``lse``
-    may be given (preallocated, e.g. for CUDA graphs or NaN-poisoned tests). Allocations
+    may be given (preallocated, e.g. for CUDA graphs or NaN-poisoned tests); ``config``
+    overrides the shipped tuning (benchmarks). Allocations
     (rotated q, fp32 partials) go through torch's caching allocator: capture-safe."""
     from . import decode_combine
 
@@ -779,8 +843,10 @@ def decode_cuda(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k, k_c
     v_bits = {4: 2, 16: 4, 256: 8}[v_codebook.numel()]
     if q.dtype not in (torch.bfloat16, torch.float16):
         raise NotImplementedError(f"decode kernel supports bf16/fp16 queries, got {q.dtype}")
-    cfg = DecodeConfig(k_bits, v_bits, d, hq // hkv, q_len,
-                       "bfloat16" if q.dtype == torch.bfloat16 else "float16")
+    if config is None:
+        config = DecodeConfig.for_problem(k_bits, v_bits, d, hq // hkv, q_len,
+                                          "bfloat16" if q.dtype == torch.bfloat16 else "float16")
+    cfg = config
     if out is None:
         out = torch.empty(batch, q_len, hq, d, dtype=q.dtype, device=q.device)
     if lse is None:
