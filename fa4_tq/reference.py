@@ -41,8 +41,8 @@ def compress_store(key, value, k_cache, v_cache, k_norm, v_norm, slot_mapping,
                                       (value, v_cache, v_norm, v_signs, v_codebook)):
         codes, norm = quantize(x[idx], signs, cb)
         packed = pack_codes(codes, _bits(cb))
-        # index_put_ with accumulate=False: for repeated slots the last token wins (sequential
-        # semantics are documented; the CUDA kernel guarantees the same by a dedup rule).
+        # Repeated slots: the reference writes sequentially (last token wins); the CUDA kernel
+        # leaves them undefined (FA4TQ_DEBUG_CHECKS=1 rejects them). Engines never repeat.
         cache.index_put_((blk, row), packed.to(cache.device))
         norms.index_put_((blk, row), norm.to(norms.device))
 

@@ -219,7 +219,12 @@ class KernelConfig:
 
 #: Modules that contribute configs, each through ``register_configs(register)``.
 #: Add a kernel module's config module here when it is written.
-REGISTRY_MODULES: tuple[str, ...] = ("fa4_tq.kernels.fa4_reference_configs",)
+REGISTRY_MODULES: tuple[str, ...] = (
+    "fa4_tq.kernels.fa4_reference_configs",
+    "fa4_tq.kernels.prefill_sm90",
+    "fa4_tq.kernels.decode",
+    "fa4_tq.kernels.compress",
+)
 
 
 class _Registry:
