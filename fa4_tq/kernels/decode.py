@@ -187,19 +187,45 @@ class DecodeConfig:
                 f"_q{self.q_len}_{self.dtype}_w{self.num_warps}{'_pf' if self.prefetch else ''}")
 
 
+#: Per-CTA fixed cost (tables, Q, merge, partial write) in units of one warp-tile, fitted
+#: to the device split sweep of 2026-11-23 (B=1, L=128K, K4V4: 1 wave of 48 splits 109 µs
+#: vs 3 waves of 132 splits 196 µs).
+CTA_OVERHEAD_TILES = 16
+
+
+def ctas_per_sm(cfg: DecodeConfig) -> int:
+    """Resident CTAs per SM the split heuristic assumes: the configured register cap, else
+    2 for one column tile per warp at D <= 128 (126-128 registers in the compile report,
+    except K2V8/K4V8 at 170-180, which then get one wave of half the CTAs), else 1."""
+    if cfg.min_ctas_per_sm:
+        return cfg.min_ctas_per_sm
+    return 2 if cfg.n_tiles_per_warp == 1 and cfg.head_dim <= 128 else 1
+
+
 def choose_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, cfg: DecodeConfig,
                       num_sms: int = NUM_SMS_H100) -> int:
     """Split count from shapes only (no device reads, so CUDA-graph safe).
 
-    Aim for about two CTAs per SM (enough warps in flight to cover HBM latency), but give
-    every warp stream at least 4 tiles of 16 tokens so the per-CTA prologue (tables, Q)
-    and the partial-output traffic stay small next to the cache reads. ``max_seqlen_k`` is
-    the block-table capacity, an upper bound of the real lengths."""
-    ctas = max(1, batch * num_kv_heads * cfg.col_ctas)
-    want = -(-2 * num_sms // ctas)
+    Models the kernel time as waves x per-CTA time: with ``ctas = batch * Hkv * col_ctas *
+    splits`` and ``slots = num_sms * ctas_per_sm`` resident CTAs, time(s) = ceil(ctas / slots)
+    * (tiles / (s * streams) + CTA_OVERHEAD_TILES), minimised over s in [1, 256]; ties go
+    to fewer splits (less partial-output traffic); each CTA keeps >= 32 tiles.
+    ``max_seqlen_k`` is the block-table
+    capacity, an upper bound of the real lengths. On the 2026-11-23 sweep this picks one
+    full wave at B=1 (33-48 splits at 32K-128K) and several well-filled waves at B=32,
+    where the former rule (two CTAs per SM) left a 1.3-wave tail."""
+    base = max(1, batch * num_kv_heads * cfg.col_ctas)
+    slots = num_sms * ctas_per_sm(cfg)
     tiles = -(-max(1, max_seqlen_k) // TOKENS_PER_TILE)
-    cap = max(1, tiles // (4 * cfg.streams))
-    return int(max(1, min(want, cap, 256)))
+    # at least 32 tiles (512 tokens) per CTA: below that the measured time rose again even
+    # inside one wave, for 4- and 8-warp CTAs alike (B=1, L=8K: 16 splits best)
+    cap = max(1, min(256, tiles // 32))
+    best, best_t = 1, None
+    for s in range(1, cap + 1):
+        t = -(-base * s // slots) * (tiles / (s * cfg.streams) + CTA_OVERHEAD_TILES)
+        if best_t is None or t < best_t * 0.999:
+            best, best_t = s, t
+    return best
 
 
 # --------------------------------------------------------------------------- PTX helpers

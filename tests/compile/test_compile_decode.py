@@ -33,11 +33,15 @@ def test_decode_config_geometry():
 
     c = DecodeConfig(4, 4, 128, 4, 1)
     assert (c.n_tiles, c.n_groups, c.streams, c.col_ctas) == (1, 1, 8, 1)
+    shipped = DecodeConfig.for_problem(4, 4, 128, 4, 1)
+    assert shipped.prefetch and shipped.num_warps == 4 and shipped.min_ctas_per_sm == 3
+    assert not DecodeConfig.for_problem(8, 8, 128, 4, 1).prefetch
     big = DecodeConfig(4, 4, 256, 16, 8)
     assert big.col_ctas == 2 and big.num_warps == 8
     with pytest.raises(NotImplementedError):
         DecodeConfig(4, 4, 128, 32, 8)
     # shapes-only heuristic: B=1 fills the GPU, long batches do not over-split
-    assert choose_num_splits(1, 8, 8192, c) >= 16
-    assert choose_num_splits(32, 8, 8192, c) == 2
-    assert choose_num_splits(1, 8, 16, c) == 1
+    assert choose_num_splits(1, 8, 8192, shipped) == 16
+    assert choose_num_splits(1, 8, 131072, shipped) >= 33
+    assert choose_num_splits(32, 8, 131072, shipped) >= 3  # no 1.3-wave tail
+    assert choose_num_splits(1, 8, 16, shipped) == 1
