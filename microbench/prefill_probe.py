@@ -74,8 +74,12 @@ def cu(lens):
     return c.to(DEV)
 
 
+def lut_tag(lut):
+    return "default" if lut == (None, None) else "".join("r" if x else "s" for x in lut)
+
+
 def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
-          qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0):
+          qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, lut=(None, None)):
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     codec, kc, vc, kn, vn, bt, seqused = build_cache(k_lens, hkv, d, kb, vb, block_size, gen)
@@ -87,7 +91,8 @@ def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, w
             codec.k_signs, codec.v_signs, max(q_lens), scale, causal, wl, wr, rotate, unrotate)
     kout = torch.full((total_q, hq, d), float("nan"), dtype=torch.bfloat16, device=DEV)
     klse = torch.full((hq, total_q), float("nan"), dtype=torch.float32, device=DEV)
-    out, lse = prefill_cuda(*args, backend="auto", kernel_out=kout, kernel_lse=klse)
+    out, lse = prefill_cuda(*args, backend="auto", kernel_out=kout, kernel_lse=klse,
+                            register_lut=lut)
     torch.cuda.synchronize()
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     o, r = out.double(), ref_o.double()
@@ -97,6 +102,7 @@ def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, w
     lse_nan = bool(torch.isnan(lse).any())
     lse_err = float((lse[fin] - ref_l[fin]).abs().max()) if bool(fin.any()) else 0.0
     ok = err <= 1e-2 and ninf_ok and not lse_nan and lse_err <= 2e-2
+    name = f"{name} lut={lut_tag(lut)}"
     log(f"CHECK {'PASS' if ok else 'FAIL'} {name}: rel_err={err:.2e} lse_err={lse_err:.2e} "
         f"ninf_ok={ninf_ok} lse_nan={lse_nan} ({time.time() - t0:.1f}s)")
     ROWS.append(("check", name, "PASS" if ok else "FAIL", f"{err:.3e}", f"{lse_err:.3e}"))
@@ -108,7 +114,10 @@ def bench_fn(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128):
+def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
+          luts=((None, None),), baselines=True):
+    """Time the kernel for each (K, V) register-LUT choice in ``luts`` (None = default) on the
+    same data; FA4-bf16 / unfused / +rotations once (default decode) when ``baselines``."""
     from flash_attn.cute.interface import flash_attn_func
     gen = torch.Generator().manual_seed(kb * 10 + vb)
     lens = [seqlen] * batch
@@ -122,9 +131,9 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128):
                                     torch.bfloat16)
     qb = q.view(batch, seqlen, hq, d)
     kb4, vb4 = k16.view(batch, seqlen, hkv, d), v16.view(batch, seqlen, hkv, d)
-    ours = lambda: prefill_cuda(q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook,  # noqa
-                                codec.v_codebook, codec.k_signs, codec.v_signs, seqlen, scale,
-                                causal, -1, -1, False, False)
+    ours_lut = lambda lut: (lambda: prefill_cuda(  # noqa
+        q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook, codec.v_codebook, codec.k_signs,
+        codec.v_signs, seqlen, scale, causal, -1, -1, False, False, register_lut=lut))
     ours_rot = lambda: prefill_cuda(q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook,  # noqa
                                     codec.v_codebook, codec.k_signs, codec.v_signs, seqlen,
                                     scale, causal, -1, -1, True, True)
@@ -137,24 +146,28 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128):
         return flash_attn_func(qb, k.view(batch, seqlen, hkv, d), v.view(batch, seqlen, hkv, d),
                                softmax_scale=scale, causal=causal)
 
-    # agreement with FA4 on the same (dequantized) data, as a sanity check of the timing run
-    o1 = ours()[0].view(batch, seqlen, hq, d).double()
     o2 = fa4()
     o2 = (o2[0] if isinstance(o2, tuple) else o2).double()
-    agree = float((o1 - o2).norm() / o2.norm())
-    t_ours = bench_fn(ours)
-    t_rot = bench_fn(ours_rot)
     t_fa4 = bench_fn(fa4)
-    t_unf = bench_fn(unfused)
+    t_rot = bench_fn(ours_rot) if baselines else float("nan")
+    t_unf = bench_fn(unfused) if baselines else float("nan")
     flops = 4 * batch * seqlen * seqlen * hq * d / (2 if causal else 1)
     tf = lambda t: flops / t / 1e9  # noqa  (ms -> TFLOP/s)
-    name = f"K{kb}V{vb} B{batch} S{seqlen} {'causal' if causal else 'full'} bs{block_size}"
-    log(f"BENCH {name}: ours {t_ours:.3f} ms ({tf(t_ours):.0f} TF/s), +rotations {t_rot:.3f} ms, "
-        f"FA4-bf16 {t_fa4:.3f} ms ({tf(t_fa4):.0f} TF/s), unfused {t_unf:.3f} ms | "
-        f"ours/FA4 speed {t_fa4 / t_ours:.3f}x, vs unfused {t_unf / t_ours:.2f}x, "
-        f"agree_vs_fa4={agree:.1e}")
-    ROWS.append(("bench", name, f"{t_ours:.3f}", f"{t_fa4:.3f}", f"{t_unf:.3f}",
-                 f"{t_fa4 / t_ours:.3f}", f"{tf(t_ours):.0f}", f"{tf(t_fa4):.0f}", f"{t_rot:.3f}"))
+    for lut in luts:
+        ours = ours_lut(lut)
+        # agreement with FA4 on the same (dequantized) data, as a sanity check of the timing
+        o1 = ours()[0].view(batch, seqlen, hq, d).double()
+        agree = float((o1 - o2).norm() / o2.norm())
+        t_ours = bench_fn(ours)
+        name = (f"K{kb}V{vb} B{batch} S{seqlen} {'causal' if causal else 'full'} bs{block_size} "
+                f"lut={lut_tag(lut)}")
+        log(f"BENCH {name}: ours {t_ours:.3f} ms ({tf(t_ours):.0f} TF/s), +rotations "
+            f"{t_rot:.3f} ms, FA4-bf16 {t_fa4:.3f} ms ({tf(t_fa4):.0f} TF/s), unfused "
+            f"{t_unf:.3f} ms | ours/FA4 speed {t_fa4 / t_ours:.3f}x, vs unfused "
+            f"{t_unf / t_ours:.2f}x, agree_vs_fa4={agree:.1e}")
+        ROWS.append(("bench", name, f"{t_ours:.3f}", f"{t_fa4:.3f}", f"{t_unf:.3f}",
+                     f"{t_fa4 / t_ours:.3f}", f"{tf(t_ours):.0f}", f"{tf(t_fa4):.0f}",
+                     f"{t_rot:.3f}"))
 
 
 def guarded(fn, *a, **k):
@@ -177,20 +190,27 @@ def main():
     t_start = time.time()
     log(torch.cuda.get_device_name(), torch.__version__)
     ql, kl = [1, 17, 300], [40, 17, 1000]  # seqlen_k != seqlen_q, odd lengths, len-1 query
-    # 1. smoke + the headline timing first (a timeout must still leave the key numbers)
+    RR, SS, RS, SR = (True, True), (False, False), (True, False), (False, True)
+    # 1. smoke (both decode paths) + the headline timing first (a timeout must still leave
+    #    the key numbers): register LUT vs shared-memory LUT vs mixed, same data, same run
     guarded(check, "K4V4 d128 g4 full bs16", ql, kl, 8, 2, 128, 4, 4, 16, False)
-    guarded(bench, 4, 4, 8192, False)
-    guarded(bench, 4, 4, 8192, True)
-    # 2. correctness: all nine configs at D=128 (GQA 4), causal and not, bs 16/128
-    for i, (kb, vb) in enumerate([(2, 2), (2, 4), (2, 8), (4, 2), (4, 8), (8, 2), (8, 4), (8, 8)]):
+    guarded(check, "K2V2 d128 g4 causal bs128", ql, kl, 8, 2, 128, 2, 2, 128, True, seed=1)
+    guarded(bench, 4, 4, 8192, False, luts=(RR, SS, RS, SR))
+    guarded(bench, 4, 4, 8192, True, luts=(RR, SS), baselines=False)
+    guarded(bench, 2, 2, 8192, False, luts=(RR, SS, RS), baselines=False)
+    # 2. correctness: all nine configs at D=128 (GQA 4), causal and not, bs 16/128 (default
+    #    decode), plus the shared-memory-LUT path for the 2/4-bit sides
+    for i, (kb, vb) in enumerate([(2, 4), (2, 8), (4, 2), (4, 8), (8, 2), (8, 4), (8, 8)]):
         causal = kb == vb
         bs = 16 if i % 2 else 128
         guarded(check, f"K{kb}V{vb} d128 g4 {'causal' if causal else 'full'} bs{bs}", ql, kl, 8,
-                2, 128, kb, vb, bs, causal, seed=i + 1)
+                2, 128, kb, vb, bs, causal, seed=i + 2)
+    guarded(check, "K4V4 d128 g4 full bs16", ql, kl, 8, 2, 128, 4, 4, 16, False, seed=20,
+            lut=SS)
+    guarded(check, "K4V2 d128 g4 causal bs128", ql, kl, 8, 2, 128, 4, 2, 128, True, seed=21,
+            lut=SR)
     guarded(check, "K4V4 d128 g4 causal bs128 (sq>sk rows see nothing)", [1, 17, 300],
             [1, 9, 1000], 8, 2, 128, 4, 4, 128, True, seed=11)
-    guarded(bench, 2, 2, 8192, False)
-    guarded(bench, 8, 8, 8192, False)
     guarded(check, "K4V4 d128 g4 window(64,0) bs16", ql, kl, 8, 2, 128, 4, 4, 16, True, 64, -1,
             seed=12)
     guarded(check, "K4V4 d128 g4 window(32,16) bs48", ql, kl, 8, 2, 128, 4, 4, 48, False, 32, 16,
@@ -200,12 +220,12 @@ def main():
             qdtype=torch.float16, rotate=False, unrotate=False, seed=15)
     guarded(check, "K4V4 d128 MHA(g1) full bs256 long", [700, 1], [2000, 3], 4, 4, 128, 4, 4,
             256, False, seed=16)
+    guarded(bench, 4, 2, 8192, False, luts=(RR, SS))
+    guarded(bench, 8, 8, 8192, False)
+    guarded(bench, 4, 8, 8192, False, luts=(RR, SS))
     if not quick:
-        guarded(bench, 2, 2, 8192, True)
-        guarded(bench, 8, 8, 8192, True)
-        guarded(bench, 4, 4, 16384, False)
-        guarded(bench, 4, 2, 8192, False)
-        guarded(bench, 4, 8, 8192, False)
+        guarded(bench, 2, 2, 8192, True, baselines=False)
+        guarded(bench, 4, 4, 16384, False, baselines=False)
     log(f"total {time.time() - t_start:.0f}s")
     log("\n=== summary ===")
     for r in ROWS:

@@ -48,6 +48,13 @@ def lut_bytes(bits: int, replicas: int) -> int:
     return LUT_ENTRIES * lut_entry_words(bits) * 4 * replicas
 
 
+# Register-LUT decode (2- and 4-bit): the codebook itself, 2**bits bf16 entries packed as
+# bf16x2 words (entry 2i in the low half), is all that lives in shared memory; it is read
+# with a broadcast load once per row, scaled by the row's norm and split into byte planes
+# that ``prmt`` indexes with the codes themselves. No shared-memory access per code.
+REG_LUT_BYTES = 32  # room for the 16 bf16 entries of a 4-bit codebook (2-bit uses 8 bytes)
+
+
 # --------------------------------------------------------------------------- raw PTX wrappers
 def _i32(x, loc, ip):
     return Int32(x).ir_value(loc=loc, ip=ip)
@@ -196,6 +203,86 @@ def build_lut(mCodebook: cute.Tensor, lut_base: Int32, bits: int, replicas: int,
             w0 = cvt_bf16x2(Float32(mCodebook[e]), Float32(0.0))
             for r in range(replicas):
                 st_shared_b32(lut_base + (e * replicas + r) * 4, w0)
+
+
+def build_entry_words(mCodebook: cute.Tensor, addr: Int32, bits: int, tidx: Int32):
+    """Register-LUT table source: word i = bf16x2(codebook[2i], codebook[2i+1]) (RNE). Every
+    thread writes word ``tidx % words`` (duplicates store identical values; branch-free). The
+    caller must barrier before ``load_row_planes``."""
+    i = tidx % ((1 << bits) // 2)
+    st_shared_b32(addr + i * 4, cvt_bf16x2(Float32(mCodebook[2 * i]), Float32(mCodebook[2 * i + 1])))
+
+
+def load_row_planes(addr: Int32, bits: int, norm2: Int32):
+    """The row's scaled codebook as prmt byte planes (one broadcast LDS per 4 words).
+
+    Entries are scaled first (``mul.rn.bf16x2`` by the norm, the same two roundings as the
+    shared-memory LUT path: bf16(codebook) then bf16(x * norm)), then split:
+    4-bit -> 8 registers (lo bytes of entries 0-3, 4-7, 8-11, 12-15; hi bytes likewise),
+    2-bit -> 2 registers (lo bytes of entries 0-3; hi bytes of entries 0-3)."""
+    if bits == 4:
+        words = list(ld_shared_v4(addr)) + list(ld_shared_v4(addr + 16))
+    else:
+        words = list(ld_shared_v2(addr))
+    s = [mul_bf16x2(w, norm2) for w in words]
+    lo = [prmt(s[2 * i], s[2 * i + 1], 0x6420) for i in range(len(s) // 2)]
+    hi = [prmt(s[2 * i], s[2 * i + 1], 0x7531) for i in range(len(s) // 2)]
+    return lo + hi
+
+
+def _asm_outs(n, inputs, asm, constraints, loc, ip):
+    res = llvm.inline_asm(llvm.StructType.get_literal([T.i32()] * n),
+                          [_i32(x, loc, ip) for x in inputs], asm, constraints,
+                          has_side_effects=False, is_align_stack=False,
+                          asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+    return [Int32(llvm.extractvalue(T.i32(), res, [i], loc=loc, ip=ip)) for i in range(n)]
+
+
+@dsl_user_op
+def decode4_reg(w: Int32, planes, *, loc=None, ip=None):
+    """8 packed 4-bit codes (code k = nibble k) -> 4 bf16x2 words (scaled by the planes' norm).
+
+    prmt picks byte (sel & 7) of an 8-byte register pair, so a 16-entry table needs two
+    halves: entries 0-7 (A) and 8-15 (B). Per 4 codes: 4 prmt (lo/hi byte x A/B half, selector
+    = codes & 7), 2 prmt choosing A or B per byte (selector nibble k = k | 4*bit3(code k)),
+    2 prmt interleaving lo/hi bytes into bf16 pairs. 21 instructions per 8 codes."""
+    la0, la1, lb0, lb1, ha0, ha1, hb0, hb1 = planes
+    half = ("prmt.b32 la, $5, $6, {xs};\n\tprmt.b32 lb, $7, $8, {xs};\n\t"
+            "prmt.b32 ha, $9, $10, {xs};\n\tprmt.b32 hb, $11, $12, {xs};\n\t"
+            "prmt.b32 pl, la, lb, {ts};\n\tprmt.b32 ph, ha, hb, {ts};\n\t"
+            "prmt.b32 ${o0}, pl, ph, 0x5140;\n\tprmt.b32 ${o1}, pl, ph, 0x7362;\n\t")
+    asm = ("{\n\t.reg .b32 xm, xh, t, th, la, lb, ha, hb, pl, ph;\n\t"
+           "and.b32 xm, $4, 0x77777777;\n\tshr.u32 xh, xm, 16;\n\t"
+           "shr.u32 t, $4, 1;\n\tlop3.b32 t, t, 0x44444444, 0x32103210, 0xEA;\n\t"
+           "shr.u32 th, t, 16;\n\t"
+           + half.format(xs="xm", ts="t", o0=0, o1=1)
+           + half.format(xs="xh", ts="th", o0=2, o1=3) + "}")
+    return _asm_outs(4, [w, la0, la1, lb0, lb1, ha0, ha1, hb0, hb1], asm,
+                     "=r,=r,=r,=r," + ",".join(["r"] * 9), loc, ip)
+
+
+@dsl_user_op
+def decode2_reg(w: Int32, planes, *, loc=None, ip=None):
+    """16 packed 2-bit codes (code k = bits 2k..2k+1) -> 8 bf16x2 words (scaled).
+
+    Even codes (w & 0x33333333) and odd codes ((w >> 2) & 0x33333333) sit one per nibble, so
+    they index the 4-entry lo/hi byte planes directly (selector | 0x4444 reads the hi plane);
+    two interleave levels rebuild element order. 33 instructions per 16 codes."""
+    tl, th = planes
+    half = ("prmt.b32 le, $9, $10, {e};\n\tprmt.b32 he, $9, $10, {eh};\n\t"
+            "prmt.b32 lod, $9, $10, {o};\n\tprmt.b32 hod, $9, $10, {oh};\n\t"
+            "prmt.b32 a0, le, he, 0x5140;\n\tprmt.b32 a1, le, he, 0x7362;\n\t"
+            "prmt.b32 b0, lod, hod, 0x5140;\n\tprmt.b32 b1, lod, hod, 0x7362;\n\t"
+            "prmt.b32 ${r0}, a0, b0, 0x5410;\n\tprmt.b32 ${r1}, a0, b0, 0x7632;\n\t"
+            "prmt.b32 ${r2}, a1, b1, 0x5410;\n\tprmt.b32 ${r3}, a1, b1, 0x7632;\n\t")
+    asm = ("{\n\t.reg .b32 e, eh, o, oh, e2, eh2, o2, oh2, le, he, lod, hod, a0, a1, b0, b1;\n\t"
+           "and.b32 e, $8, 0x33333333;\n\tor.b32 eh, e, 0x44444444;\n\t"
+           "shr.u32 o, $8, 2;\n\tand.b32 o, o, 0x33333333;\n\tor.b32 oh, o, 0x44444444;\n\t"
+           "shr.u32 e2, e, 16;\n\tshr.u32 eh2, eh, 16;\n\t"
+           "shr.u32 o2, o, 16;\n\tshr.u32 oh2, oh, 16;\n\t"
+           + half.format(e="e", eh="eh", o="o", oh="oh", r0=0, r1=1, r2=2, r3=3)
+           + half.format(e="e2", eh="eh2", o="o2", oh="oh2", r0=4, r1=5, r2=6, r3=7) + "}")
+    return _asm_outs(8, [w, tl, th], asm, ",".join(["=r"] * 8) + ",r,r,r", loc, ip)
 
 
 # --------------------------------------------------------------------------- decode

@@ -53,13 +53,14 @@ def _bits(codebook: torch.Tensor) -> int:
     return {4: 2, 16: 4, 256: 8}[codebook.numel()]
 
 
-def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right):
+def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right,
+               register_lut=(None, None)):
     from .prefill_sm90 import make_config
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
     c, local, wl, wr = canonical_mask(causal, window_left, window_right)
     return make_config(d, _bits(k_codebook), _bits(v_codebook), hq // hkv, c, local,
-                       wl is not None, wr is not None), wl, wr
+                       wl is not None, wr is not None, *register_lut), wl, wr
 
 
 def _to_cute(t, align, leading_dim=-1):
@@ -84,12 +85,13 @@ def _compile(cfg, args):
 def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table, seqused_k,
                  k_codebook, v_codebook, k_signs, v_signs, max_seqlen_q, softmax_scale, causal,
                  window_left, window_right, rotate_query, unrotate_output, *, backend="auto",
-                 kernel_out=None, kernel_lse=None):
+                 kernel_out=None, kernel_lse=None, register_lut=(None, None)):
     """(out [total_q, Hq, D] in q.dtype, lse float32 [Hq, total_q]); see fa4_tq/ops.py.
 
     ``kernel_out`` (bf16 [total_q, Hq, D]) / ``kernel_lse`` (fp32 [Hq, total_q]) are optional
     buffers for the kernel's raw output (rotated space); tests pass NaN-poisoned ones to prove
-    every element is written."""
+    every element is written. ``register_lut`` = (K, V) decode choice for 2/4-bit sides
+    (None: the kernel's default); a benchmarking hook, part of the compile-cache key."""
     if backend == "sm80":
         raise NotImplementedError("tqkv.prefill: backend='sm80' — sm80 prefill not implemented "
                                   "yet (use backend='sm90' on Hopper)")
@@ -103,7 +105,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
         if t.data_ptr() % 16:
             raise ValueError(f"tqkv.prefill: {name} must be 16-byte aligned (cp.async/TMA)")
     cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
-                             window_right)  # raises NotImplementedError for head_dim 256
+                             window_right, register_lut)  # raises NotImplementedError for head_dim 256
     _ensure_arch_env()
 
     total_q, hq, d = q.shape

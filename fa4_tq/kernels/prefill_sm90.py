@@ -75,8 +75,12 @@ class PrefillSm90Config:
     tile_n: int = 128
     num_stages: int = 2
     stage_slots: int = 2  # packed-code staging blocks per side
-    k_lut_replicas: int = 16
+    k_lut_replicas: int = 16  # shared-memory LUT sides only (1 for register-LUT sides)
     v_lut_replicas: int = 16
+    # 2/4-bit sides: decode with prmt byte permutes from a per-row register table instead of
+    # one shared-memory lookup per code byte (dequant.decode4_reg / decode2_reg).
+    k_register_lut: bool = False
+    v_register_lut: bool = False
     # setmaxnreg split: 2 x 128 consumer threads + 128 producer threads must fit in the
     # launch allocation (168 regs x 384 threads = 64512), else setmaxnreg.inc never returns.
     consumer_regs: int = 224
@@ -85,12 +89,18 @@ class PrefillSm90Config:
     def __post_init__(self):
         if 256 * self.consumer_regs + PRODUCER_THREADS * self.producer_regs > 168 * 384:
             raise ValueError("register split exceeds the CTA's launch allocation (64512)")
+        for side, bits, reg in (("k", self.k_bits, self.k_register_lut),
+                                ("v", self.v_bits, self.v_register_lut)):
+            if reg and bits not in (2, 4):
+                raise ValueError(f"register LUT decode is for 2- and 4-bit codes, not "
+                                 f"{side}_bits={bits}")
 
     @property
     def name(self) -> str:
         mask = "causal" if self.causal else ("local" if self.local else "full")
+        lut = "".join(("r" if reg else "s") for reg in (self.k_register_lut, self.v_register_lut))
         return (f"prefill_sm90_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
-                f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}")
+                f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}_lut{lut}")
 
     def k_row_bytes(self) -> int:
         return self.head_dim * self.k_bits // 8
@@ -98,22 +108,40 @@ class PrefillSm90Config:
     def v_row_bytes(self) -> int:
         return self.head_dim * self.v_bits // 8
 
+    def k_lut_bytes(self) -> int:
+        return (dq.REG_LUT_BYTES if self.k_register_lut
+                else dq.lut_bytes(self.k_bits, self.k_lut_replicas))
+
+    def v_lut_bytes(self) -> int:
+        return (dq.REG_LUT_BYTES if self.v_register_lut
+                else dq.lut_bytes(self.v_bits, self.v_lut_replicas))
+
     def staging_bytes(self) -> int:
         return self.stage_slots * self.tile_n * (self.k_row_bytes() + self.v_row_bytes())
 
     def smem_bytes(self) -> int:
         d = self.head_dim
         tiles = 2 * (self.tile_m * d + 2 * self.num_stages * self.tile_n * d)
-        luts = (dq.lut_bytes(self.k_bits, self.k_lut_replicas)
-                + dq.lut_bytes(self.v_bits, self.v_lut_replicas))
+        luts = self.k_lut_bytes() + self.v_lut_bytes()
         return tiles + self.staging_bytes() + luts + SMEM_RESERVE
 
 
+REGISTER_LUT_DEFAULT = True
+
+
 def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
-                local: bool, has_window_left: bool, has_window_right: bool) -> PrefillSm90Config:
+                local: bool, has_window_left: bool, has_window_right: bool,
+                k_register_lut: Optional[bool] = None,
+                v_register_lut: Optional[bool] = None) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
-    replication <= 32 that fits, K and V alike)."""
+    replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
+    (None: ``REGISTER_LUT_DEFAULT``) select register-LUT decode for a 2- or 4-bit side; 8-bit
+    sides always use the shared-memory LUT (the flag is ignored for them)."""
+    if k_register_lut is None:
+        k_register_lut = REGISTER_LUT_DEFAULT
+    if v_register_lut is None:
+        v_register_lut = REGISTER_LUT_DEFAULT
     if head_dim not in (64, 128):
         raise NotImplementedError(
             f"PrefillSm90: head_dim {head_dim} is not implemented (64 and 128 are). head_dim 256 "
@@ -122,11 +150,15 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
             f"single-stage K/V or aliased staging")
     base = dict(head_dim=head_dim, k_bits=k_bits, v_bits=v_bits,
                 qhead_per_kvhead=qhead_per_kvhead, causal=causal, local=local,
-                has_window_left=has_window_left, has_window_right=has_window_right)
+                has_window_left=has_window_left, has_window_right=has_window_right,
+                k_register_lut=bool(k_register_lut) and k_bits != 8,
+                v_register_lut=bool(v_register_lut) and v_bits != 8)
     for slots in (2, 1):
         for rep in (32, 16, 8, 4, 2, 1):
-            cfg = PrefillSm90Config(**base, stage_slots=slots, k_lut_replicas=rep,
-                                    v_lut_replicas=rep)
+            cfg = PrefillSm90Config(
+                **base, stage_slots=slots,
+                k_lut_replicas=1 if base["k_register_lut"] else rep,
+                v_lut_replicas=1 if base["v_register_lut"] else rep)
             if cfg.smem_bytes() <= SMEM_CAPACITY and (slots == 1 or rep >= 8):
                 return cfg
     raise NotImplementedError(f"PrefillSm90: no shared-memory fit for {base}")
@@ -153,10 +185,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
         ]
         stage_struct = cute.struct.Align[
             cute.struct.MemRange[cutlass.Uint8, cfg.staging_bytes()], 1024]
-        lutk_struct = cute.struct.Align[
-            cute.struct.MemRange[Int32, dq.lut_bytes(cfg.k_bits, cfg.k_lut_replicas) // 4], 128]
-        lutv_struct = cute.struct.Align[
-            cute.struct.MemRange[Int32, dq.lut_bytes(cfg.v_bits, cfg.v_lut_replicas) // 4], 128]
+        lutk_struct = cute.struct.Align[cute.struct.MemRange[Int32, cfg.k_lut_bytes() // 4], 128]
+        lutv_struct = cute.struct.Align[cute.struct.MemRange[Int32, cfg.v_lut_bytes() // 4], 128]
         mbar_Q = cute.struct.MemRange[cutlass.Int64, 2]
         mbar_K = cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
         mbar_V = cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
@@ -408,9 +438,16 @@ class PrefillSm90(FlashAttentionForwardSm90):
         warp_idx_in_wg = cute.arch.make_warp_uniform(cute.arch.warp_idx()) % 4
         lane = tidx % 32
 
-        # Byte -> bf16 tables from the codebooks (once per CTA), producer threads only.
-        dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx, PRODUCER_THREADS)
-        dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx, PRODUCER_THREADS)
+        # Tables from the codebooks (once per CTA), producer threads only: the byte -> bf16
+        # LUT for shared-memory-LUT sides, the bf16 codebook words for register-LUT sides.
+        if const_expr(cfg.k_register_lut):
+            dq.build_entry_words(mKCB, lutk_addr, cfg.k_bits, tidx)
+        else:
+            dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx, PRODUCER_THREADS)
+        if const_expr(cfg.v_register_lut):
+            dq.build_entry_words(mVCB, lutv_addr, cfg.v_bits, tidx)
+        else:
+            dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx, PRODUCER_THREADS)
         cute.arch.barrier(barrier_id=LUT_BARRIER_ID, number_of_threads=PRODUCER_THREADS)
         lutk_lane = lutk_addr + (lane % cfg.k_lut_replicas) * (4 * dq.lut_entry_words(cfg.k_bits))
         lutv_lane = lutv_addr + (lane % cfg.v_lut_replicas) * (4 * dq.lut_entry_words(cfg.v_bits))
@@ -457,7 +494,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 page_divmod=page_divmod, num_heads_kv=num_heads_kv, mPageTable=mPageTable,
                 kc_base=kc_base, vc_base=vc_base, kn_base=kn_base, vn_base=vn_base,
                 stage_k_row=stage_k_row, stage_v_row=stage_v_row, slot_bytes=slot_bytes,
-                lutk_lane=lutk_lane, lutv_lane=lutv_lane)
+                lutk_lane=lutk_lane, lutv_lane=lutv_lane, lutk_addr=lutk_addr,
+                lutv_addr=lutv_addr)
             norms_k = []
             norms_v = []
             for s in cutlass.range_constexpr(slots):
@@ -539,12 +577,20 @@ class PrefillSm90(FlashAttentionForwardSm90):
         lut_lane = ctx.lutk_lane if is_k else ctx.lutv_lane
         nbytes = cfg.k_row_bytes() if is_k else cfg.v_row_bytes()
         src = (ctx.stage_k_row if is_k else ctx.stage_v_row) + (i % cfg.stage_slots) * ctx.slot_bytes
+        register_lut = cfg.k_register_lut if is_k else cfg.v_register_lut
+        planes = None
+        if register_lut:  # this row's scaled codebook as prmt byte planes
+            planes = dq.load_row_planes(ctx.lutk_addr if is_k else ctx.lutv_addr, bits, norm2)
         out_per_in = 16 // bits  # 8-element output chunks per 16 B of codes
         for c in range(nbytes // 16):
             words = dq.ld_shared_v4(src + c * self.tile_n * 16)
             outs = []
             for w in words:
-                outs.extend(dq.decode_word(w, lut_lane, norm2, bits, reps))
+                if register_lut:
+                    outs.extend(dq.decode4_reg(w, planes) if bits == 4
+                                else dq.decode2_reg(w, planes))
+                else:
+                    outs.extend(dq.decode_word(w, lut_lane, norm2, bits, reps))
             for k in range(out_per_in):
                 dq.st_shared_v4(
                     tile_addr + dq.swizzled_offset(ctx.tidx, c * out_per_in + k, self.tile_n),
@@ -574,6 +620,8 @@ class _ProducerCtx:
     slot_bytes: int
     lutk_lane: object
     lutv_lane: object
+    lutk_addr: object
+    lutv_addr: object
 
 
 # --------------------------------------------------------------------------- compile-only
@@ -615,12 +663,20 @@ def shipped_configs() -> list[PrefillSm90Config]:
     out.append(make_config(128, 4, 4, 4, False, True, True, True))
     for kb, vb in ((4, 4), (2, 2), (8, 8)):
         out.append(make_config(64, kb, vb, 4, False, False, False, False))
+    # the other decode choices the device probe compares (shared-memory LUT, mixed). Not
+    # listed: K2V2 / K4V2 with the shared-memory LUT on both sides — they spill 32 / 8 bytes
+    # (so did the step-1 build of them), the register LUT is their spill-free default.
+    for kb, vb, kr, vr in ((4, 4, False, False), (4, 4, True, False), (4, 4, False, True)):
+        cfg = make_config(128, kb, vb, 4, False, False, False, False, kr, vr)
+        if cfg not in out:
+            out.append(cfg)
     return out
 
 
 def _variant(cfg: PrefillSm90Config) -> str:
     mask = "causal" if cfg.causal else ("local" if cfg.local else "full")
-    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}"
+    lut = "".join(("r" if reg else "s") for reg in (cfg.k_register_lut, cfg.v_register_lut))
+    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}"
 
 
 def register_configs(register) -> None:

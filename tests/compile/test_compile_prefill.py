@@ -37,6 +37,13 @@ def test_make_config_rejects_head_dim_256():
         P.make_config(256, 4, 4, 1, False, False, False, False)
 
 
+def test_register_lut_only_for_2_and_4_bit():
+    with pytest.raises(ValueError, match="register LUT"):
+        P.PrefillSm90Config(128, 8, 4, 1, False, False, False, False, k_register_lut=True)
+    cfg = P.make_config(128, 8, 4, 4, False, False, False, False, True, True)
+    assert not cfg.k_register_lut and cfg.v_register_lut
+
+
 def test_register_split_guard():
     with pytest.raises(ValueError, match="launch allocation"):
         P.PrefillSm90Config(128, 4, 4, 1, False, False, False, False, producer_regs=64)

@@ -15,7 +15,7 @@ BITS = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
 
 
 def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
-         qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0):
+         qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, register_lut=(None, None)):
     from fa4_tq.kernels.prefill import prefill_cuda
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
@@ -30,7 +30,7 @@ def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
             0.9 / math.sqrt(d), causal, wl, wr, rotate, unrotate)
     kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device="cuda")
     klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
-    out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse)
+    out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=register_lut)
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     assert out.dtype == qdtype and lse.dtype == torch.float32
     assert rel_error(out, ref_o) <= 1e-2
@@ -46,6 +46,14 @@ def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
 def test_all_bit_widths_d128_gqa4(kb, vb, causal):
     _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 16 if causal else 128, causal,
          seed=kb * 10 + vb)
+
+
+@pytest.mark.parametrize("register_lut", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("kb,vb", [(4, 4), (2, 2), (4, 2)])
+def test_lut_paths(kb, vb, register_lut):
+    """Both decode paths (register LUT / shared-memory LUT) per side, causal and paged."""
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 16, True, seed=kb + 3 * vb,
+         register_lut=register_lut)
 
 
 @pytest.mark.parametrize("kb,vb", [(4, 4), (2, 8), (8, 2)])
