@@ -2,7 +2,9 @@
 
   source .devenv/setup.sh && python3 -m microbench.compress_probe [--quick] 2>&1 | tee $OUT/log.txt
 
-1. Correctness: runs tests/gpu/test_compress.py (pytest, in-process).
+0. Smoke: bit-exact compress for BOTH search variants (CompressConfig.algo "binary" and
+   "lut") on K2V2/K4V4/K8V8, plus dequantize; printed before any timing.
+1. Correctness: runs tests/gpu/test_compress.py (pytest, in-process; both variants).
 2. Timing (H100, Hkv=8, D=128, bf16 in/out, 1 ... 64K tokens): kernel time as the median of
    CUDA-graph replays (20 calls captured per graph, CUDA events around each replay, warm-up
    excluded; 4 input sets rotated so L2 does not serve them), effective bandwidth =
@@ -22,6 +24,8 @@ import sys
 import time
 
 import torch
+
+ALGOS = ("binary", "lut")  # compress_store search variants timed side by side
 
 
 def _graph_time_ms(fn, calls=20, reps=15):
@@ -115,21 +119,25 @@ def bench(quick: bool):
             vals = [torch.randn(t, h, d, dtype=torch.bfloat16, device=dev) for _ in range(sets)]
             slots = [torch.randperm(nb * bs, device=dev)[:t] for _ in range(sets)]
 
-            def comp(i):  # the kernel entry point (the op's validation syncs: see note)
-                j = i % sets
-                K.compress_store_cuda(keys[j], vals[j], *caches[j], slots[j], *cargs)
+            def comp_algo(algo):
+                def comp(i):  # the kernel entry point (the op's validation syncs: see note)
+                    j = i % sets
+                    K.compress_store_cuda(keys[j], vals[j], *caches[j], slots[j], *cargs,
+                                          algo=algo)
+                return comp
 
             def comp_ref(i):
                 j = i % sets
                 reference.compress_store(keys[j], vals[j], *caches[j], slots[j], *cargs)
 
             nbytes = (2 * t * h * d * 2 + t * 8) + t * h * (d * kb // 8 + d * vb // 8 + 4)
-            ms = _graph_time_ms(comp)
             ref_ms = _eager_time_ms(comp_ref) if t <= 16384 else float("nan")
             cp_ms = _copy_ms(nbytes)
-            rows.append(("compress", f"K{kb}V{vb}", t, "", ms * 1e3, nbytes / ms / 1e6,
-                         (nbytes / ms) / (nbytes / cp_ms), (nbytes / ms / 1e6) / peak_gbs,
-                         ref_ms / ms))
+            for algo in ALGOS:
+                ms = _graph_time_ms(comp_algo(algo))
+                rows.append(("compress", f"K{kb}V{vb}", t, algo, ms * 1e3, nbytes / ms / 1e6,
+                             (nbytes / ms) / (nbytes / cp_ms), (nbytes / ms / 1e6) / peak_gbs,
+                             ref_ms / ms))
 
             # dequantize the same tokens as 4 sequences through a random block table
             bsz = 4 if t >= 4 else 1
@@ -165,35 +173,61 @@ def bench(quick: bool):
                 ms = _graph_time_ms(deq)
                 ref_ms = _eager_time_ms(deq_ref) if t <= 16384 else float("nan")
                 cp_ms = _copy_ms(nbytes)
-                rows.append(("dequant" + ("+unrot" if unrot else ""), f"K{kb}V{vb}", t, "",
+                rows.append(("dequant" + ("+unrot" if unrot else ""), f"K{kb}V{vb}", t, "-",
                              ms * 1e3, nbytes / ms / 1e6, cp_ms / ms,
                              (nbytes / ms / 1e6) / peak_gbs, ref_ms / ms))
     return peak_gbs, rows
 
 
 def smoke():
-    """One bit-exact compress + dequantize check before timing (fails loudly)."""
+    """Bit-exact compress (both variants, K2V2/K4V4/K8V8) + dequantize checks before timing.
+    Returns the number of mismatching compress bytes (0 expected)."""
     import fa4_tq.ops  # noqa: F401
     from fa4_tq import reference
     from fa4_tq.codec import TQCodec
+    from fa4_tq.kernels import compress as K
 
-    g = torch.Generator().manual_seed(0)
+    bad_total = 0
+    for kb in (2, 4, 8):
+        g = torch.Generator().manual_seed(kb)
+        codec = TQCodec(128, kb, kb)
+        nb, bs, h, t = 64, 16, 8, 1000
+        row = 128 * kb // 8
+        cache = [torch.randint(0, 256, (nb, bs, h, row), dtype=torch.uint8, generator=g),
+                 torch.randint(0, 256, (nb, bs, h, row), dtype=torch.uint8, generator=g),
+                 torch.randn(nb, bs, h, generator=g).to(torch.bfloat16),
+                 torch.randn(nb, bs, h, generator=g).to(torch.bfloat16)]
+        scale = torch.exp(torch.randn(t, 1, 1, generator=g) * 3.0)
+        key = (torch.randn(t, h, 128, generator=g) * scale).to(torch.bfloat16)
+        val = (torch.randn(t, h, 128, generator=g) * scale).to(torch.bfloat16)
+        key[3, 1] = 0
+        slots = torch.randperm(nb * bs, generator=g)[:t]
+        ref = [x.clone() for x in cache]
+        cargs = (codec.k_signs, codec.v_signs, codec.k_codebook, codec.v_codebook)
+        reference.compress_store(key, val, *ref, slots, *cargs)
+        for algo in ALGOS:
+            gpu = [x.cuda() for x in cache]
+            K.compress_store_cuda(key.cuda(), val.cuda(), *gpu, slots.cuda(),
+                                  *[a.cuda() for a in cargs], algo=algo)
+            bad = []
+            for name, a, b in zip(("k_cache", "v_cache", "k_norm", "v_norm"), gpu, ref):
+                a = a.cpu()
+                eq = (a.view(torch.int16) == b.view(torch.int16)) if a.dtype == torch.bfloat16 else (a == b)
+                bad.append(int((~eq).sum()))
+            bad_total += sum(bad)
+            print(f"smoke compress K{kb}V{kb} algo={algo}: mismatches k_cache/v_cache/k_norm/v_norm "
+                  f"= {bad} -> {'BIT-EXACT' if sum(bad) == 0 else 'FAIL'}", flush=True)
     codec = TQCodec(128, 4, 4)
     nb, bs, h, t = 8, 16, 8, 100
+    g = torch.Generator().manual_seed(0)
     cache = [torch.zeros(nb, bs, h, 64, dtype=torch.uint8), torch.zeros(nb, bs, h, 64, dtype=torch.uint8),
              torch.zeros(nb, bs, h, dtype=torch.bfloat16), torch.zeros(nb, bs, h, dtype=torch.bfloat16)]
     key = torch.randn(t, h, 128, generator=g).to(torch.bfloat16)
     val = torch.randn(t, h, 128, generator=g).to(torch.bfloat16)
     slots = torch.randperm(nb * bs, generator=g)[:t]
     ref = [x.clone() for x in cache]
-    cargs = (codec.k_signs, codec.v_signs, codec.k_codebook, codec.v_codebook)
-    reference.compress_store(key, val, *ref, slots, *cargs)
-    gpu = [x.cuda() for x in cache]
-    torch.ops.tqkv.compress_store(key.cuda(), val.cuda(), *gpu, slots.cuda(), *[a.cuda() for a in cargs])
-    for name, a, b in zip(("k_cache", "v_cache", "k_norm", "v_norm"), gpu, ref):
-        a = a.cpu()
-        eq = (a.view(torch.int16) == b.view(torch.int16)) if a.dtype == torch.bfloat16 else (a == b)
-        print(f"smoke compress {name}: {int((~eq).sum())} mismatching of {eq.numel()}", flush=True)
+    reference.compress_store(key, val, *ref, slots, codec.k_signs, codec.v_signs,
+                             codec.k_codebook, codec.v_codebook)
     bt = torch.arange(nb, dtype=torch.int32).reshape(1, nb)
     cu = torch.tensor([0, nb * bs], dtype=torch.int32)
     for unrot in (False, True):
@@ -206,6 +240,7 @@ def smoke():
         print(f"smoke dequant unrotate={unrot}: k equal={torch.equal(gk.cpu(), rk)} "
               f"v equal={torch.equal(gv.cpu(), rv)} "
               f"max|diff|={float((gk.cpu().float() - rk.float()).abs().max()):.3g}", flush=True)
+    return bad_total
 
 
 def main():
@@ -214,17 +249,13 @@ def main():
     ap.add_argument("--skip-tests", action="store_true")
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
-    smoke()
+    smoke_bad = smoke()
     t0 = time.time()
     peak, rows = bench(args.quick)
     print(f"bench {time.time() - t0:.0f}s", flush=True)
-    hdr = ("kernel", "bits", "tokens", "", "us", "GB/s", "vs_copy_same_bytes",
+    hdr = ("kernel", "bits", "tokens", "algo", "us", "GB/s", "vs_copy_same_bytes",
            "vs_copy_512MiB", "speedup_vs_torch_ref")
-    print(f"\nD2D copy 512 MiB: {peak:.0f} GB/s (read+write)")
-    print("  ".join(f"{c:>10}" for c in hdr if c))
-    for r in rows:
-        print("  ".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v!s:>10}" for v, c in
-                        zip(r, hdr) if c))
+    _print_table(peak, rows, hdr, smoke_bad)
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "compress_probe.csv"), "w", newline="") as f:
@@ -237,9 +268,21 @@ def main():
         import pytest
 
         t0 = time.time()
-        rc = pytest.main(["-v", "-x", "-p", "no:cacheprovider", "tests/gpu/test_compress.py"])
+        rc = pytest.main(["-q", "-p", "no:cacheprovider", "tests/gpu/test_compress.py"])
         print(f"pytest rc={rc} ({time.time() - t0:.0f}s)", flush=True)
-    sys.exit(0 if rc == 0 else 1)
+        _print_table(peak, rows, hdr, smoke_bad)  # the compact table last
+        print(f"pytest rc={rc}")
+    sys.exit(0 if rc == 0 and smoke_bad == 0 else 1)
+
+
+def _print_table(peak, rows, hdr, smoke_bad):
+    print(f"\nsmoke bit-exactness (both algos): {'OK' if smoke_bad == 0 else f'{smoke_bad} BAD BYTES'}")
+    print(f"D2D copy 512 MiB: {peak:.0f} GB/s (read+write)")
+    print("  ".join(f"{c:>10}" for c in hdr if c))
+    for r in rows:
+        print("  ".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v!s:>10}" for v, c in
+                        zip(r, hdr) if c))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -52,6 +52,27 @@ _CHUNKS = 2  # chunks of 8 contiguous elements per lane (16 elements): keeps reg
 _ELEMS_PER_LANE = 8 * _CHUNKS
 _CTAS_PER_SM = 8  # grid-stride cap: enough resident work to cover memory latency
 
+# compress_store nearest-centroid search (CompressConfig.algo, part of the compile-cache key):
+#   "binary": binary search over the thresholds (first two levels in registers, the rest
+#             scaled from shared memory), xor-sign WHT butterflies. Verified on the H100.
+#   "lut":    2-bit: compare-count against the 3 scaled thresholds in registers.
+#             4/8-bit: a per-CTA grid table (see _LUT_CELLS) gives the code up to +1, one
+#             exact compare decides; vectors or tables the table cannot serve exactly fall
+#             back to the binary search. FFMA cross-lane WHT butterflies.
+# Flip the default here once "lut" is verified and measured on the device:
+DEFAULT_COMPRESS_ALGO = "binary"
+_COMPRESS_ALGOS = ("binary", "lut")
+# Grid-table cells per bit width: cell k covers u = y / n in about
+# [(k - G/2 - 0.5) / S, (k - G/2 + 0.5) / S] with S = G/2 - 2, so |u| <= 1 never leaves the
+# table. Width 1/S must stay below the closest threshold spacing (default tables, D=256:
+# 4-bit 0.016, 8-bit 0.00106) minus 2 * _LUT_TOL.
+_LUT_CELLS = {4: 1024, 8: 4096}
+_LUT_TOL = 2.0 ** -14  # u-space slack covering every rounding of the guess (module doc)
+_LUT_MAGIC = 12582912.0  # 1.5 * 2^23: fma(y, A, magic + G/2) rounds to an integer in its bits
+_LUT_N_MIN = 2.0 ** -60  # vectors with n outside [min, max] (0, NaN, inf, tiny) use the
+_LUT_N_MAX = 2.0 ** 60   # binary search (the error analysis needs T_j = t_j * n normal)
+_LUT_T_MAX = 2.0 ** 20   # tables with |threshold| beyond this use the binary search
+
 
 # =============================================================================== PTX helpers
 # Each helper is one or a few PTX instructions with explicit rounding; none can be contracted.
@@ -147,6 +168,40 @@ def _sub_rn(a: Float32, b: Float32, *, loc=None, ip=None) -> Float32:
 @dsl_user_op
 def _mul_rn(a: Float32, b: Float32, *, loc=None, ip=None) -> Float32:
     return _asm("mul.rn.f32 $0, $1, $2;", [Float32], [(a, Float32), (b, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _fma_rn(a: Float32, b: Float32, c: Float32, *, loc=None, ip=None) -> Float32:
+    """a * b + c, one rounding. With b = +-1.0 the product is exact, so this is bit-identical
+    to add.rn(c, +-a) (same signed zeros, same NaN/inf behaviour)."""
+    return _asm("fma.rn.f32 $0, $1, $2, $3;", [Float32], [(a, Float32), (b, Float32), (c, Float32)],
+                loc, ip)
+
+
+@dsl_user_op
+def _lt_mask(a: Float32, b: Float32, *, loc=None, ip=None) -> Uint32:
+    """0xFFFFFFFF if a < b else 0 (false for NaN operands): one FSET."""
+    return _asm("set.lt.u32.f32 $0, $1, $2;", [Uint32], [(a, Float32), (b, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _inc_if_lt(c: Uint32, a: Float32, b: Float32, *, loc=None, ip=None) -> Uint32:
+    """c + (a < b): FSETP + predicated IADD (false for NaN operands)."""
+    return _asm("{\n.reg .pred p;\nsetp.lt.f32 p, $2, $3;\nmov.b32 $0, $1;\n"
+                "@p add.u32 $0, $0, 1;\n}", [Uint32], [(c, Uint32), (a, Float32), (b, Float32)],
+                loc, ip)
+
+
+@dsl_user_op
+def _lds_v2(addr: Int32, *, loc=None, ip=None):
+    """8-byte shared-memory load from a 32-bit shared address."""
+    return _asm("ld.shared.v2.b32 {$0, $1}, [$2];", [Uint32] * 2, [(addr, Int32)], loc, ip)
+
+
+@dsl_user_op
+def _div_full(a: Float32, b: Float32, *, loc=None, ip=None) -> Float32:
+    """a / b within 2 ulp (MUFU.RCP based); only used where an error bound suffices."""
+    return _asm("div.full.f32 $0, $1, $2;", [Float32], [(a, Float32), (b, Float32)], loc, ip)
 
 
 @dsl_user_op
@@ -252,8 +307,12 @@ def _inv_sqrt_f32(d: int) -> float:
 
 
 @cute.jit
-def _wht(y: list, geo: cutlass.Constexpr, lane: Int32):
-    """In-place unnormalized WHT of the register values (stages h = 1, 2, ..., D/2)."""
+def _wht(y: list, geo: cutlass.Constexpr, lane: Int32, fma_cross: cutlass.Constexpr = False):
+    """In-place unnormalized WHT of the register values (stages h = 1, 2, ..., D/2).
+
+    fma_cross: a cross-lane stage computes fma(y, +-1.0, partner) (SHFL + FFMA) instead of
+    partner + (y with its sign bit xor-ed) (SHFL + LOP3 + FADD); both equal the reference's
+    a + b / a - b bit for bit (the product by +-1 is exact, the FMA rounds once)."""
     for b in cutlass.range_constexpr(geo.log_d):
         if const_expr(b < 3):
             h = 1 << b
@@ -266,9 +325,15 @@ def _wht(y: list, geo: cutlass.Constexpr, lane: Int32):
         elif const_expr(b < 3 + geo.log_lanes):
             lb = b - 3
             upper = Uint32((lane >> lb) & 1) << Uint32(31)
-            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
-                o = cute.arch.shuffle_sync_bfly(y[r], offset=1 << lb)
-                y[r] = _add_rn(o, _xor_sign(y[r], upper))
+            if const_expr(fma_cross):
+                sgn = _bits_to_f32(Uint32(0x3F800000) | upper)  # +1.0 lower lane, -1.0 upper
+                for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                    o = cute.arch.shuffle_sync_bfly(y[r], offset=1 << lb)
+                    y[r] = _fma_rn(y[r], sgn, o)
+            else:
+                for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                    o = cute.arch.shuffle_sync_bfly(y[r], offset=1 << lb)
+                    y[r] = _add_rn(o, _xor_sign(y[r], upper))
         else:
             step = 8 << (b - 3 - geo.log_lanes)
             for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
@@ -313,6 +378,7 @@ class CompressConfig:
     v_bits: int = 4
     in_dtype: str = "bfloat16"
     num_threads: int = 256
+    algo: str = "binary"  # nearest-centroid search, see DEFAULT_COMPRESS_ALGO
 
     def __post_init__(self):
         if self.head_dim not in _SUPPORTED_HEAD_DIMS:
@@ -322,10 +388,16 @@ class CompressConfig:
                 raise ValueError(f"compress: {name} must be one of {_SUPPORTED_BITS}")
         if self.in_dtype not in _DTYPES:
             raise ValueError(f"compress: in_dtype must be one of {tuple(_DTYPES)}, got {self.in_dtype!r}")
+        if self.algo not in _COMPRESS_ALGOS:
+            raise ValueError(f"compress: algo must be one of {_COMPRESS_ALGOS}, got {self.algo!r}")
+        for b in (self.k_bits, self.v_bits):
+            if self.algo == "lut" and b in _LUT_CELLS and _LUT_CELLS[b] % self.num_threads:
+                raise ValueError(f"compress: algo='lut' needs num_threads dividing {_LUT_CELLS[b]}")
 
     @property
     def name(self) -> str:
-        return f"compress_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_{self.in_dtype}"
+        alg = "" if self.algo == "binary" else f"_{self.algo}"
+        return f"compress_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_{self.in_dtype}{alg}"
 
 
 class CompressStoreKernel:
@@ -380,25 +452,15 @@ class CompressStoreKernel:
         return y
 
     @cute.jit
-    def _quantize(self, words: list, smask: Uint32, sThr: cute.Tensor, sCb2: cute.Tensor,
-                  bits: cutlass.Constexpr, lane: Int32):
-        """-> (packed code words per chunk, bf16 norm bits)."""
-        geo = self.geo
-        y = self._to_f32(words, smask)
-        _wht(y, geo, lane)
-        inv = Float32(_inv_sqrt_f32(self.cfg.head_dim))
-        ss = Float64(0.0)
-        for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
-            y[r] = _mul_rn(y[r], inv)
-            ss = _sq_acc_f64(ss, y[r])
-        ss = _group_sum_f64(ss, geo.log_lanes)
-        n = _sqrt_to_f32(ss)
+    def _codes_binary(self, y: list, n: Float32, sThr: cute.Tensor, sCb2: cute.Tensor,
+                      bits: cutlass.Constexpr):
+        """Binary search (b steps) -> (4 packed code words, padded with 0; sum of c[code]^2)."""
         nlev = 1 << bits
         t_mid = _mul_rn(sThr[nlev // 2 - 1], n)
         t_lo = _mul_rn(sThr[nlev // 4 - 1], n)
         t_hi = _mul_rn(sThr[3 * nlev // 4 - 1], n)
         cs = Float64(0.0)
-        packed = []
+        out = []
         for k in cutlass.range_constexpr(_CHUNKS):
             words = [Uint32(0), Uint32(0)]
             for i in cutlass.range_constexpr(8):
@@ -414,10 +476,130 @@ class CompressStoreKernel:
                 cs = _add_f64(cs, sCb2[code])
                 sh = (bits * i) % 32
                 words[(bits * i) // 32] = words[(bits * i) // 32] | (Uint32(code) << Uint32(sh))
-            packed.append((words[0], words[1]) if const_expr(bits == 8) else (words[0],))
+            out.extend(words if const_expr(bits == 8) else words[:1])
+        out = out + [Uint32(0)] * (4 - len(out))
+        return out[0], out[1], out[2], out[3], cs
+
+    @cute.jit
+    def _codes_count(self, y: list, n: Float32, sThr: cute.Tensor, sCb2: cute.Tensor):
+        """2-bit: code = #{j : t_j * n < y} over the 3 scaled thresholds (3 FSET + 1 IADD3)."""
+        t0 = _mul_rn(sThr[0], n)
+        t1 = _mul_rn(sThr[1], n)
+        t2 = _mul_rn(sThr[2], n)
+        cs = Float64(0.0)
+        out = []
+        for k in cutlass.range_constexpr(_CHUNKS):
+            word = Uint32(0)
+            for i in cutlass.range_constexpr(8):
+                yr = y[8 * k + i]
+                code = Uint32(0) - (_lt_mask(t0, yr) + _lt_mask(t1, yr) + _lt_mask(t2, yr))
+                cs = _add_f64(cs, sCb2[Int32(code)])
+                word = word + (code << Uint32(2 * i))
+            out.append(word)
+        return out[0], out[1], Uint32(0), Uint32(0), cs
+
+    @cute.jit
+    def _codes_lut(self, y: list, n: Float32, scale: Float32, lut_off: Uint32,
+                   sCb2: cute.Tensor, bits: cutlass.Constexpr):
+        """Grid-table guess + one exact compare (see the module doc for why it is exact).
+
+        scale = S / n. fma(y, scale, magic + G/2) rounds y * scale to an integer k + G/2 held
+        in the low mantissa bits; entry k = (threshold t_c bits, c) with every t_j (j < c)
+        certainly below and every t_j (j > c) certainly above y, so code = c + (t_c * n < y)."""
+        G = _LUT_CELLS[bits]
+        magic = Float32(_LUT_MAGIC + G // 2)
+        cs = Float64(0.0)
+        out = []
+        for k in cutlass.range_constexpr(_CHUNKS):
+            words = [Uint32(0), Uint32(0)]
+            for i in cutlass.range_constexpr(8):
+                yr = y[8 * k + i]
+                kf = _fma_rn(yr, scale, magic)
+                tb, c = _lds_v2(Int32((_f32_to_bits(kf) << Uint32(3)) + lut_off))
+                t = _mul_rn(_bits_to_f32(tb), n)
+                code = _inc_if_lt(c, t, yr)
+                cs = _add_f64(cs, sCb2[Int32(code)])
+                sh = (bits * i) % 32
+                # fields do not overlap: + is |, and lets ptxas use one LEA
+                words[(bits * i) // 32] = words[(bits * i) // 32] + (code << Uint32(sh))
+            out.extend(words if const_expr(bits == 8) else words[:1])
+        out = out + [Uint32(0)] * (4 - len(out))
+        return out[0], out[1], out[2], out[3], cs
+
+    @cute.jit
+    def _quantize(self, words: list, smask: Uint32, sThr: cute.Tensor, sCb2: cute.Tensor,
+                  lut_off: Uint32, lut_ok: Boolean, bits: cutlass.Constexpr, lane: Int32):
+        """-> (packed code words per chunk, bf16 norm bits)."""
+        geo = self.geo
+        lut = const_expr(self.cfg.algo == "lut")
+        y = self._to_f32(words, smask)
+        _wht(y, geo, lane, lut)
+        inv = Float32(_inv_sqrt_f32(self.cfg.head_dim))
+        ss = Float64(0.0)
+        for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+            y[r] = _mul_rn(y[r], inv)
+            ss = _sq_acc_f64(ss, y[r])
+        ss = _group_sum_f64(ss, geo.log_lanes)
+        n = _sqrt_to_f32(ss)
+        if const_expr(not lut):
+            w0, w1, w2, w3, cs = self._codes_binary(y, n, sThr, sCb2, bits)
+        elif const_expr(bits == 2):
+            w0, w1, w2, w3, cs = self._codes_count(y, n, sThr, sCb2)
+        else:
+            # Group-uniform branch (n is the vector's): the table serves n in range only.
+            use_lut = lut_ok & (n >= Float32(_LUT_N_MIN)) & (n <= Float32(_LUT_N_MAX))
+            scale = _div_full(Float32(_LUT_CELLS[bits] // 2 - 2), n)
+            w0 = Uint32(0)
+            w1 = Uint32(0)
+            w2 = Uint32(0)
+            w3 = Uint32(0)
+            cs = Float64(0.0)
+            if use_lut:
+                w0, w1, w2, w3, cs = self._codes_lut(y, n, scale, lut_off, sCb2, bits)
+            else:
+                w0, w1, w2, w3, cs = self._codes_binary(y, n, sThr, sCb2, bits)
+        if const_expr(bits == 8):
+            packed = [(w0, w1), (w2, w3)]
+        else:
+            packed = [(w0,), (w1,)]
         cs = _group_sum_f64(cs, geo.log_lanes)
         nbits = _norm_correction_bf16(n, cs)
         return packed, nbits
+
+    @cute.jit
+    def _build_lut(self, sThr: cute.Tensor, sLut: cute.Tensor, sFlag: cute.Tensor, side: int,
+                   bits: cutlass.Constexpr, tidx: Int32):
+        """Fill the grid table of one side (cells tidx*P ... tidx*P+P-1); clear sFlag[side] if
+        some cell can hold two thresholds or the thresholds are out of range.
+
+        Entry k = (bits of t_c, c): c starts as #{j : t_j < lo_k - tol} (binary search for the
+        thread's first cell), then grows by at most one per cell (so every t_j, j < c, stays
+        certainly below the cell); the cell is valid iff t_(c+1) > hi_k + tol (every t_j, j > c,
+        certainly above). sThr[m] = +inf is the sentinel past the last threshold."""
+        G = _LUT_CELLS[bits]
+        P = G // self.cfg.num_threads
+        m = (1 << bits) - 1
+        S = Float32(G // 2 - 2)
+        tol = Float32(_LUT_TOL)
+        ok = (sThr[0] >= Float32(-_LUT_T_MAX)) & (sThr[m - 1] <= Float32(_LUT_T_MAX))
+        k0 = tidx * P
+        v = _div_full(Float32(k0) - Float32(G // 2 + 0.5), S) - tol
+        c = Int32(0)
+        for s in cutlass.range_constexpr(bits):
+            cand = c + (1 << (bits - 1 - s))
+            c = Int32(cutlass.select_(sThr[cand - 1] < v, cand, c))
+        for q in cutlass.range_constexpr(P):
+            kf = Float32(k0 + q)
+            lo = _div_full(kf - Float32(G // 2 + 0.5), S) - tol
+            hi = _div_full(kf - Float32(G // 2 - 0.5), S) + tol
+            if const_expr(q > 0):
+                c = c + Int32(cutlass.select_(sThr[c] < lo, Int32(1), Int32(0)))
+            nxt = Int32(cutlass.select_(c < m, c + 1, Int32(m)))
+            ok = ok & (sThr[nxt] > hi)
+            sLut[2 * (k0 + q)] = _f32_to_bits(sThr[c])
+            sLut[2 * (k0 + q) + 1] = Uint32(c)
+        if not ok:
+            sFlag[side] = Uint32(0)
 
     @cute.jit
     def _store_side(self, cache_base: Int64, norm_base: Int64, row: Int64, packed: list,
@@ -455,21 +637,67 @@ class CompressStoreKernel:
         sVThr = smem.allocate_tensor(Float32, cute.make_layout(nv), byte_alignment=16)
         sKCb2 = smem.allocate_tensor(Float64, cute.make_layout(nk), byte_alignment=16)
         sVCb2 = smem.allocate_tensor(Float64, cute.make_layout(nv), byte_alignment=16)
+        k_lut = const_expr(cfg.algo == "lut" and cfg.k_bits in _LUT_CELLS)
+        v_lut = const_expr(cfg.algo == "lut" and cfg.v_bits in _LUT_CELLS)
+        # [K table usable, V table usable, K table offset, V table offset]
+        sFlag = smem.allocate_tensor(Uint32, cute.make_layout(4), byte_alignment=16)
+        sKLut = sKThr
+        sVLut = sVThr
+        if const_expr(k_lut):
+            sKLut = smem.allocate_tensor(Uint32, cute.make_layout(2 * _LUT_CELLS[cfg.k_bits]),
+                                         byte_alignment=16)
+        if const_expr(v_lut):
+            sVLut = smem.allocate_tensor(Uint32, cute.make_layout(2 * _LUT_CELLS[cfg.v_bits]),
+                                         byte_alignment=16)
         # Thresholds exactly as codec_thresholds: (c[j] + c[j+1]) * 0.5 in float32; squared
         # centroids in float64 (exact) for the norm correction.
         for j in cutlass.range(tidx, nk, cfg.num_threads):
             cj = mKCb[j]
             if j < nk - 1:
                 sKThr[j] = _mul_rn(_add_rn(cj, mKCb[j + 1]), Float32(0.5))
+            if const_expr(cfg.algo == "lut"):
+                if j == nk - 1:
+                    sKThr[j] = Float32(float("inf"))  # sentinel for the grid-table build
             sKCb2[j] = _sq_f64(cj)
         for j in cutlass.range(tidx, nv, cfg.num_threads):
             cj = mVCb[j]
             if j < nv - 1:
                 sVThr[j] = _mul_rn(_add_rn(cj, mVCb[j + 1]), Float32(0.5))
+            if const_expr(cfg.algo == "lut"):
+                if j == nv - 1:
+                    sVThr[j] = Float32(float("inf"))
             sVCb2[j] = _sq_f64(cj)
+        if tidx == 0:
+            sFlag[0] = Uint32(1)
+            sFlag[1] = Uint32(1)
+            if const_expr(k_lut or v_lut):
+                # Table address of cell k: base + 8 * (bits(magic + G/2 + k) - bits(magic)
+                # - G/2) = 8 * bits(fma result) + off (uint32 arithmetic wraps). Read back
+                # from shared memory after the barrier, so that ptxas keeps off in one
+                # register (one LEA per lookup) instead of splitting it into base + constant.
+                magic_bits = int(np.float32(_LUT_MAGIC).view(np.uint32))
+                moff = Uint32((8 * magic_bits) % 2**32)
+                if const_expr(k_lut):
+                    sFlag[2] = Uint32(sKLut.iterator.toint()) - moff
+                if const_expr(v_lut):
+                    sFlag[3] = Uint32(sVLut.iterator.toint()) - moff
         kmask = _sign_mask(mKSigns, geo, lane)
         vmask = _sign_mask(mVSigns, geo, lane)
         cute.arch.sync_threads()
+        if const_expr(k_lut):
+            self._build_lut(sKThr, sKLut, sFlag, 0, cfg.k_bits, tidx)
+        if const_expr(v_lut):
+            self._build_lut(sVThr, sVLut, sFlag, 1, cfg.v_bits, tidx)
+        k_off = Uint32(0)
+        v_off = Uint32(0)
+        k_ok = Boolean(False)
+        v_ok = Boolean(False)
+        if const_expr(k_lut or v_lut):
+            cute.arch.sync_threads()
+            k_ok = sFlag[0] != Uint32(0)
+            v_ok = sFlag[1] != Uint32(0)
+            k_off = sFlag[2]
+            v_off = sFlag[3]
 
         num_tokens = mKey.shape[0]
         num_heads = mKey.shape[1]
@@ -498,9 +726,9 @@ class CompressStoreKernel:
             vw = self._load_side(val_base, pc, lane)
             ok = valid & (slot >= 0) & (slot < num_slots)
             row = slot * Int64(num_heads) + head
-            kpacked, knb = self._quantize(kw, kmask, sKThr, sKCb2, cfg.k_bits, lane)
+            kpacked, knb = self._quantize(kw, kmask, sKThr, sKCb2, k_off, k_ok, cfg.k_bits, lane)
             self._store_side(kc_base, kn_base, row, kpacked, knb, cfg.k_bits, lane, ok)
-            vpacked, vnb = self._quantize(vw, vmask, sVThr, sVCb2, cfg.v_bits, lane)
+            vpacked, vnb = self._quantize(vw, vmask, sVThr, sVCb2, v_off, v_ok, cfg.v_bits, lane)
             self._store_side(vc_base, vn_base, row, vpacked, vnb, cfg.v_bits, lane, ok)
 
 
@@ -753,11 +981,14 @@ def _grid(num_vectors: int, head_dim: int, num_threads: int, device: torch.devic
 
 
 def compress_store_cuda(key, value, k_cache, v_cache, k_norm, v_norm, slot_mapping, k_signs,
-                        v_signs, k_codebook, v_codebook) -> None:
+                        v_signs, k_codebook, v_codebook, *, algo: str | None = None) -> None:
     """tqkv.compress_store on CUDA (arguments already validated by fa4_tq.validate).
 
     One launch quantizes K and V; bit-exact with reference.compress_store. Repeated
-    non-negative slots are undefined (see module doc); FA4TQ_DEBUG_CHECKS=1 rejects them."""
+    non-negative slots are undefined (see module doc); FA4TQ_DEBUG_CHECKS=1 rejects them.
+    ``algo`` picks the search variant (default: DEFAULT_COMPRESS_ALGO, read at call time)."""
+    if algo is None:
+        algo = DEFAULT_COMPRESS_ALGO
     num_tokens, num_heads, head_dim = key.shape
     if num_tokens == 0:
         return
@@ -767,7 +998,8 @@ def compress_store_cuda(key, value, k_cache, v_cache, k_norm, v_norm, slot_mappi
         if used.numel() != torch.unique(used).numel():
             raise ValueError("slot_mapping repeats a non-negative slot; the CUDA compress_store "
                              "does not define which token wins (FA4TQ_DEBUG_CHECKS=1)")
-    cfg = CompressConfig(head_dim, _bits(k_codebook), _bits(v_codebook), _DTYPE_NAMES[key.dtype])
+    cfg = CompressConfig(head_dim, _bits(k_codebook), _bits(v_codebook), _DTYPE_NAMES[key.dtype],
+                         algo=algo)
     fn = _get_compiled(cfg, _compile_compress)
     grid = _grid(num_tokens * num_heads, head_dim, cfg.num_threads, key.device)
     fn(key, value, k_cache, v_cache, k_norm, v_norm, slot_mapping, k_signs, v_signs, k_codebook,
@@ -810,9 +1042,16 @@ def shipped_configs() -> list:
             cfgs.append(CompressConfig(d, b, b, "bfloat16"))
             cfgs.append(DequantConfig(d, b, b, "bfloat16", False))
             cfgs.append(DequantConfig(d, b, b, "bfloat16", True))
-    cfgs += [CompressConfig(128, 4, 2, "bfloat16"), CompressConfig(128, 8, 4, "bfloat16"),
-             CompressConfig(128, 4, 4, "float16"), CompressConfig(128, 4, 4, "float32"),
-             DequantConfig(128, 4, 2, "bfloat16", True), DequantConfig(128, 4, 4, "float16", True),
+    for algo in _COMPRESS_ALGOS[1:]:
+        cfgs += [CompressConfig(d, b, b, "bfloat16", algo=algo)
+                 for d in _SUPPORTED_HEAD_DIMS for b in _SUPPORTED_BITS]
+    for algo in _COMPRESS_ALGOS:
+        cfgs += [CompressConfig(128, 4, 2, "bfloat16", algo=algo),
+                 CompressConfig(128, 8, 4, "bfloat16", algo=algo),
+                 CompressConfig(128, 2, 8, "bfloat16", algo=algo),
+                 CompressConfig(128, 4, 4, "float16", algo=algo),
+                 CompressConfig(128, 4, 4, "float32", algo=algo)]
+    cfgs += [DequantConfig(128, 4, 2, "bfloat16", True), DequantConfig(128, 4, 4, "float16", True),
              DequantConfig(128, 4, 4, "float32", True)]
     return cfgs
 
@@ -829,7 +1068,7 @@ def compile_configs():
 
 def _variant(cfg) -> str:
     if isinstance(cfg, CompressConfig):
-        return cfg.in_dtype
+        return cfg.in_dtype + ("" if cfg.algo == "binary" else f"-{cfg.algo}")
     return cfg.out_dtype + ("-unrotate" if cfg.unrotate else "")
 
 

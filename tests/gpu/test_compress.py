@@ -18,6 +18,16 @@ from fa4_tq.codec import TQCodec, default_codebook
 pytestmark = pytest.mark.gpu
 
 DEV = "cuda"
+ALGOS = ("binary", "lut")  # CompressConfig.algo; the op path uses DEFAULT_COMPRESS_ALGO
+
+
+@pytest.fixture(params=ALGOS)
+def algo(request, monkeypatch):
+    """Run the op through the given compress_store search variant."""
+    from fa4_tq.kernels import compress
+
+    monkeypatch.setattr(compress, "DEFAULT_COMPRESS_ALGO", request.param)
+    return request.param
 
 
 def _skip_without_cuda():
@@ -89,7 +99,7 @@ CASES += [(128, 4, 4, "float16"), (128, 4, 4, "float32"), (64, 8, 2, "float16"),
 
 
 @pytest.mark.parametrize("d,kb,vb,dtype", CASES, ids=lambda x: str(x))
-def test_compress_store_bit_exact(d, kb, vb, dtype):
+def test_compress_store_bit_exact(d, kb, vb, dtype, algo):
     _skip_without_cuda()
     gen = torch.Generator().manual_seed(1000 * d + 10 * kb + vb)
     codec = _codec(d, kb, vb, seed=d + kb)
@@ -102,7 +112,7 @@ def test_compress_store_bit_exact(d, kb, vb, dtype):
 
 
 @pytest.mark.parametrize("d,kb,vb,t", [(128, 4, 4, 9000), (64, 8, 2, 1500), (256, 2, 8, 1500)])
-def test_compress_store_custom_codebook_many_tokens(d, kb, vb, t):
+def test_compress_store_custom_codebook_many_tokens(d, kb, vb, t, algo):
     _skip_without_cuda()
     gen = torch.Generator().manual_seed(d * kb * vb)
     codec = _codec(d, kb, vb, seed=3, custom=True)
@@ -114,7 +124,7 @@ def test_compress_store_custom_codebook_many_tokens(d, kb, vb, t):
     _assert_same_cache(got, ref)
 
 
-def test_compress_store_out_of_range_slots_never_written(monkeypatch):
+def test_compress_store_out_of_range_slots_never_written(monkeypatch, algo):
     _skip_without_cuda()
     monkeypatch.setenv("FA4TQ_DEBUG_CHECKS", "0")
     gen = torch.Generator().manual_seed(5)
@@ -161,6 +171,41 @@ def test_compress_store_debug_checks_reject_bad_slots(monkeypatch):
     # negatives may repeat
     torch.ops.tqkv.compress_store(key, value, *cache, torch.tensor([-1, -1, 3, 5], device=DEV),
                                   *args)
+
+
+@pytest.mark.parametrize("kb,vb", [(4, 4), (8, 8), (2, 4)])
+def test_compress_store_lut_edge_vectors(kb, vb, algo):
+    """Vectors at the edges of the grid-table path: tiny / huge norms (binary fallback),
+    a single non-zero element (|u| = 1/sqrt(D) everywhere after the rotation), denormals,
+    large magnitudes."""
+    _skip_without_cuda()
+    d, h, nb, bs = 128, 2, 8, 16
+    gen = torch.Generator().manual_seed(77 + kb)
+    codec = _codec(d, kb, vb, seed=5)
+    t = 64
+    key, value = _inputs(t, h, d, torch.float32, gen)
+    key[0, 0] = 0
+    key[0, 0, 5] = 1.0  # one-hot: after the rotation every |y_i| = n / sqrt(D)
+    value[0, 0] = 0
+    value[0, 0, 0] = 1.0
+    value[0, 1] = 0
+    value[0, 1, 3] = -3.0e-30
+    key[1] *= 1e-25  # n < 2^-60: binary fallback
+    value[1] *= 1e25  # n > 2^60: binary fallback
+    key[2] = torch.randn(h, d, generator=gen) * 1e-40  # denormal inputs (float32)
+    key[3] = key[4] * 2.0 ** 40
+    # signs * Hadamard row j: the rotation gives exactly one non-zero (|u| = 1, the table's
+    # outermost cells) and D - 1 exact zeros.
+    for j, (row, side) in enumerate(((6, key), (7, value))):
+        signs = codec.k_signs if side is key else codec.v_signs
+        bits = torch.tensor([bin(int(x) & (37 + j)).count("1") % 2 for x in range(d)],
+                            dtype=torch.float32)
+        had = 1.0 - 2.0 * bits
+        side[row, 0] = signs.float() * had * (-1.0 if j else 1.0)
+    cache = _random_cache(nb, bs, h, d, kb, vb, gen)
+    slots = _slots(t, nb * bs, gen, negatives=False)
+    got, ref = _run_compress(key, value, cache, slots, codec)
+    _assert_same_cache(got, ref)
 
 
 def _poison_allocator(nbytes):
@@ -229,7 +274,7 @@ def test_dequantize_empty_and_compress_empty():
     assert all(torch.equal(a, b) for a, b in zip(before, cache))
 
 
-def test_compile_cache_reused():
+def test_compile_cache_reused(algo):
     _skip_without_cuda()
     from fa4_tq.kernels import compress
 
