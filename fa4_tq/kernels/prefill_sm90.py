@@ -11,10 +11,13 @@ Design (see docs/prefill-sm90-notes.md for the measured history):
        staging ring ``stage_slots`` blocks ahead (row-major per 16B chunk, conflict-free),
        and prefetch its bf16 norm into a register (rows past seqlen_k get norm 0 and are
        never read);
-    2. when the block's cp.async group has landed: one LDS.128 per 16 code bytes, a
-       byte -> bf16 table lookup (shared-memory table built per CTA from the codebook tensor,
-       replicated to avoid bank conflicts; fa4_tq/kernels/dequant.py), one bf16x2 multiply
-       by the norm, one STS.128 per 8 elements into the swizzled K or V stage;
+    2. when the block's cp.async group has landed: one LDS.128 per 16 code bytes, then per
+       side either (shared-memory LUT) a byte -> bf16 table lookup (table built per CTA from
+       the codebook tensor, replicated against bank conflicts) and one bf16x2 multiply by the
+       norm, or (register LUT, 2/4-bit) ``prmt`` byte permutes from the row's norm-scaled
+       codebook held in registers (fa4_tq/kernels/dequant.py; the choice per (k_bits, v_bits)
+       is measured, ``default_register_lut``); one STS.128 per 8 elements into the swizzled
+       K or V stage;
     3. ``fence.proxy.async`` + mbarrier arrive (PipelineAsync) so the consumers' wgmma sees
        the tile.
 * Q is loaded by TMA (FA4's path), O stored by TMA; varlen Q (cu_seqlens_q) only.
@@ -126,7 +129,23 @@ class PrefillSm90Config:
         return tiles + self.staging_bytes() + luts + SMEM_RESERVE
 
 
-REGISTER_LUT_DEFAULT = True
+def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
+    """(K, V) decode choice from the H100 measurements (docs/prefill-sm90-notes.md, step 2).
+
+    The register LUT issues more producer instructions than the shared-memory LUT (4-bit: 21
+    vs 16 per 8 codes) and the producer is issue-bound, so it loses on balanced 4-bit sides and
+    wins only where it takes load off a shared-memory pipe the other side keeps busy:
+    K4V4 ss 0.637x vs rr 0.560x; K4V8 rs 0.516x vs ss 0.476x; K2V2 rs 0.693x, ss 0.669x,
+    rr 0.664x; K4V2 ss 0.624x, rr 0.599x. A 2-bit V side on the shared-memory LUT spills
+    (K2V2 rs 24 B, K2V2 ss 32 B, K4V2 ss 8 B; the step-1 builds did too), so under the
+    zero-spill rule K2V2 and K4V2 ship rr. Unmeasured for speed, chosen among builds whose
+    correctness the same device run checked: K2V4 rr, K2V8 rs (like K4V8); 8-bit K keeps
+    step 1 (shared-memory LUT on both sides)."""
+    if k_bits == 8 or (k_bits, v_bits) == (4, 4):
+        return False, False
+    if v_bits == 8:
+        return True, False
+    return True, True
 
 
 def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
@@ -136,12 +155,13 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
-    (None: ``REGISTER_LUT_DEFAULT``) select register-LUT decode for a 2- or 4-bit side; 8-bit
+    (None: ``default_register_lut``) select register-LUT decode for a 2- or 4-bit side; 8-bit
     sides always use the shared-memory LUT (the flag is ignored for them)."""
+    k_default, v_default = default_register_lut(k_bits, v_bits)
     if k_register_lut is None:
-        k_register_lut = REGISTER_LUT_DEFAULT
+        k_register_lut = k_default
     if v_register_lut is None:
-        v_register_lut = REGISTER_LUT_DEFAULT
+        v_register_lut = v_default
     if head_dim not in (64, 128):
         raise NotImplementedError(
             f"PrefillSm90: head_dim {head_dim} is not implemented (64 and 128 are). head_dim 256 "
@@ -663,10 +683,11 @@ def shipped_configs() -> list[PrefillSm90Config]:
     out.append(make_config(128, 4, 4, 4, False, True, True, True))
     for kb, vb in ((4, 4), (2, 2), (8, 8)):
         out.append(make_config(64, kb, vb, 4, False, False, False, False))
-    # the other decode choices the device probe compares (shared-memory LUT, mixed). Not
-    # listed: K2V2 / K4V2 with the shared-memory LUT on both sides — they spill 32 / 8 bytes
-    # (so did the step-1 build of them), the register LUT is their spill-free default.
-    for kb, vb, kr, vr in ((4, 4, False, False), (4, 4, True, False), (4, 4, False, True)):
+    # the other decode choices the device probe compares (register LUT, mixed). Not listed:
+    # K2V2 ss / rs and K4V2 ss, which spill (2-bit V on the shared-memory LUT, see
+    # default_register_lut); the probe still times them as the step-1 reference.
+    for kb, vb, kr, vr in ((4, 4, True, True), (4, 4, True, False), (4, 4, False, True),
+                           (4, 8, False, False)):
         cfg = make_config(128, kb, vb, 4, False, False, False, False, kr, vr)
         if cfg not in out:
             out.append(cfg)

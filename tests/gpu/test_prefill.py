@@ -48,7 +48,8 @@ def test_all_bit_widths_d128_gqa4(kb, vb, causal):
          seed=kb * 10 + vb)
 
 
-@pytest.mark.parametrize("register_lut", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("register_lut", [(True, True), (False, False), (True, False),
+                                          (False, True)])
 @pytest.mark.parametrize("kb,vb", [(4, 4), (2, 2), (4, 2)])
 def test_lut_paths(kb, vb, register_lut):
     """Both decode paths (register LUT / shared-memory LUT) per side, causal and paged."""
