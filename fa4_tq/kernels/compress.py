@@ -22,9 +22,22 @@ slot within one step. With ``FA4TQ_DEBUG_CHECKS=1`` repeated non-negative slots 
 ValueError before the launch (as out-of-range slots do in fa4_tq/validate.py). Negative
 slots are skipped; slots >= num_blocks * block_size are never written (guarded in the kernel).
 
-Nearest centroid: code = #{j : thr[j] * n < y} with thr[j] = (c[j] + c[j+1]) * 0.5, found by
-binary search (b steps): the first two levels use per-vector scaled thresholds held in
-registers, the remaining levels read thr[] from shared memory and scale it by n.
+Nearest centroid: code = #{j : thr[j] * n < y} with thr[j] = (c[j] + c[j+1]) * 0.5.
+CompressConfig.algo selects how it is found (DEFAULT_COMPRESS_ALGO; notes and SASS counts in
+docs/compress-notes.md):
+* "binary" (verified on the H100): binary search (b steps), the first two levels with
+  per-vector scaled thresholds in registers, the rest read thr[] from shared memory.
+* "lut": 2-bit: the 3 scaled thresholds in registers (two compares). 4/8-bit: every CTA
+  builds a grid table of G cells over u = y / n in [-1, 1] (|y_i| <= n always): entry k =
+  (thr[c], c) such that every thr[j], j < c, is certainly below and every thr[j], j > c,
+  certainly above any u of cell k (margin _LUT_TOL = 2^-14 covers the float32 errors of
+  S / n, of thr[j] * n and of the builder's cell edges, all < 2^-20 in u). The cell is
+  k = round(y * (S / n)) + G/2, read from the bits of one FFMA with a 1.5 * 2^23 magic; then
+  code = c + (thr[c] * n < y), the same float32 compare as the reference, so the result is
+  exact. A table where some cell could hold two thresholds (custom codebooks with close
+  thresholds, |thr| > 2^20) or a vector with n outside [2^-60, 2^60] (0, NaN, inf, tiny)
+  takes the binary search instead (CTA- / group-uniform branch). Cross-lane WHT stages use
+  fma(y, +-1, partner), bit-identical to the xor-sign add.
 """
 
 from __future__ import annotations
@@ -176,12 +189,6 @@ def _fma_rn(a: Float32, b: Float32, c: Float32, *, loc=None, ip=None) -> Float32
     to add.rn(c, +-a) (same signed zeros, same NaN/inf behaviour)."""
     return _asm("fma.rn.f32 $0, $1, $2, $3;", [Float32], [(a, Float32), (b, Float32), (c, Float32)],
                 loc, ip)
-
-
-@dsl_user_op
-def _lt_mask(a: Float32, b: Float32, *, loc=None, ip=None) -> Uint32:
-    """0xFFFFFFFF if a < b else 0 (false for NaN operands): one FSET."""
-    return _asm("set.lt.u32.f32 $0, $1, $2;", [Uint32], [(a, Float32), (b, Float32)], loc, ip)
 
 
 @dsl_user_op
@@ -482,7 +489,8 @@ class CompressStoreKernel:
 
     @cute.jit
     def _codes_count(self, y: list, n: Float32, sThr: cute.Tensor, sCb2: cute.Tensor):
-        """2-bit: code = #{j : t_j * n < y} over the 3 scaled thresholds (3 FSET + 1 IADD3)."""
+        """2-bit: code = #{j : t_j * n < y} over the 3 scaled thresholds in registers, as
+        2 * (T1 < y) + (T < y) with T = T2 or T0 (FSETP, FSEL, SEL, FSETP, predicated IADD)."""
         t0 = _mul_rn(sThr[0], n)
         t1 = _mul_rn(sThr[1], n)
         t2 = _mul_rn(sThr[2], n)
@@ -492,7 +500,9 @@ class CompressStoreKernel:
             word = Uint32(0)
             for i in cutlass.range_constexpr(8):
                 yr = y[8 * k + i]
-                code = Uint32(0) - (_lt_mask(t0, yr) + _lt_mask(t1, yr) + _lt_mask(t2, yr))
+                p1 = t1 < yr
+                code = _inc_if_lt(Uint32(cutlass.select_(p1, Uint32(2), Uint32(0))),
+                                  Float32(cutlass.select_(p1, t2, t0)), yr)
                 cs = _add_f64(cs, sCb2[Int32(code)])
                 word = word + (code << Uint32(2 * i))
             out.append(word)
