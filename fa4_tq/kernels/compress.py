@@ -72,8 +72,16 @@ _CTAS_PER_SM = 8  # grid-stride cap: enough resident work to cover memory latenc
 #             4/8-bit: a per-CTA grid table (see _LUT_CELLS) gives the code up to +1, one
 #             exact compare decides; vectors or tables the table cannot serve exactly fall
 #             back to the binary search. FFMA cross-lane WHT butterflies.
-# Flip the default here once "lut" is verified and measured on the device:
-DEFAULT_COMPRESS_ALGO = "binary"
+# Default: "auto" = per bit width, from the H100 run of 2026-11-23 (both variants bit-exact
+# in all GPU tests; 64K tokens x Hkv 8 x D 128, fraction of copy bandwidth):
+#   K4V4 binary 0.405 / lut 0.333;  K2V2 binary 0.447 / lut 0.478;  K8V8 binary 0.189 / lut 0.251
+# -> "lut" when neither side is 4-bit, else "binary".
+DEFAULT_COMPRESS_ALGO = "auto"
+
+
+def default_compress_algo(k_bits: int, v_bits: int) -> str:
+    """The measured-faster search variant for a (k_bits, v_bits) pair (see above)."""
+    return "binary" if 4 in (k_bits, v_bits) else "lut"
 _COMPRESS_ALGOS = ("binary", "lut")
 # Grid-table cells per bit width: cell k covers u = y / n in about
 # [(k - G/2 - 0.5) / S, (k - G/2 + 0.5) / S] with S = G/2 - 2, so |u| <= 1 never leaves the
@@ -999,6 +1007,9 @@ def compress_store_cuda(key, value, k_cache, v_cache, k_norm, v_norm, slot_mappi
     ``algo`` picks the search variant (default: DEFAULT_COMPRESS_ALGO, read at call time)."""
     if algo is None:
         algo = DEFAULT_COMPRESS_ALGO
+    if algo == "auto":
+        bits = {4: 2, 16: 4, 256: 8}
+        algo = default_compress_algo(bits[k_codebook.numel()], bits[v_codebook.numel()])
     num_tokens, num_heads, head_dim = key.shape
     if num_tokens == 0:
         return

