@@ -140,7 +140,12 @@ def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
     (K2V2 rs 24 B, K2V2 ss 32 B, K4V2 ss 8 B; the step-1 builds did too), so under the
     zero-spill rule K2V2 and K4V2 ship rr. Unmeasured for speed, chosen among builds whose
     correctness the same device run checked: K2V4 rr, K2V8 rs (like K4V8); 8-bit K keeps
-    step 1 (shared-memory LUT on both sides)."""
+    step 1 (shared-memory LUT on both sides), except K8V2: its causal build spills 16 B with a
+    shared-memory V table (found when CI started compiling all nine causal configs), so V
+    takes the register LUT (the 2-bit V register path is device-checked in K2V2/K4V2; this K8V2
+    combination, shared-memory K + register V, is compile-checked only, not yet run on a GPU)."""
+    if (k_bits, v_bits) == (8, 2):
+        return False, True
     if k_bits == 8 or (k_bits, v_bits) == (4, 4):
         return False, False
     if v_bits == 8:
@@ -674,12 +679,12 @@ def build_compile(cfg: PrefillSm90Config):
 
 def shipped_configs() -> list[PrefillSm90Config]:
     """The configs the compile test and the compile report cover: all nine (k_bits, v_bits)
-    at D=128 (GQA 4, causal and not), a D=64 subset, and a sliding-window variant."""
+    at D=128 (GQA 4, causal and not: CI fails on a spill in any of them), a D=64 subset, and a sliding-window variant."""
     out = []
     for kb in (2, 4, 8):
         for vb in (2, 4, 8):
             out.append(make_config(128, kb, vb, 4, False, False, False, False))
-    out.append(make_config(128, 4, 4, 4, True, False, False, False))
+            out.append(make_config(128, kb, vb, 4, True, False, False, False))
     out.append(make_config(128, 4, 4, 4, False, True, True, True))
     for kb, vb in ((4, 4), (2, 2), (8, 8)):
         out.append(make_config(64, kb, vb, 4, False, False, False, False))
