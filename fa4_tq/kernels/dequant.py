@@ -321,3 +321,73 @@ def swizzled_offset(row: Int32, chunk: int, tile_rows: int) -> Int32:
     atom_col = chunk // 8
     within = chunk % 8
     return atom_col * tile_rows * 128 + row * 128 + ((Int32(within) ^ (row & 7)) << 4)
+
+
+# =========================================================================== sm80 section
+# Helpers for the portable mma.sync prefill (fa4_tq/kernels/prefill_sm80.py). Everything
+# above stays as it is; the functions below differ only where sm_80 lacks an instruction:
+# ``mul.rn.bf16x2`` is sm_90+, so the norm multiply is ``fma.rn.bf16x2 a, b, -0.0``, which is
+# bit-identical (a*b rounded once; adding -0.0 changes neither the value nor the sign of a
+# nonzero product, and +0 + -0 = +0 like the plain product's +0).
+
+_NEG_ZERO_BF16X2 = -2147450880  # 0x80008000 as a signed 32-bit immediate
+
+
+@dsl_user_op
+def mul_bf16x2_fma(a: Int32, b: Int32, *, loc=None, ip=None) -> Int32:
+    """``a * b`` per bf16 half, RNE, via ``fma.rn.bf16x2`` (sm_80+)."""
+    res = llvm.inline_asm(T.i32(), [_i32(a, loc, ip), _i32(b, loc, ip),
+                                    _i32(_NEG_ZERO_BF16X2, loc, ip)],
+                          "fma.rn.bf16x2 $0, $1, $2, $3;", "=r,r,r,r", has_side_effects=False,
+                          is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT,
+                          loc=loc, ip=ip)
+    return Int32(res)
+
+
+@dsl_user_op
+def ld_global_words_pred(gmem: Int64, n: int, pred: Int32, *, loc=None, ip=None):
+    """``n`` (1, 2 or 4) 32-bit words from global memory (one vector load, read-only path)
+    if ``pred`` != 0, else zeros; the address is never dereferenced when ``pred`` is 0."""
+    vec = {1: "", 2: ".v2", 4: ".v4"}[n]
+    outs = ", ".join(f"${i}" for i in range(n))
+    dst = outs if n == 1 else "{" + outs + "}"
+    zero = "".join(f"mov.b32 ${i}, 0;\n\t" for i in range(n))
+    asm = (f"{{\n\t.reg .pred p;\n\t{zero}setp.ne.b32 p, ${n + 1}, 0;\n\t"
+           f"@p ld.global.nc{vec}.b32 {dst}, [${n}];\n\t}}")
+    res = llvm.inline_asm(llvm.StructType.get_literal([T.i32()] * n),
+                          [Int64(gmem).ir_value(loc=loc, ip=ip), _i32(pred, loc, ip)], asm,
+                          ",".join(["=r"] * n) + ",l,r", has_side_effects=True,
+                          is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT,
+                          loc=loc, ip=ip)
+    return [Int32(llvm.extractvalue(T.i32(), res, [i], loc=loc, ip=ip)) for i in range(n)]
+
+
+def decode_word_sm80(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: int):
+    """``decode_word`` (shared-memory byte LUT) with the sm_80 norm multiply."""
+    out = []
+    if bits == 4:
+        for i in range(4):
+            v = ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane))
+            out.append(mul_bf16x2_fma(v, norm2))
+    elif bits == 2:
+        for i in range(4):
+            v0, v1 = ld_shared_v2(byte_times(w, i, 8 * replicas, lut_lane))
+            out.append(mul_bf16x2_fma(v0, norm2))
+            out.append(mul_bf16x2_fma(v1, norm2))
+    else:
+        vals = [ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane)) for i in range(4)]
+        for i in range(2):
+            out.append(mul_bf16x2_fma(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2))
+    return out
+
+
+def load_row_planes_sm80(addr: Int32, bits: int, norm2: Int32):
+    """``load_row_planes`` with the sm_80 norm multiply (same two roundings)."""
+    if bits == 4:
+        words = list(ld_shared_v4(addr)) + list(ld_shared_v4(addr + 16))
+    else:
+        words = list(ld_shared_v2(addr))
+    s = [mul_bf16x2_fma(w, norm2) for w in words]
+    lo = [prmt(s[2 * i], s[2 * i + 1], 0x6420) for i in range(len(s) // 2)]
+    hi = [prmt(s[2 * i], s[2 * i + 1], 0x7531) for i in range(len(s) // 2)]
+    return lo + hi

@@ -94,8 +94,10 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     every element is written. ``register_lut`` = (K, V) decode choice for 2/4-bit sides
     (None: the kernel's default); a benchmarking hook, part of the compile-cache key."""
     if backend == "sm80":
-        raise NotImplementedError("tqkv.prefill: backend='sm80' — sm80 prefill not implemented "
-                                  "yet (use backend='sm90' on Hopper)")
+        return _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
+                             seqused_k, k_codebook, v_codebook, k_signs, v_signs, softmax_scale,
+                             causal, window_left, window_right, rotate_query, unrotate_output,
+                             kernel_out, kernel_lse, register_lut)
     if backend not in ("auto", "sm90"):
         raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
     major, minor = torch.cuda.get_device_capability(q.device)
@@ -134,3 +136,74 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     if unrotate_output:
         out = apply_rotation(out, rotation_matrix(v_signs, inverse=True))
     return out.to(out_dtype), lse
+
+
+# --------------------------------------------------------------------------- sm80 backend
+# The portable mma.sync prefill (fa4_tq/kernels/prefill_sm80.py). It is compiled (sm_90a and
+# sm_80, spill-free) but has never run on a GPU, so it only runs when explicitly requested
+# with backend="sm80" AND FA4TQ_UNVALIDATED_SM80=1; backend="auto" never routes here.
+SM80_OPT_IN_ENV = "FA4TQ_UNVALIDATED_SM80"
+_compiled_sm80: dict = {}
+
+
+def _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table, seqused_k,
+                  k_codebook, v_codebook, k_signs, v_signs, softmax_scale, causal, window_left,
+                  window_right, rotate_query, unrotate_output, kernel_out, kernel_lse,
+                  register_lut):
+    """backend="sm80": same steps and outputs as the sm90 path (rotate q, kernel, un-rotate)."""
+    if os.environ.get(SM80_OPT_IN_ENV, "0") in ("", "0", "false", "False"):
+        raise NotImplementedError(
+            "tqkv.prefill: backend='sm80' is compiled but not yet validated on a GPU; set "
+            f"{SM80_OPT_IN_ENV}=1 to run it for validation")
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if major < 8:
+        raise NotImplementedError(f"tqkv.prefill: backend='sm80' needs compute capability "
+                                  f">= 8.0 (bf16 mma.sync), got {major}.{minor}")
+    total_q, hq, d = q.shape
+    if d not in (64, 128):
+        raise NotImplementedError(f"tqkv.prefill: backend='sm80' supports head_dim 64 and 128, "
+                                  f"got head_dim {d}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("q", q)):
+        if t.data_ptr() % 16:
+            raise ValueError(f"tqkv.prefill: {name} must be 16-byte aligned (vector loads)")
+    from .prefill_sm80 import make_config
+    c, local, wl, wr = canonical_mask(causal, window_left, window_right)
+    cfg = make_config(d, _bits(k_codebook), _bits(v_codebook), hq // k_cache.shape[2], c, local,
+                      wl is not None, wr is not None, *register_lut)
+
+    out_dtype = q.dtype
+    if rotate_query:
+        qk = apply_rotation(q.to(torch.bfloat16) if q.dtype != torch.bfloat16 else q,
+                            rotation_matrix(k_signs))
+    else:
+        qk = q.to(torch.bfloat16)
+    qk = qk.contiguous()
+    out = kernel_out if kernel_out is not None else torch.empty(
+        total_q, hq, d, dtype=torch.bfloat16, device=q.device)
+    lse = kernel_lse if kernel_lse is not None else torch.empty(
+        hq, total_q, dtype=torch.float32, device=q.device)
+    if total_q == 0:
+        return out.to(out_dtype), lse
+    args = (qk, k_cache, v_cache, k_norm.view(torch.int16), v_norm.view(torch.int16),
+            k_codebook, v_codebook, out, lse, float(softmax_scale), cu_seqlens_q, seqused_k,
+            block_table, wl, wr)
+    fn = _compiled_sm80.get(cfg)
+    if fn is None:
+        fn = _compiled_sm80[cfg] = _compile_sm80(cfg, args)
+    fn(*args)
+    if unrotate_output:
+        out = apply_rotation(out, rotation_matrix(v_signs, inverse=True))
+    return out.to(out_dtype), lse
+
+
+def _compile_sm80(cfg, args):
+    import cutlass.cute as cute
+    from .prefill_sm80 import PrefillSm80
+    (q, kc, vc, kn, vn, kcb, vcb, out, lse, scale, cu_q, seqused_k, bt, wl, wr) = args
+    stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+    return cute.compile(
+        PrefillSm80(cfg), _to_cute(q, 16), _to_cute(kc, 16), _to_cute(vc, 16),
+        _to_cute(kn, 4), _to_cute(vn, 4), _to_cute(kcb, 4, 0), _to_cute(vcb, 4, 0),
+        _to_cute(out, 16), _to_cute(lse, 4), scale, _to_cute(cu_q, 4, 0),
+        _to_cute(seqused_k, 4, 0), _to_cute(bt, 4, 1), wl, wr, stream,
+        options="--enable-tvm-ffi")
