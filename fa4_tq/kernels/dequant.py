@@ -391,3 +391,15 @@ def load_row_planes_sm80(addr: Int32, bits: int, norm2: Int32):
     lo = [prmt(s[2 * i], s[2 * i + 1], 0x6420) for i in range(len(s) // 2)]
     hi = [prmt(s[2 * i], s[2 * i + 1], 0x7531) for i in range(len(s) // 2)]
     return lo + hi
+
+
+@dsl_user_op
+def cp_async_ca(smem: Int32, gmem: Int64, nbytes: int, src_bytes: Int32, *, loc=None,
+                ip=None) -> None:
+    """``nbytes`` (4, 8 or 16) cp.async global -> shared through L1 (.ca: the only variant
+    for 4 and 8 bytes); ``src_bytes`` = nbytes copies, 0 reads nothing and zero-fills."""
+    llvm.inline_asm(None, [_i32(smem, loc, ip), Int64(gmem).ir_value(loc=loc, ip=ip),
+                           _i32(src_bytes, loc, ip)],
+                    f"cp.async.ca.shared.global [$0], [$1], {nbytes}, $2;", "r,l,r",
+                    has_side_effects=True, is_align_stack=False,
+                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)

@@ -163,9 +163,10 @@ def _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table
     if d not in (64, 128):
         raise NotImplementedError(f"tqkv.prefill: backend='sm80' supports head_dim 64 and 128, "
                                   f"got head_dim {d}")
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("q", q)):
-        if t.data_ptr() % 16:
-            raise ValueError(f"tqkv.prefill: {name} must be 16-byte aligned (vector loads)")
+    for name, t, align in (("k_cache", k_cache, 16), ("v_cache", v_cache, 16), ("q", q, 16),
+                           ("k_norm", k_norm, 4), ("v_norm", v_norm, 4)):
+        if t.data_ptr() % align:  # vector loads / cp.async of whole norm words
+            raise ValueError(f"tqkv.prefill: {name} must be {align}-byte aligned")
     from .prefill_sm80 import make_config
     c, local, wl, wr = canonical_mask(causal, window_left, window_right)
     cfg = make_config(d, _bits(k_codebook), _bits(v_codebook), hq // k_cache.shape[2], c, local,

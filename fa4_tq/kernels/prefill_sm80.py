@@ -19,16 +19,21 @@ docs/prefill-sm80-notes.md for the register-fragment design this is the stepping
   arch test in FA4's Sm80 code takes the sm_80 branch (no TMA-O epilogue, no stmatrix) when
   the module is compiled for sm_90a.
 * ``load_K`` / ``load_V`` (the callables compute_one_n_block calls) are replaced: thread t
-  of the 128 owns half a row of the 64-row K/V tile (row t // 2, half t % 2). It looks the
-  token up in the paged cache (``block_table``, ``seqused_k``), loads its packed code bytes
-  with one predicated vector load per 16 B, its bf16 norm, decodes (shared-memory byte LUT,
-  or for 2/4-bit sides optionally the ``prmt`` register LUT) and writes 8-element chunks
-  with ``st.shared.v4`` into FA4's swizzled bf16 K/V stage at the address FA4's own
-  ``sK_layout`` / ``sV_layout`` gives. Rows past seqlen_k are written as exact zeros (norm 0,
-  loads predicated off), so V never carries garbage into P@V.
-  The stores are ordinary shared-memory stores issued where FA4 issues its cp.async K/V
-  copies; FA4's ``cp_async_wait_group + barrier`` before each consumer read therefore also
-  orders them (the stage written is never the one being read, same as for cp.async).
+  of the 128 owns half a row of the 64-row K/V tile (row t // 2, half t % 2). Default
+  (``stage_codes``): the call for block n waits for the cp.async that the previous call (or
+  the prologue) issued for block n into a thread-private staging slot (codes + the 32-bit
+  word holding the row's bf16 norm), decodes them (shared-memory byte LUT, or for 2/4-bit
+  sides optionally the ``prmt`` register LUT), writes 8-element chunks with ``st.shared.v4``
+  into FA4's swizzled bf16 K/V stage at the offsets FA4's own ``sK_layout`` / ``sV_layout``
+  give, then issues the cp.async for block n - 1 (the page table gives the cache row;
+  ``seqused_k`` the valid rows). The global latency of the codes thus overlaps the gemm
+  between two calls (V under QK^T, K under softmax + PV), as FA4's own cp.async K/V loads
+  do. ``stage_codes=False`` loads the codes with predicated vector loads right before
+  decoding (simpler; latency exposed). Rows past seqlen_k are exact zeros (norm 0, loads
+  predicated off / zero-filled), so V never carries garbage into P@V.
+  The tile stores are ordinary shared-memory stores issued where FA4 issues its cp.async
+  K/V copies; FA4's ``cp_async_wait_group + barrier`` before each consumer read orders them
+  (the stage written is never the one being read, as for FA4's cp.async).
 * The kernel entry is this module's (varlen Q over ``cu_seqlens_q``, paged K/V, codebook
   tables built per CTA); its mainloop follows FA4 Sm90's block order (first block with
   seqlen masking, causal/local-masked blocks, unmasked interior, left-window-masked blocks
@@ -96,6 +101,10 @@ class PrefillSm80Config:
     v_lut_replicas: int = 8
     k_register_lut: bool = False
     v_register_lut: bool = False
+    # True: each K/V load decodes codes that a cp.async issued one call earlier (thread-private
+    # staging ring, 2 slots per side), then issues the next block's; the global latency hides
+    # behind the gemm between two calls. False: vector loads from global right before decoding.
+    stage_codes: bool = True
 
     def __post_init__(self):
         if self.head_dim not in (64, 128):
@@ -111,6 +120,9 @@ class PrefillSm80Config:
         if NUM_THREADS % self.tile_n or self.tile_n * 2 < NUM_THREADS:
             raise ValueError(f"PrefillSm80: tile_n {self.tile_n} must give 1 or 2 threads "
                              f"per K/V row ({NUM_THREADS} threads)")
+        if self.stage_codes and self.num_stages != 1:
+            raise ValueError("PrefillSm80: stage_codes relies on FA4's one-stage order "
+                             "(every load follows a cp_async_wait_group(0))")
         for side, nbytes in (("k", self.k_part_bytes()), ("v", self.v_part_bytes())):
             if nbytes % 8:
                 raise ValueError(f"PrefillSm80: {side} codes per thread ({nbytes} B) must be "
@@ -126,7 +138,7 @@ class PrefillSm80Config:
         lut = "".join(("r" if reg else "s") for reg in (self.k_register_lut, self.v_register_lut))
         return (f"prefill_sm80_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
                 f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}"
-                f"s{self.num_stages}_lut{lut}")
+                f"s{self.num_stages}_lut{lut}{'_cp' if self.stage_codes else '_ld'}")
 
     def k_row_bytes(self) -> int:
         return self.head_dim * self.k_bits // 8
@@ -148,10 +160,16 @@ class PrefillSm80Config:
         return (dq.REG_LUT_BYTES if self.v_register_lut
                 else dq.lut_bytes(self.v_bits, self.v_lut_replicas))
 
+    def stage_side_bytes(self, is_k: bool) -> int:
+        """Staging of one side: 2 slots x 128 threads x (codes part + one 32-bit norm word)."""
+        part = self.k_part_bytes() if is_k else self.v_part_bytes()
+        return 2 * NUM_THREADS * (part + 4) if self.stage_codes else 0
+
     def smem_bytes(self) -> int:
         d = self.head_dim
         tiles = 2 * (self.tile_m * d + 2 * self.num_stages * self.tile_n * d)
-        return tiles + self.k_lut_bytes() + self.v_lut_bytes() + SMEM_RESERVE
+        staging = self.stage_side_bytes(True) + self.stage_side_bytes(False)
+        return tiles + self.k_lut_bytes() + self.v_lut_bytes() + staging + SMEM_RESERVE
 
 
 def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
@@ -164,14 +182,15 @@ def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
 def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
                 local: bool, has_window_left: bool, has_window_right: bool,
                 k_register_lut: Optional[bool] = None,
-                v_register_lut: Optional[bool] = None) -> PrefillSm80Config:
+                v_register_lut: Optional[bool] = None,
+                stage_codes: bool = True) -> PrefillSm80Config:
     k_default, v_default = default_register_lut(k_bits, v_bits)
     kr = bool(k_default if k_register_lut is None else k_register_lut) and k_bits != 8
     vr = bool(v_default if v_register_lut is None else v_register_lut) and v_bits != 8
     cfg = PrefillSm80Config(
         head_dim, k_bits, v_bits, qhead_per_kvhead, causal, local, has_window_left,
         has_window_right, k_register_lut=kr, v_register_lut=vr,
-        k_lut_replicas=1 if kr else 8, v_lut_replicas=1 if vr else 8)
+        k_lut_replicas=1 if kr else 8, v_lut_replicas=1 if vr else 8, stage_codes=stage_codes)
     if cfg.smem_bytes() > SM80_SMEM_CAPACITY:  # cannot happen for D <= 128; kept as a guard
         raise NotImplementedError(f"PrefillSm80: {cfg.name} needs {cfg.smem_bytes()} B smem")
     return cfg
@@ -201,6 +220,8 @@ class PrefillSm80(FlashAttentionForwardSm80):
         ]
         lutk_struct = cute.struct.Align[cute.struct.MemRange[Int32, cfg.k_lut_bytes() // 4], 128]
         lutv_struct = cute.struct.Align[cute.struct.MemRange[Int32, cfg.v_lut_bytes() // 4], 128]
+        stage_words = max(1, (cfg.stage_side_bytes(True) + cfg.stage_side_bytes(False)) // 4)
+        stage_struct = cute.struct.Align[cute.struct.MemRange[Int32, stage_words], 128]
 
         @cute.struct
         class SharedStorageTQ80:
@@ -209,6 +230,7 @@ class PrefillSm80(FlashAttentionForwardSm80):
             sK: sK_struct
             sLutK: lutk_struct
             sLutV: lutv_struct
+            sStage: stage_struct
 
         return SharedStorageTQ80
 
@@ -390,7 +412,7 @@ class PrefillSm80(FlashAttentionForwardSm80):
                 vn_base=mVN.iterator.toint(), lutk_addr=lutk_addr, lutv_addr=lutv_addr,
                 sK_addr=dq.smem_addr(storage.sK.data_ptr()),
                 sV_addr=dq.smem_addr(storage.sV.data_ptr()), sK_layout=sK_layout,
-                sV_layout=sV_layout)
+                sV_layout=sV_layout, stage_addr=dq.smem_addr(storage.sStage.data_ptr()))
             load_K = partial(self._load_tq, ctx, True)
             load_V = partial(self._load_tq, ctx, False)
 
@@ -405,6 +427,11 @@ class PrefillSm80(FlashAttentionForwardSm80):
             self.load_Q(gmem_thr_copy_Q, gQ, sQ, m_block, seqlen=seqlen.seqlen_q,
                         headdim=mQ.shape[1])
             cute.arch.cp_async_commit_group()
+            if const_expr(cfg.stage_codes):
+                # Prime the staging rings: K(n_block) is decoded right away by the first
+                # load_K below, V(n_block) by the first iteration's load_V.
+                self._issue_codes(ctx, True, n_block)
+                self._issue_codes(ctx, False, n_block)
             for stage in cutlass.range_constexpr(self.num_stages):
                 if stage == 0 or n_block - stage >= 0:
                     load_K(n_block - stage, smem_pipe_write=stage, need_predicates=stage == 0)
@@ -458,6 +485,9 @@ class PrefillSm80(FlashAttentionForwardSm80):
                     smem_pipe_read = self.advance_pipeline(smem_pipe_read)
                     smem_pipe_write = self.advance_pipeline(smem_pipe_write)
 
+            # The last loads prefetched blocks that are never used (zero-filled when < 0):
+            # let those cp.async writes land before the CTA can exit.
+            cute.arch.cp_async_wait_group(0)
             row_scale = softmax.finalize()
             softmax.rescale_O(acc_O, row_scale)
             sO = cute.make_tensor(sQ.iterator, sO_layout)  # reuses sQ, as FA4 does
@@ -466,7 +496,7 @@ class PrefillSm80(FlashAttentionForwardSm80):
 
     # ------------------------------------------------------------------ K/V loads
     # Plain Python, traced inline wherever FA4's compute_one_n_block calls load_K / load_V;
-    # branch-free (rows past seqlen_k are predicated off, not branched around).
+    # branch-free (rows past seqlen_k, and block -1, are predicated off, not branched around).
     def _load_tq(self, ctx: "_LoadCtx", is_k: bool, block: Int32, smem_pipe_write: Int32,
                  need_predicates: bool = True) -> None:
         """Dequantize this thread's part of K/V tile ``block`` into stage ``smem_pipe_write``.
@@ -474,39 +504,109 @@ class PrefillSm80(FlashAttentionForwardSm80):
         ``need_predicates`` is FA4's hint that the block may run past seqlen_k; the loader
         always predicates per row (one compare), so the hint is not needed."""
         cfg = self.cfg
-        bits = cfg.k_bits if is_k else cfg.v_bits
+        part_bytes = cfg.k_part_bytes() if is_k else cfg.v_part_bytes()
+        vec_words = 4 if part_bytes % 16 == 0 else 2
+        r = ctx.tidx // cfg.threads_per_row
+        if const_expr(cfg.stage_codes):
+            # Blocks arrive in descending order, one call per block and side, each call after
+            # FA4's cp_async_wait_group(0) + barrier; the codes of `block` were issued by the
+            # previous call (or the prologue) into this thread's private slot block & 1.
+            # The page-table read for block - 1 goes first so its latency overlaps the decode.
+            nxt = self._codes_source(ctx, is_k, block - 1)
+            cute.arch.cp_async_wait_group(0)
+            codes_addr, norm_addr = self._stage_slot(ctx, is_k, block)
+            words = []
+            for c in range(part_bytes // (4 * vec_words)):
+                addr = codes_addr + c * 4 * vec_words
+                words.extend(dq.ld_shared_v4(addr) if vec_words == 4 else dq.ld_shared_v2(addr))
+            # The staged 32-bit word holds norms (row & ~1, row | 1) little-endian; this row's
+            # parity is (token * Hkv + head) & 1 with token = block * tile_n + r and page_size,
+            # tile_n even, i.e. (r * Hkv + head) & 1. Zero-filled for invalid rows -> norm 0.
+            nw = dq.ld_shared_b32(norm_addr)
+            parity = (r * ctx.num_heads_kv + ctx.head_kv) & 1
+            norm2 = dq.prmt(nw >> (parity << 4), Int32(0), 0x1010)
+            self._decode_store(ctx, is_k, words, norm2, r, smem_pipe_write)
+            self._issue_codes(ctx, is_k, block - 1, nxt)
+        else:
+            valid, row = self._row_of(ctx, block)
+            row_bytes = cfg.k_row_bytes() if is_k else cfg.v_row_bytes()
+            part = ctx.tidx % cfg.threads_per_row
+            src = ((ctx.kc_base if is_k else ctx.vc_base) + row * row_bytes
+                   + Int64(part * part_bytes))
+            norm2 = dq.ld_global_bf16_pair((ctx.kn_base if is_k else ctx.vn_base) + row * 2,
+                                           valid)
+            words = []  # all code loads first (latency overlap), then decode + store
+            for c in range(part_bytes // (4 * vec_words)):
+                words.extend(dq.ld_global_words_pred(src + c * 4 * vec_words, vec_words, valid))
+            self._decode_store(ctx, is_k, words, norm2, r, smem_pipe_write)
+
+    def _row_of(self, ctx: "_LoadCtx", block: Int32):
+        """(valid, cache row index) of this thread's token in ``block``; invalid rows (past
+        seqlen_k, or block < 0) look up page-table entry 0 (always in bounds), never read."""
+        token = block * self.tile_n + ctx.tidx // self.cfg.threads_per_row
+        valid = Int32((token < ctx.seqlen_k) & (block >= 0))
+        token = token * valid
+        page_idx, page_off = divmod(token, ctx.page_divmod)
+        page = ctx.mPageTable[ctx.batch_idx, page_idx]
+        row = (Int64(page) * Int64(ctx.page_size) + Int64(page_off)) * Int64(
+            ctx.num_heads_kv) + Int64(ctx.head_kv)
+        return valid, row
+
+    def _stage_slot(self, ctx: "_LoadCtx", is_k: bool, block: Int32):
+        """(codes, norm word) shared addresses of this thread's staging slot for ``block``.
+        Side layout: [slot][thread][part bytes] codes, then [slot][thread] 32-bit norm words;
+        consecutive threads read consecutive bytes (conflict-free vector loads)."""
+        cfg = self.cfg
+        part = cfg.k_part_bytes() if is_k else cfg.v_part_bytes()
+        base = ctx.stage_addr + (0 if is_k else cfg.stage_side_bytes(True))
+        slot = block & 1
+        codes = base + slot * (NUM_THREADS * part) + ctx.tidx * part
+        norm = base + 2 * NUM_THREADS * part + slot * (NUM_THREADS * 4) + ctx.tidx * 4
+        return codes, norm
+
+    def _codes_source(self, ctx: "_LoadCtx", is_k: bool, block: Int32):
+        """(valid, global address of this thread's code bytes, of its aligned norm word)."""
+        cfg = self.cfg
+        valid, row = self._row_of(ctx, block)
         row_bytes = cfg.k_row_bytes() if is_k else cfg.v_row_bytes()
         part_bytes = cfg.k_part_bytes() if is_k else cfg.v_part_bytes()
+        part = ctx.tidx % cfg.threads_per_row
+        src = (ctx.kc_base if is_k else ctx.vc_base) + row * row_bytes + Int64(part * part_bytes)
+        # The 4-byte word holding norm[row] starts at element row & ~1; it is in bounds because
+        # the norm tensor has an even number of elements (block_size is a multiple of 16) and
+        # its base is 4-byte aligned (checked by the dispatcher).
+        nsrc = (ctx.kn_base if is_k else ctx.vn_base) + (row & Int64(-2)) * 2
+        return valid, src, nsrc
+
+    def _issue_codes(self, ctx: "_LoadCtx", is_k: bool, block: Int32, source=None) -> None:
+        """cp.async this thread's code bytes + norm word of ``block`` into its slot (zero-fill
+        when invalid). Joins whatever cp.async group is open; FA4 commits after each load."""
+        cfg = self.cfg
+        valid, src, nsrc = source if source is not None else self._codes_source(ctx, is_k, block)
+        part_bytes = cfg.k_part_bytes() if is_k else cfg.v_part_bytes()
+        codes_addr, norm_addr = self._stage_slot(ctx, is_k, block)
+        chunk = 16 if part_bytes % 16 == 0 else 8
+        for c in range(part_bytes // chunk):
+            dq.cp_async_ca(codes_addr + c * chunk, src + c * chunk, chunk, valid * chunk)
+        dq.cp_async_ca(norm_addr, nsrc, 4, valid * 4)
+
+    def _decode_store(self, ctx: "_LoadCtx", is_k: bool, words, norm2: Int32, r: Int32,
+                      smem_pipe_write: Int32) -> None:
+        """Decode this thread's code words (element order) and store them as 8-element chunks
+        into the swizzled bf16 K/V stage, at the offsets of FA4's own smem layout."""
+        cfg = self.cfg
+        bits = cfg.k_bits if is_k else cfg.v_bits
         tpr = cfg.threads_per_row
         register_lut = cfg.k_register_lut if is_k else cfg.v_register_lut
         reps = cfg.k_lut_replicas if is_k else cfg.v_lut_replicas
         lut_addr = ctx.lutk_addr if is_k else ctx.lutv_addr
         layout = ctx.sK_layout if is_k else ctx.sV_layout
         tile_addr = ctx.sK_addr if is_k else ctx.sV_addr
-
-        r = ctx.tidx // tpr
-        part = ctx.tidx % tpr
-        token = block * self.tile_n + r
-        valid = Int32(token < ctx.seqlen_k)
-        token = token * valid  # invalid rows look up page-table entry 0 (always in bounds)
-        page_idx, page_off = divmod(token, ctx.page_divmod)
-        page = ctx.mPageTable[ctx.batch_idx, page_idx]
-        row = (Int64(page) * Int64(ctx.page_size) + Int64(page_off)) * Int64(
-            ctx.num_heads_kv) + Int64(ctx.head_kv)
-        src = ((ctx.kc_base if is_k else ctx.vc_base) + row * row_bytes
-               + Int64(part * part_bytes))
-        norm2 = dq.ld_global_bf16_pair((ctx.kn_base if is_k else ctx.vn_base) + row * 2, valid)
-        # All code loads first (latency overlap), then decode + store chunk by chunk.
-        vec_words = 4 if part_bytes % 16 == 0 else 2
-        words = []
-        for c in range(part_bytes // (4 * vec_words)):
-            words.extend(dq.ld_global_words_pred(src + c * 4 * vec_words, vec_words, valid))
         planes = None
         if register_lut:
             planes = dq.load_row_planes_sm80(lut_addr, bits, norm2)
         lut_lane = lut_addr + (ctx.tidx % 32 % reps) * (4 * dq.lut_entry_words(bits))
-        elems_per_word = 32 // bits
-        col0 = part * (self.tile_hdim // tpr)
+        col0 = (ctx.tidx % tpr) * (self.tile_hdim // tpr)
         stage = smem_pipe_write if const_expr(self.num_stages > 1) else 0
         outs = []
         chunk = 0
@@ -521,8 +621,7 @@ class PrefillSm80(FlashAttentionForwardSm80):
                 dq.st_shared_v4(tile_addr + off * 2, outs[0], outs[1], outs[2], outs[3])
                 outs = outs[4:]
                 chunk += 1
-        assert chunk * 8 * tpr == self.tile_hdim and elems_per_word * len(words) * tpr == (
-            self.tile_hdim)
+        assert not outs and chunk * 8 * tpr == self.tile_hdim
 
 
 @dataclass
@@ -547,6 +646,7 @@ class _LoadCtx:
     sV_addr: object
     sK_layout: object
     sV_layout: object
+    stage_addr: object
 
 
 # --------------------------------------------------------------------------- compile-only
@@ -589,13 +689,18 @@ def shipped_configs() -> list[PrefillSm80Config]:
         out.append(make_config(64, kb, vb, 4, True, False, False, False))
     for kb, vb in ((4, 4), (2, 2), (4, 2)):
         out.append(make_config(128, kb, vb, 4, True, False, False, False, True, True))
+    # the direct-load variant (no cp.async staging) the probe times against the default
+    for d, kb, vb, causal in ((128, 4, 4, False), (128, 4, 4, True), (128, 2, 2, True),
+                              (128, 8, 8, True), (64, 2, 2, True)):
+        out.append(make_config(d, kb, vb, 4, causal, False, False, False, stage_codes=False))
     return out
 
 
 def _variant(cfg: PrefillSm80Config) -> str:
     mask = "causal" if cfg.causal else ("local" if cfg.local else "full")
     lut = "".join(("r" if reg else "s") for reg in (cfg.k_register_lut, cfg.v_register_lut))
-    return f"sm80-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}"
+    load = "cp" if cfg.stage_codes else "ld"
+    return f"sm80-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}-{load}"
 
 
 def register_configs(register) -> None:
