@@ -120,3 +120,34 @@ def test_unsupported_cases_raise_before_launch():
             False, -1, -1, True, True)
     with pytest.raises(NotImplementedError, match="head_dim 64 and 128"):
         prefill_cuda(*args, backend="sm80")
+
+
+def test_cuda_graph_capture_and_replay():
+    """After the first (compiling) call, the sm80 path captures into a CUDA graph (no host
+    syncs, caching-allocator allocations only) and a replay rewrites NaN-poisoned buffers."""
+    from fa4_tq.kernels.prefill import prefill_cuda
+    g = torch.Generator().manual_seed(77)
+    q_lens, k_lens, hq, hkv, d = [5, 130], [40, 900], 8, 2, 128
+    pb = random_paged_batch(k_lens, hkv, d, 4, 4, 16, device="cuda", generator=g)
+    c = pb.cache
+    q = torch.randn(sum(q_lens), hq, d, generator=g).to(torch.bfloat16).cuda()
+    cuq = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+    cuq[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
+    args = (q, *c.tensors(), cuq.cuda(), pb.block_table, pb.seqused_k, c.codec.k_codebook,
+            c.codec.v_codebook, c.codec.k_signs, c.codec.v_signs, max(q_lens),
+            1.0 / math.sqrt(d), True, -1, -1, True, True)
+    kout = torch.empty(q.shape[0], hq, d, dtype=torch.bfloat16, device="cuda")
+    klse = torch.empty(hq, q.shape[0], device="cuda")
+    prefill_cuda(*args, backend="sm80", kernel_out=kout, kernel_lse=klse)  # compile
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = prefill_cuda(*args, backend="sm80", kernel_out=kout, kernel_lse=klse)
+    kout.fill_(float("nan"))
+    klse.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
+    assert rel_error(out, ref_o) <= 1e-2
+    assert not bool(torch.isnan(lse).any())
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_l))
