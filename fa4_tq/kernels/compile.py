@@ -222,6 +222,7 @@ class KernelConfig:
 REGISTRY_MODULES: tuple[str, ...] = (
     "fa4_tq.kernels.fa4_reference_configs",
     "fa4_tq.kernels.prefill_sm90",
+    "fa4_tq.kernels.prefill_sm80",
     "fa4_tq.kernels.decode",
     "fa4_tq.kernels.compress",
 )

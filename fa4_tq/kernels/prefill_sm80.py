@@ -707,7 +707,7 @@ def register_configs(register) -> None:
     """Compile-harness registry hook (fa4_tq/kernels/compile.py)."""
     from .compile import KernelConfig
     for cfg in shipped_configs():
-        register(KernelConfig("prefill_sm80", cfg.k_bits, cfg.v_bits, cfg.head_dim,
+        register(KernelConfig("prefill", cfg.k_bits, cfg.v_bits, cfg.head_dim,
                               _variant(cfg), partial(build_compile, cfg)))
 
 

@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _kernel_config(cfg):
-    return harness.KernelConfig("prefill_sm80", cfg.k_bits, cfg.v_bits, cfg.head_dim,
+    return harness.KernelConfig("prefill", cfg.k_bits, cfg.v_bits, cfg.head_dim,
                                 P._variant(cfg), partial(P.build_compile, cfg))
 
 
@@ -50,7 +50,7 @@ from fa4_tq.kernels import prefill_sm80 as P
 assert harness.effective_dsl_settings().arch == "sm_80"
 for cfg in P.shipped_configs():
     r = harness.compile_config(harness.KernelConfig(
-        "prefill_sm80", cfg.k_bits, cfg.v_bits, cfg.head_dim, P._variant(cfg),
+        "prefill", cfg.k_bits, cfg.v_bits, cfg.head_dim, P._variant(cfg),
         partial(P.build_compile, cfg)))
     print("RESULT " + json.dumps(dict(
         name=cfg.name, error=r.error, spill=r.spill_bytes, smem=r.smem_bytes,
