@@ -69,14 +69,12 @@ def _to_cute(t, align, leading_dim=-1):
     return to_cute_tensor(t, assumed_align=align, leading_dim=leading_dim)
 
 
-def _compile(cfg, args):
+def _compile(kernel_cls, cfg, args):
     import cutlass.cute as cute
-    from flash_attn.cute.interface import _compile_options  # noqa: F401  (FA4 import check)
-    from .prefill_sm90 import PrefillSm90
     (q, kc, vc, kn, vn, kcb, vcb, out, lse, scale, cu_q, seqused_k, bt, wl, wr) = args
     stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
     return cute.compile(
-        PrefillSm90(cfg), _to_cute(q, 16), _to_cute(kc, 16), _to_cute(vc, 16),
+        kernel_cls(cfg), _to_cute(q, 16), _to_cute(kc, 16), _to_cute(vc, 16),
         _to_cute(kn, 4), _to_cute(vn, 4), _to_cute(kcb, 4, 0), _to_cute(vcb, 4, 0),
         _to_cute(out, 16), _to_cute(lse, 4), scale, _to_cute(cu_q, 4, 0),
         _to_cute(seqused_k, 4, 0), _to_cute(bt, 4, 1), wl, wr, stream,
@@ -110,7 +108,18 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
                              window_right, register_lut)  # raises NotImplementedError for head_dim 256
     _ensure_arch_env()
+    from .prefill_sm90 import PrefillSm90
+    return _run_kernel(PrefillSm90, _compiled, cfg, wl, wr, q, k_cache, v_cache, k_norm, v_norm,
+                       cu_seqlens_q, block_table, seqused_k, k_codebook, v_codebook, k_signs,
+                       v_signs, softmax_scale, rotate_query, unrotate_output, kernel_out,
+                       kernel_lse)
 
+
+def _run_kernel(kernel_cls, compiled: dict, cfg, wl, wr, q, k_cache, v_cache, k_norm, v_norm,
+                cu_seqlens_q, block_table, seqused_k, k_codebook, v_codebook, k_signs, v_signs,
+                softmax_scale, rotate_query, unrotate_output, kernel_out, kernel_lse):
+    """Shared by every prefill class (same __call__ signature): rotate q into K's space
+    (bf16), run the cached compiled kernel for ``cfg``, un-rotate the output."""
     total_q, hq, d = q.shape
     out_dtype = q.dtype
     if rotate_query:
@@ -125,13 +134,12 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
         hq, total_q, dtype=torch.float32, device=q.device)
     if total_q == 0:
         return out.to(out_dtype), lse
-    kn = k_norm.view(torch.int16)
-    vn = v_norm.view(torch.int16)
-    args = (qk, k_cache, v_cache, kn, vn, k_codebook, v_codebook, out, lse,
-            float(softmax_scale), cu_seqlens_q, seqused_k, block_table, wl, wr)
-    fn = _compiled.get(cfg)
+    args = (qk, k_cache, v_cache, k_norm.view(torch.int16), v_norm.view(torch.int16),
+            k_codebook, v_codebook, out, lse, float(softmax_scale), cu_seqlens_q, seqused_k,
+            block_table, wl, wr)
+    fn = compiled.get(cfg)
     if fn is None:
-        fn = _compiled[cfg] = _compile(cfg, args)
+        fn = compiled[cfg] = _compile(kernel_cls, cfg, args)
     fn(*args)
     if unrotate_output:
         out = apply_rotation(out, rotation_matrix(v_signs, inverse=True))
@@ -171,40 +179,8 @@ def _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table
     c, local, wl, wr = canonical_mask(causal, window_left, window_right)
     cfg = make_config(d, _bits(k_codebook), _bits(v_codebook), hq // k_cache.shape[2], c, local,
                       wl is not None, wr is not None, *register_lut)
-
-    out_dtype = q.dtype
-    if rotate_query:
-        qk = apply_rotation(q.to(torch.bfloat16) if q.dtype != torch.bfloat16 else q,
-                            rotation_matrix(k_signs))
-    else:
-        qk = q.to(torch.bfloat16)
-    qk = qk.contiguous()
-    out = kernel_out if kernel_out is not None else torch.empty(
-        total_q, hq, d, dtype=torch.bfloat16, device=q.device)
-    lse = kernel_lse if kernel_lse is not None else torch.empty(
-        hq, total_q, dtype=torch.float32, device=q.device)
-    if total_q == 0:
-        return out.to(out_dtype), lse
-    args = (qk, k_cache, v_cache, k_norm.view(torch.int16), v_norm.view(torch.int16),
-            k_codebook, v_codebook, out, lse, float(softmax_scale), cu_seqlens_q, seqused_k,
-            block_table, wl, wr)
-    fn = _compiled_sm80.get(cfg)
-    if fn is None:
-        fn = _compiled_sm80[cfg] = _compile_sm80(cfg, args)
-    fn(*args)
-    if unrotate_output:
-        out = apply_rotation(out, rotation_matrix(v_signs, inverse=True))
-    return out.to(out_dtype), lse
-
-
-def _compile_sm80(cfg, args):
-    import cutlass.cute as cute
     from .prefill_sm80 import PrefillSm80
-    (q, kc, vc, kn, vn, kcb, vcb, out, lse, scale, cu_q, seqused_k, bt, wl, wr) = args
-    stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
-    return cute.compile(
-        PrefillSm80(cfg), _to_cute(q, 16), _to_cute(kc, 16), _to_cute(vc, 16),
-        _to_cute(kn, 4), _to_cute(vn, 4), _to_cute(kcb, 4, 0), _to_cute(vcb, 4, 0),
-        _to_cute(out, 16), _to_cute(lse, 4), scale, _to_cute(cu_q, 4, 0),
-        _to_cute(seqused_k, 4, 0), _to_cute(bt, 4, 1), wl, wr, stream,
-        options="--enable-tvm-ffi")
+    return _run_kernel(PrefillSm80, _compiled_sm80, cfg, wl, wr, q, k_cache, v_cache, k_norm,
+                       v_norm, cu_seqlens_q, block_table, seqused_k, k_codebook, v_codebook,
+                       k_signs, v_signs, softmax_scale, rotate_query, unrotate_output,
+                       kernel_out, kernel_lse)

@@ -178,12 +178,16 @@ def test_sm80_backend_rejects_head_dim_256_before_launch(monkeypatch):
 
 
 @pytest.mark.compile
-def test_dispatcher_compile_path_with_fake_cuda_tensors():
-    """The backend='sm80' dispatcher's own compile call (``_compile_sm80``: to_cute_tensor of
-    the real arguments, int16 norm views, None windows) compiles for the current target."""
+@pytest.mark.parametrize("arch", ["sm80", "sm90"])
+def test_dispatcher_compile_path_with_fake_cuda_tensors(arch):
+    """The dispatcher's own compile call (``prefill._compile``, shared by both classes:
+    to_cute_tensor of the real arguments, int16 norm views, None windows) compiles for the
+    current target."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from fa4_tq.kernels import prefill as PF
-    cfg = P.make_config(128, 4, 2, 4, True, False, False, False)
+    from fa4_tq.kernels import prefill_sm90 as P90
+    mod, cls = (P, P.PrefillSm80) if arch == "sm80" else (P90, P90.PrefillSm90)
+    cfg = mod.make_config(128, 4, 2, 4, True, False, False, False)
     with FakeTensorMode(allow_non_fake_inputs=True):
         dev = "cuda"
         q = torch.empty(100, 8, 128, dtype=torch.bfloat16, device=dev)
@@ -196,6 +200,6 @@ def test_dispatcher_compile_path_with_fake_cuda_tensors():
         cu = torch.empty(3, dtype=torch.int32, device=dev)
         su = torch.empty(2, dtype=torch.int32, device=dev)
         bt = torch.empty(2, 5, dtype=torch.int32, device=dev)
-        fn = PF._compile_sm80(cfg, (q, kc, vc, kn, vn, kcb, vcb, out, lse, 0.1, cu, su, bt,
+        fn = PF._compile(cls, cfg, (q, kc, vc, kn, vn, kcb, vcb, out, lse, 0.1, cu, su, bt,
                                     None, None))
     assert callable(fn)
