@@ -20,6 +20,7 @@ the reference on the GPU.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -38,7 +39,17 @@ CUDA_KERNELS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _pinned_versions_ok() -> bool:
+    """The kernels subclass FA4/CuTeDSL internals: check the exact pins once, before the
+    first kernel module is imported (raises fa4_tq._fa4.FA4VersionError with the fix)."""
+    from ._fa4 import check_versions
+    check_versions()
+    return True
+
+
 def _cuda_impl(op: str):
+    _pinned_versions_ok()
     mod_name, fn_name = CUDA_KERNELS[op]
     try:
         mod = importlib.import_module(mod_name)

@@ -231,3 +231,18 @@ def test_hypothesis_bad_compress_inputs_never_crash(slots, t, d):
     except ALLOWED:
         return
     assert t == len(slots) and d == 64 and max(slots, default=-1) < kw["k_cache"].shape[0] * 16
+
+
+def test_cuda_dispatch_checks_pinned_versions(monkeypatch):
+    from fa4_tq import _fa4, ops
+
+    def wrong(*a, **k):
+        raise _fa4.FA4VersionError("flash-attn-4: expected 4.0.0b36, found 9.9")
+
+    monkeypatch.setattr(_fa4, "check_versions", wrong)
+    ops._pinned_versions_ok.cache_clear()
+    try:
+        with pytest.raises(_fa4.FA4VersionError, match="expected"):
+            ops._cuda_impl("prefill")
+    finally:
+        ops._pinned_versions_ok.cache_clear()
