@@ -172,7 +172,7 @@ def test_sm80_backend_rejects_head_dim_256_before_launch(monkeypatch):
     from fa4_tq.kernels import prefill as PF
     monkeypatch.setenv(PF.SM80_OPT_IN_ENV, "1")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    monkeypatch.setattr(PF, "_compile_sm80", lambda *a: pytest.fail("compiled"))
+    monkeypatch.setattr(PF, "_compile", lambda *a: pytest.fail("compiled"))
     with pytest.raises(NotImplementedError, match="backend='sm80' supports head_dim 64 and 128"):
         PF.prefill_cuda(*_dummy_args(d=256), backend="sm80")
 
