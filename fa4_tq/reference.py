@@ -19,11 +19,11 @@ import math
 
 import torch
 
-from .codec import dequantize_rotated, pack_codes, quantize, rotate, unpack_codes, unrotate
+from .codec import (codebook_bits, dequantize_rotated, pack_codes, quantize, rotate, unpack_codes,
+                    unrotate)
 
 
-def _bits(codebook: torch.Tensor) -> int:
-    return {4: 2, 16: 4, 256: 8}[codebook.numel()]
+_bits = codebook_bits
 
 
 def compress_store(key, value, k_cache, v_cache, k_norm, v_norm, slot_mapping,

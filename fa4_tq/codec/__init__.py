@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .codebook import (SUPPORTED_BITS, check_codebook, codebook_thresholds, default_codebook,
+from .codebook import (SUPPORTED_BITS, check_codebook, codebook_bits, codebook_thresholds, default_codebook,
                        lloyd_max_gaussian)
 from .packing import pack_codes, packed_row_bytes, unpack_codes
 from .quantizer import dequantize_rotated, quantize
@@ -14,7 +14,7 @@ from .rotation import (SUPPORTED_HEAD_DIMS, check_head_dim, fwht, rademacher_sig
                        unrotate)
 
 __all__ = [
-    "SUPPORTED_BITS", "SUPPORTED_HEAD_DIMS", "TQCodec", "check_codebook", "check_head_dim",
+    "SUPPORTED_BITS", "SUPPORTED_HEAD_DIMS", "TQCodec", "check_codebook", "codebook_bits", "check_head_dim",
     "codebook_thresholds", "default_codebook", "dequantize_rotated", "fwht",
     "lloyd_max_gaussian", "pack_codes", "packed_row_bytes", "quantize", "rademacher_signs",
     "rotate", "unpack_codes", "unrotate",

@@ -116,6 +116,16 @@ def default_codebook(bits: int, head_dim: int) -> torch.Tensor:
     return torch.from_numpy(centroids / math.sqrt(head_dim)).to(torch.float32)
 
 
+def codebook_bits(codebook: torch.Tensor) -> int:
+    """Bit width of an already-validated codebook (4, 16 or 256 entries -> 2, 4 or 8)."""
+    n = codebook.numel()
+    # comparisons (not a dict lookup) so symbolic sizes under torch.compile/opcheck work
+    bits = 2 if n == 4 else 4 if n == 16 else 8 if n == 256 else None
+    if bits is None:
+        raise ValueError(f"codebook must have 4, 16 or 256 entries (2, 4 or 8 bits), got {n}")
+    return bits
+
+
 def check_codebook(codebook: torch.Tensor, name: str = "codebook") -> int:
     """Validate a codebook tensor; return its bit width."""
     if not isinstance(codebook, torch.Tensor):
@@ -124,11 +134,11 @@ def check_codebook(codebook: torch.Tensor, name: str = "codebook") -> int:
         raise TypeError(f"{name} must be float32, got {codebook.dtype}")
     if codebook.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(codebook.shape)}")
-    n = codebook.numel()
-    # comparisons (not a dict lookup) so symbolic sizes under torch.compile/opcheck work
-    bits = 2 if n == 4 else 4 if n == 16 else 8 if n == 256 else None
-    if bits is None:
-        raise ValueError(f"{name} must have 4, 16 or 256 entries (2, 4 or 8 bits), got {n}")
+    try:
+        bits = codebook_bits(codebook)
+    except ValueError:
+        raise ValueError(f"{name} must have 4, 16 or 256 entries (2, 4 or 8 bits), "
+                         f"got {codebook.numel()}") from None
     # Value checks read the tensor: always on CPU; on a GPU only with FA4TQ_DEBUG_CHECKS=1,
     # because a device->host read per op call is a sync that breaks CUDA-graph capture.
     if codebook.device.type == "cpu" and not _is_fake(codebook) or (

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..codec import codebook_bits as _bits
+
 import cutlass
 import cutlass.cute as cute
 from cutlass import Boolean, Float32, Float64, Int32, Int64, Uint32, const_expr
@@ -981,8 +983,6 @@ def _debug_checks() -> bool:
     return os.environ.get("FA4TQ_DEBUG_CHECKS", "0") not in ("", "0", "false", "False")
 
 
-def _bits(codebook: torch.Tensor) -> int:
-    return {4: 2, 16: 4, 256: 8}[codebook.numel()]
 
 
 def _check_aligned(**tensors) -> None:
@@ -1008,8 +1008,7 @@ def compress_store_cuda(key, value, k_cache, v_cache, k_norm, v_norm, slot_mappi
     if algo is None:
         algo = DEFAULT_COMPRESS_ALGO
     if algo == "auto":
-        bits = {4: 2, 16: 4, 256: 8}
-        algo = default_compress_algo(bits[k_codebook.numel()], bits[v_codebook.numel()])
+        algo = default_compress_algo(_bits(k_codebook), _bits(v_codebook))
     num_tokens, num_heads, head_dim = key.shape
     if num_tokens == 0:
         return

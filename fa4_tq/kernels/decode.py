@@ -61,6 +61,7 @@ from cutlass._mlir.dialects import llvm
 from cutlass.cutlass_dsl import T, dsl_user_op
 from cutlass.memory import SmemAllocator
 
+from ..codec import codebook_bits
 from .rotation import apply_rotation, rotation_matrix
 
 NUM_SMS_H100 = 132
@@ -865,8 +866,8 @@ def decode_cuda(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k, k_c
 
     batch, q_len, hq, d = q.shape
     hkv = k_cache.shape[2]
-    k_bits = {4: 2, 16: 4, 256: 8}[k_codebook.numel()]
-    v_bits = {4: 2, 16: 4, 256: 8}[v_codebook.numel()]
+    k_bits = codebook_bits(k_codebook)
+    v_bits = codebook_bits(v_codebook)
     if q.dtype not in (torch.bfloat16, torch.float16):
         raise NotImplementedError(f"decode kernel supports bf16/fp16 queries, got {q.dtype}")
     if config is None:

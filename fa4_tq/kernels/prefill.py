@@ -22,6 +22,7 @@ import os
 
 import torch
 
+from ..codec import codebook_bits as _bits
 from .rotation import apply_rotation, rotation_matrix
 
 _ARCH_ENV = {"CUTE_DSL_ARCH": "sm_90a", "FLASH_ATTENTION_ARCH": "sm_90"}
@@ -50,8 +51,6 @@ def canonical_mask(causal: bool, window_left: int, window_right: int):
     return False, True, wl, wr
 
 
-def _bits(codebook: torch.Tensor) -> int:
-    return {4: 2, 16: 4, 256: 8}[codebook.numel()]
 
 
 def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right,
