@@ -513,6 +513,13 @@ class PrefillSm80(FlashAttentionForwardSm80):
             # previous call (or the prologue) into this thread's private slot block & 1.
             # The page-table read for block - 1 goes first so its latency overlaps the decode.
             nxt = self._codes_source(ctx, is_k, block - 1)
+            # commit + wait_group(0) (= cp.async.wait_all): wait_group only covers COMMITTED
+            # groups, and the prologue's priming copies of K(n_block)/V(n_block) are still in
+            # the open group when the first load_K runs (FA4 commits only after the call).
+            # Without this commit the first K tile decoded stale shared memory (device run
+            # 2026-11-23 17:22: rel. error 0.4-0.5 on short/varlen sequences, NaN/inf
+            # depending on what an earlier kernel left in shared memory).
+            cute.arch.cp_async_commit_group()
             cute.arch.cp_async_wait_group(0)
             codes_addr, norm_addr = self._stage_slot(ctx, is_k, block)
             words = []
