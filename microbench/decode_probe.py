@@ -178,6 +178,10 @@ def correctness_cases():
              lens=mixed_a, causal=True, wl=-1, wr=-1, fp16=True),
         dict(name="K4V4 D128 G4 q1 no-rotations", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1,
              bs=16, lens=mixed_a, causal=True, wl=-1, wr=-1, rotq=False, unrot=False),
+        dict(name="K4V4 D128 G4 q1 rotate-query only", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1,
+             bs=16, lens=mixed_a, causal=True, wl=-1, wr=-1, rotq=True, unrot=False),
+        dict(name="K4V4 D128 G4 q1 unrotate-output only", kb=4, vb=4, D=128, G=4, Hkv=2,
+             qlen=1, bs=16, lens=mixed_a, causal=True, wl=-1, wr=-1, rotq=False, unrot=True),
         dict(name="K4V4 D128 G4 q1 splits=1", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=1, bs=16,
              lens=mixed_a, causal=True, wl=-1, wr=-1, splits=1),
         dict(name="K4V4 D128 G4 q1 splits=7 via torch.ops", kb=4, vb=4, D=128, G=4, Hkv=2,
@@ -262,7 +266,32 @@ def copy_bandwidth():
     return 2 * a.numel() / us / 1e3  # GB/s
 
 
-def bench(results):
+def old_path_decode(dec, q, kc, vc, kn, vn, bt, seq, codec, scale):
+    """The op as it was before the rotations moved into the kernels (same-run baseline):
+    cuBLAS GEMM query rotation, kernel, combine to fp32, fp32 GEMM un-rotation + cast."""
+    from fa4_tq.kernels import decode_combine
+    from fa4_tq.kernels.rotation import apply_rotation, rotation_matrix
+
+    b, ql, hq, d = q.shape
+    hkv = kc.shape[2]
+    cfg = dec.DecodeConfig.for_problem(codec.k_bits, codec.v_bits, d, hq // hkv, ql,
+                                       rotate_query=False)
+    ns = dec.choose_num_splits(b, hkv, bt.shape[1] * kc.shape[1], cfg)
+    q_rot = apply_rotation(q, rotation_matrix(codec.k_signs))
+    o_part = torch.empty(ns, b, ql, hq, d, dtype=torch.float32, device=q.device)
+    l_part = torch.empty(ns, b, ql, hq, dtype=torch.float32, device=q.device)
+    dec.get_compiled(cfg)(q_rot, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
+                          codec.k_signs, o_part, l_part, scale * dec.LOG2E, -1, 0)
+    o_rot = torch.empty(b, ql, hq, d, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b, hq, ql, dtype=torch.float32, device=q.device)
+    decode_combine.combine(o_part, l_part, o_rot, lse)
+    out = torch.empty_like(q)
+    out.copy_(apply_rotation(o_rot, rotation_matrix(codec.v_signs, inverse=True)))
+    return out, lse
+
+
+def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
+          sweep=False, nopf=False):
     from fa4_tq.kernels import decode as dec
     from fa4_tq.codec import TQCodec
     import torch.nn.functional as F
@@ -276,10 +305,13 @@ def bench(results):
     copy_gbs = copy_bandwidth()
     results["copy_GBps"] = copy_gbs
     print(f"\ndevice copy bandwidth: {copy_gbs:.0f} GB/s (read+write)")
+    print("full = the op with both rotations (now inside the kernels), raw = no rotations, "
+          "old = former path (GEMM rotations, fp32 combine); ratios = min(sdpa, fa4) / full")
     rows = []
+    results["bench"] = rows
     scale = 1.0 / math.sqrt(d)
-    for L in (8192, 32768, 131072):
-        for B in (1, 8, 32):
+    for L in lengths:
+        for B in batches:
             row = dict(L=L, B=B)
             q = torch.randn(B, 1, hq, d, device="cuda", dtype=torch.bfloat16)
             k = torch.randn(B, L, hkv, d, device="cuda", dtype=torch.bfloat16)
@@ -308,7 +340,7 @@ def bench(results):
                 kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
                 vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
                 packed = B * L * hkv * (2 * d * kb // 8 + 4)
-                for tag, rot in (("raw", False), ("full", True)):
+                for tag, rot in (("full", True), ("raw", False)):
                     try:
                         fn = lambda: dec.decode_cuda(  # noqa: E731
                             q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
@@ -316,32 +348,37 @@ def bench(results):
                             num_splits=0)
                         us = gtime(fn)
                         row[f"K{kb}V{kb}_{tag}_us"] = us
-                        if tag == "raw":
-                            row[f"K{kb}V{kb}_eager_us"] = time_fn(fn, reps=10)
-                        if tag == "raw":
+                        if tag == "full":
                             row[f"K{kb}V{kb}_GBps"] = packed / us / 1e3
                     except Exception as exc:
                         row[f"K{kb}V{kb}_{tag}_err"] = repr(exc)[:300]
-                if kb in (4, 2):  # the run-1 path (no prefetch, 8 warps) for comparison
+                if old:
                     try:
-                        cfg0 = dec.DecodeConfig(kb, kb, d, hq // hkv, 1, prefetch=False)
+                        row[f"K{kb}V{kb}_old_us"] = gtime(lambda: old_path_decode(
+                            dec, q, kc, vc, kn, vn, bt, seq, codec, scale))
+                    except Exception as exc:
+                        row[f"K{kb}V{kb}_old_err"] = repr(exc)[:300]
+                if nopf and kb in (4, 2):  # the run-1 path (no prefetch, 8 warps)
+                    try:
+                        cfg0 = dec.DecodeConfig(kb, kb, d, hq // hkv, 1, prefetch=False,
+                                                rotate_query=False)
                         row[f"K{kb}V{kb}_nopf_us"] = gtime(lambda: dec.decode_cuda(
                             q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
                             codec.k_signs, codec.v_signs, scale, True, -1, -1, False, False,
                             num_splits=0, config=cfg0), reps=10)
                     except Exception as exc:
                         row[f"K{kb}V{kb}_nopf_err"] = repr(exc)[:300]
-                if B in (1, 8, 32):
-                    sweep = {}
+                if sweep:
+                    sw = {}
                     for ns in (1, 2, 4, 8, 16, 24, 33, 48, 66, 132):
                         try:
-                            sweep[ns] = round(gtime(lambda: dec.decode_cuda(
+                            sw[ns] = round(gtime(lambda: dec.decode_cuda(
                                 q, kc, vc, kn, vn, bt, seq, codec.k_codebook,
                                 codec.v_codebook, codec.k_signs, codec.v_signs, scale, True,
                                 -1, -1, False, False, num_splits=ns), reps=8), 1)
                         except Exception as exc:
-                            sweep[ns] = repr(exc)[:100]
-                    row[f"K{kb}V{kb}_split_sweep_us"] = sweep
+                            sw[ns] = repr(exc)[:100]
+                    row[f"K{kb}V{kb}_split_sweep_us"] = sw
                 if kb == 4 and B == 8 and L == 8192:  # graph replay == eager (capture-safe)
                     try:
                         eager = dec.decode_cuda(q, kc, vc, kn, vn, bt, seq, codec.k_codebook,
@@ -360,35 +397,44 @@ def bench(results):
                         results["graph_replay_equal"] = bool(
                             torch.equal(holder["o"][0], eager[0])
                             and torch.equal(holder["o"][1], eager[1]))
+                        # the fused rotations against the former GEMM path (same kernel)
+                        o_old, _ = old_path_decode(dec, q, kc, vc, kn, vn, bt, seq, codec,
+                                                   scale)
+                        results["fused_vs_old_rel"] = float(
+                            (eager[0].double() - o_old.double()).norm() / o_old.double().norm())
                     except Exception as exc:
                         results["graph_replay_equal"] = repr(exc)[:300]
-                    print(f"    graph replay == eager: {results['graph_replay_equal']}")
+                    print(f"    graph replay == eager: {results['graph_replay_equal']}; "
+                          f"fused vs old path rel: {results.get('fused_vs_old_rel')}")
                 del kc, vc, kn, vn
             rows.append(row)
             torch.cuda.empty_cache()
             _print_bench_row(row)
-    results["bench"] = rows
+            out = os.environ.get("OUT")
+            if out:  # partial results survive a timeout
+                with open(os.path.join(out, "decode_probe_bench.json"), "w") as f:
+                    json.dump(rows, f, indent=1, default=str)
 
 
 def _print_bench_row(r):
     base = min(x for x in (r.get("sdpa_us"), r.get("fa4_us")) if x is not None) \
         if (r.get("sdpa_us") or r.get("fa4_us")) else None
     parts = [f"L={r['L']:>6} B={r['B']:>2}",
-             f"sdpa={r.get('sdpa_us', float('nan')):8.1f}",
-             f"fa4={r.get('fa4_us', float('nan')):8.1f}"]
+             f"sdpa={r.get('sdpa_us', float('nan')):7.1f}",
+             f"fa4={r.get('fa4_us', float('nan')):7.1f}"]
     for kb in (4, 2, 8):
-        raw, full = r.get(f"K{kb}V{kb}_raw_us"), r.get(f"K{kb}V{kb}_full_us")
-        if raw is None:
+        full = r.get(f"K{kb}V{kb}_full_us")
+        if full is None:
             parts.append(f"K{kb}V{kb}=ERR")
             continue
-        sp = f"{base / raw:4.2f}x/{base / full:4.2f}x" if base and full else "?"
-        nopf = r.get(f"K{kb}V{kb}_nopf_us")
-        parts.append(f"K{kb}V{kb} raw={raw:7.1f} full={full or float('nan'):7.1f} "
-                     f"({sp}) {r.get(f'K{kb}V{kb}_GBps', 0):5.0f}GB/s"
-                     + (f" nopf={nopf:7.1f}" if nopf else ""))
-    print(" | ".join(parts))
+        raw = r.get(f"K{kb}V{kb}_raw_us", float("nan"))
+        old = r.get(f"K{kb}V{kb}_old_us", float("nan"))
+        sp = f"{base / full:4.2f}x" if base else "?"
+        parts.append(f"K{kb}V{kb} full={full:6.1f} ({sp}, old {base / old if base else 0:4.2f}x)"
+                     f" raw={raw:6.1f} old={old:6.1f}")
+    print(" | ".join(parts), flush=True)
     for k, v in r.items():
-        if k.endswith("_err") or k.endswith("sweep_us") or k.endswith("eager_us"):
+        if k.endswith("_err") or k.endswith("sweep_us"):
             print(f"    {k}: {v}")
 
 
@@ -398,6 +444,11 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--lengths", default="8192,32768,131072")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--no-old", action="store_true", help="skip the former-path baseline")
+    ap.add_argument("--sweep", action="store_true", help="split-count sweep per row")
+    ap.add_argument("--nopf", action="store_true", help="also time the no-prefetch config")
     ns = ap.parse_args()
     results = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__)
     print(f"device: {results['device']}, torch {results['torch']}")
@@ -417,7 +468,9 @@ def main():
         print(f"  {sum(r['ok'] for r in checks)}/{len(checks)} passed")
     if not ns.no_bench:
         t1 = time.time()
-        bench(results)
+        bench(results, tuple(int(x) for x in ns.lengths.split(",")),
+              tuple(int(x) for x in ns.batches.split(",")), old=not ns.no_old,
+              sweep=ns.sweep, nopf=ns.nopf)
         print(f"bench took {time.time() - t1:.0f}s")
     out = os.environ.get("OUT")
     if out:

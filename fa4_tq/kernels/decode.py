@@ -62,7 +62,6 @@ from cutlass.cutlass_dsl import T, dsl_user_op
 from cutlass.memory import SmemAllocator
 
 from ..codec import codebook_bits
-from .rotation import apply_rotation, rotation_matrix
 
 NUM_SMS_H100 = 132
 TOKENS_PER_TILE = 16
@@ -88,6 +87,10 @@ class DecodeConfig:
     # CTAs per SM the register allocation must allow (ptxas caps registers accordingly);
     # 0 = let ptxas choose.
     min_ctas_per_sm: int = 0
+    # Rotate the query inside the kernel's Q load (sign flip + fast Walsh-Hadamard in fp32,
+    # one rounding to the operand type) instead of a separate GEMM launch: False when the
+    # caller passes an already rotated query (rotate_query=False).
+    rotate_query: bool = True
 
     def __post_init__(self):
         if self.k_bits not in (2, 4, 8) or self.v_bits not in (2, 4, 8):
@@ -165,27 +168,32 @@ class DecodeConfig:
 
     @classmethod
     def for_problem(cls, k_bits: int, v_bits: int, head_dim: int, qhead_per_kvhead: int,
-                    q_len: int, dtype: str = "bfloat16") -> "DecodeConfig":
+                    q_len: int, dtype: str = "bfloat16",
+                    rotate_query: bool = True) -> "DecodeConfig":
         """The shipped tuning for a problem. With one column tile per warp and few code
         words per thread and tile, prefetching the next tile into registers fits at
         occupancy (spill-free at these register caps, checked by the compile report):
         <= 8 words: 8 warps x 2 CTAs/SM (128 regs), <= 16 words: 4 warps x 3 CTAs/SM
         (168 regs), head_dim <= 128. Everything else runs without prefetch, 8 warps, ptxas-chosen registers."""
-        base = cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype, prefetch=False)
+        base = cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype, prefetch=False,
+                   rotate_query=rotate_query)
         words = 2 * base.k_seg_words + 4 * max(1, base.v_seg_bytes // 4)
         if head_dim <= 128 and base.n_tiles_per_warp == 1 and base.total_groups == 1:
             if words <= 8:
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
-                           target_warps=8, prefetch=True, min_ctas_per_sm=2)
+                           target_warps=8, prefetch=True, min_ctas_per_sm=2,
+                           rotate_query=rotate_query)
             if words <= 16:
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
-                           target_warps=4, prefetch=True, min_ctas_per_sm=3)
+                           target_warps=4, prefetch=True, min_ctas_per_sm=3,
+                           rotate_query=rotate_query)
         return base
 
     @property
     def name(self) -> str:
         return (f"decode_k{self.k_bits}v{self.v_bits}_d{self.head_dim}_g{self.qhead_per_kvhead}"
-                f"_q{self.q_len}_{self.dtype}_w{self.num_warps}{'_pf' if self.prefetch else ''}")
+                f"_q{self.q_len}_{self.dtype}_w{self.num_warps}{'_pf' if self.prefetch else ''}"
+                f"{'_rq' if self.rotate_query else ''}")
 
 
 #: Per-CTA fixed cost (tables, Q, merge, partial write) in units of one warp-tile, fitted
@@ -338,6 +346,18 @@ def bf16_bits_to_f32(x, *, loc=None, ip=None):
                        "=f,r"))
 
 @dsl_user_op
+def unpack2_f32(w, is_bf16: bool, *, loc=None, ip=None):
+    """One bf16x2 / f16x2 register -> (lo, hi) fp32 (exact)."""
+    if is_bf16:
+        text = "{\n\tshl.b32 $0, $2, 16;\n\tand.b32 $1, $2, 0xffff0000;\n\t}"
+    else:
+        text = ("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, $2;\n\tcvt.f32.f16 $0, l;"
+                "\n\tcvt.f32.f16 $1, h;\n\t}")
+    r = asm(llvm.StructType.get_literal([T.f32()] * 2), [Uint32(w).ir_value(loc=loc, ip=ip)],
+            text, "=f,=f,r")
+    return unpack(r, 2, T.f32, Float32, loc, ip)
+
+@dsl_user_op
 def fmax(a, b, *, loc=None, ip=None):
     return Float32(asm(T.f32(), [Float32(a).ir_value(loc=loc, ip=ip),
                                  Float32(b).ir_value(loc=loc, ip=ip)],
@@ -345,6 +365,29 @@ def fmax(a, b, *, loc=None, ip=None):
 
 def select(cond, a, b, ty):
     return ty(cutlass.select_(cond, ty(a), ty(b)))
+
+
+def fwht_f32(x, lane, lane_masks):
+    """Unnormalised Walsh-Hadamard transform (codec stage order) of one row spread over the
+    lanes of a warp, in place: ``x`` holds this lane's len(x) consecutive elements, and
+    lanes differing in ``lane_masks[k]`` hold the halves of stage h = len(x) * mask (masks
+    ascending). Each stage maps (a, b) = (x[i], x[i+h]) to (a + b, a - b) in fp32 — the same
+    additions in the same order as ``codec.fwht``, however the work is distributed.
+    Every lane of the warp must execute it (full-mask shuffles)."""
+    n = len(x)
+    h = 1
+    while h < n:
+        for i in range(n):
+            if i & h == 0:
+                a, b = x[i], x[i + h]
+                x[i], x[i + h] = a + b, a - b
+        h *= 2
+    for m in lane_masks:
+        upper = (lane & m) != 0  # this lane holds the "b" half of every pair
+        for i in range(n):
+            other = cute.arch.shuffle_sync_bfly(x[i], offset=m)
+            x[i] = select(upper, other - x[i], x[i] + other, Float32)
+    return x
 
 
 
@@ -355,7 +398,7 @@ class ptx:
 for _name in ("ld_global_words", "ld_global_u16", "ld_shared_u32", "ld_shared_f32",
               "st_shared_v4", "st_shared_f32", "st_global_v2_f32", "mma_16816",
               "movmatrix_trans", "prmt", "pack2", "ex2", "lg2", "bf16_bits_to_f32", "fmax",
-              "select"):
+              "select", "unpack2_f32", "fwht_f32"):
     setattr(ptx, _name, staticmethod(globals()[_name]))
 
 
@@ -381,13 +424,13 @@ class TQDecodeSplitK:
     @cute.jit
     def __call__(self, mQ: cute.Tensor, mKc: cute.Tensor, mVc: cute.Tensor,
                  mKn: cute.Tensor, mVn: cute.Tensor, mBT: cute.Tensor, mSeq: cute.Tensor,
-                 mKcb: cute.Tensor, mVcb: cute.Tensor, mOp: cute.Tensor, mLp: cute.Tensor,
-                 scale_log2: Float32, window_left: Int32, window_right: Int32,
-                 stream: cuda.CUstream):
+                 mKcb: cute.Tensor, mVcb: cute.Tensor, mKs: cute.Tensor, mOp: cute.Tensor,
+                 mLp: cute.Tensor, scale_log2: Float32, window_left: Int32,
+                 window_right: Int32, stream: cuda.CUstream):
         num_splits = mOp.shape[0]
         batch = mQ.shape[0]
         hkv = mKc.shape[2]
-        self.kernel(mQ, mKc, mVc, mKn, mVn, mBT, mSeq, mKcb, mVcb, mOp, mLp, scale_log2,
+        self.kernel(mQ, mKc, mVc, mKn, mVn, mBT, mSeq, mKcb, mVcb, mKs, mOp, mLp, scale_log2,
                     window_left, window_right).launch(
             grid=[num_splits, hkv * self.cfg.col_ctas, batch], block=[self.num_threads, 1, 1],
             smem=self.cfg.smem_bytes, stream=stream,
@@ -489,12 +532,33 @@ class TQDecodeSplitK:
             nbuf[rr] = ptx.ld_global_u16(ka)
             nbuf[2 + rr] = ptx.ld_global_u16(va)
 
+    @cute.jit
+    def rotate_q(self, qf: cute.Tensor, mKs: cute.Tensor, lane: Int32, c: Int32):
+        """Rotate the loaded query fragments in registers: q' = H (s ⊙ q) / sqrt(D), fp32,
+        rounded once to the operand type (what the former separate GEMM computed, up to the
+        fp32 summation order). The 4 lanes c = 0..3 of a column hold its quarters, so the
+        last two WHT stages (h = D/4, D/2) are lane-xor 1 and 2 shuffles. Columns past NCOL
+        hold zeros and stay zero; every lane runs the shuffles."""
+        D = self.D
+        QW = D // 4  # elements per lane
+        sign = [mKs[c * QW + e] for e in range(QW)]
+        inv_sqrt_d = Float32(1.0 / math.sqrt(D))
+        for j in cutlass.range_constexpr(self.NTW):
+            x = []
+            for w in cutlass.range_constexpr(D // 8):
+                lo, hi = ptx.unpack2_f32(qf[j, w], self.is_bf16)
+                x += [lo * sign[2 * w], hi * sign[2 * w + 1]]
+            x = ptx.fwht_f32(x, lane, (1, 2))
+            for w in cutlass.range_constexpr(D // 8):
+                qf[j, w] = ptx.pack2(x[2 * w] * inv_sqrt_d, x[2 * w + 1] * inv_sqrt_d,
+                                     self.is_bf16)
+
     # ------------------------------------------------------------------ kernel
     @cute.kernel
     def kernel(self, mQ: cute.Tensor, mKc: cute.Tensor, mVc: cute.Tensor, mKn: cute.Tensor,
                mVn: cute.Tensor, mBT: cute.Tensor, mSeq: cute.Tensor, mKcb: cute.Tensor,
-               mVcb: cute.Tensor, mOp: cute.Tensor, mLp: cute.Tensor, scale_log2: Float32,
-               window_left: Int32, window_right: Int32):
+               mVcb: cute.Tensor, mKs: cute.Tensor, mOp: cute.Tensor, mLp: cute.Tensor,
+               scale_log2: Float32, window_left: Int32, window_right: Int32):
         D, G, QL, NTW = self.D, self.G, self.QL, self.NTW
         NCOL = G * QL
         KCH = D // 16  # QK K-chunks == PV M-tiles
@@ -532,6 +596,8 @@ class TQDecodeSplitK:
             else:
                 for w in cutlass.range_constexpr(D // 8):
                     qf[j, w] = Uint32(0)
+        if const_expr(self.cfg.rotate_query):
+            self.rotate_q(qf, mKs, lane, c)
 
         # ---- sequence range of this split
         L = mSeq[b]
@@ -788,6 +854,7 @@ def _compile_args(cfg: DecodeConfig):
         _fake(cutlass.Int32, 1, 4),                             # seqused_k
         _fake(Float32, 1, 4, 1 << cfg.k_bits),                  # k_codebook
         _fake(Float32, 1, 4, 1 << cfg.v_bits),                  # v_codebook
+        _fake(Float32, 1, 4, d),                                # k_signs
         _fake(Float32, 5, 16, d),                               # partial out
         _fake(Float32, 4, 4),                                   # partial lse
         Float32(1.0), Int32(-1), Int32(-1),
@@ -820,7 +887,8 @@ def _report_configs() -> list[DecodeConfig]:
     cfgs += [fp(4, 4, 64, 4, 1), fp(8, 8, 256, 4, 1), fp(4, 4, 128, 4, 4), fp(4, 4, 128, 1, 1),
              fp(4, 4, 128, 16, 8), fp(4, 4, 256, 16, 8), fp(8, 8, 256, 16, 8),
              fp(2, 2, 64, 16, 1), fp(4, 4, 128, 4, 1, "float16"),
-             DecodeConfig(4, 4, 128, 4, 1, prefetch=False), DecodeConfig(2, 2, 128, 4, 1, prefetch=False)]
+             DecodeConfig(4, 4, 128, 4, 1, prefetch=False), DecodeConfig(2, 2, 128, 4, 1, prefetch=False),
+             fp(4, 4, 128, 4, 1, rotate_query=False)]
     return cfgs
 
 
@@ -831,7 +899,7 @@ def compile_configs():
     out = []
     for cfg in _report_configs():
         variant = (f"g{cfg.qhead_per_kvhead}q{cfg.q_len}_{cfg.dtype}_w{cfg.num_warps}"
-                   f"{'_pf' if cfg.prefetch else ''}")
+                   f"{'_pf' if cfg.prefetch else ''}{'_rq' if cfg.rotate_query else ''}")
 
         def build(cfg=cfg):
             import cutlass.cute as cute
@@ -858,10 +926,12 @@ def decode_cuda(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k, k_c
                 config=None):
     """tqkv.decode on CUDA tensors (arguments already validated by fa4_tq.validate).
 
-    Returns (out [B, q_len, Hq, D] in q.dtype, lse fp32 [B, Hq, q_len]). ``out`` / ``lse``
-    may be given (preallocated, e.g. for CUDA graphs or NaN-poisoned tests); ``config``
-    overrides the shipped tuning (benchmarks). Allocations
-    (rotated q, fp32 partials) go through torch's caching allocator: capture-safe."""
+    Two launches: the split-K kernel (rotates the query in its Q load) and the combine
+    (un-rotates the merged fp32 rows with a warp WHT and writes q.dtype). Returns
+    (out [B, q_len, Hq, D] in q.dtype, lse fp32 [B, Hq, q_len]). ``out`` / ``lse`` may be
+    given (preallocated, e.g. for CUDA graphs or NaN-poisoned tests); ``config`` overrides
+    the shipped tuning (benchmarks) and must agree with ``rotate_query``. The fp32 partials
+    come from torch's caching allocator: capture-safe."""
     from . import decode_combine
 
     batch, q_len, hq, d = q.shape
@@ -870,9 +940,14 @@ def decode_cuda(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k, k_c
     v_bits = codebook_bits(v_codebook)
     if q.dtype not in (torch.bfloat16, torch.float16):
         raise NotImplementedError(f"decode kernel supports bf16/fp16 queries, got {q.dtype}")
+    rotate_query = bool(rotate_query)
     if config is None:
         config = DecodeConfig.for_problem(k_bits, v_bits, d, hq // hkv, q_len,
-                                          "bfloat16" if q.dtype == torch.bfloat16 else "float16")
+                                          "bfloat16" if q.dtype == torch.bfloat16 else "float16",
+                                          rotate_query=rotate_query)
+    elif config.rotate_query != rotate_query:
+        raise ValueError(f"config.rotate_query={config.rotate_query} but the call asks "
+                         f"rotate_query={rotate_query}")
     cfg = config
     if out is None:
         out = torch.empty(batch, q_len, hq, d, dtype=q.dtype, device=q.device)
@@ -883,18 +958,13 @@ def decode_cuda(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k, k_c
     if num_splits == 0:
         num_splits = choose_num_splits(batch, hkv, block_table.shape[1] * k_cache.shape[1], cfg)
 
-    q_rot = (apply_rotation(q, rotation_matrix(k_signs)) if rotate_query
-             else q.contiguous())
+    q = q.contiguous()  # no copy when already contiguous (16-byte aligned rows for the loads)
     o_part = torch.empty(num_splits, batch, q_len, hq, d, dtype=torch.float32, device=q.device)
     l_part = torch.empty(num_splits, batch, q_len, hq, dtype=torch.float32, device=q.device)
     wr = 0 if causal else window_right
-    get_compiled(cfg)(q_rot, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k,
-                      k_codebook, v_codebook, o_part, l_part, float(softmax_scale) * LOG2E,
-                      int(window_left), int(wr))
-    if unrotate_output:
-        o_rot = torch.empty(batch, q_len, hq, d, dtype=torch.float32, device=q.device)
-        decode_combine.combine(o_part, l_part, o_rot, lse)
-        out.copy_(apply_rotation(o_rot, rotation_matrix(v_signs, inverse=True)))
-    else:
-        decode_combine.combine(o_part, l_part, out, lse)
+    get_compiled(cfg)(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k,
+                      k_codebook, v_codebook, k_signs, o_part, l_part,
+                      float(softmax_scale) * LOG2E, int(window_left), int(wr))
+    decode_combine.combine(o_part, l_part, out, lse,
+                           v_signs if unrotate_output else None)
     return out, lse

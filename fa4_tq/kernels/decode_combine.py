@@ -5,8 +5,12 @@ l_part [S, B, q_len, Hq] (-inf for a split that saw no key). Output row r:
   M = max_s l_s,  w_s = exp(l_s - M),  out = Σ w_s o_s / Σ w_s,  lse = M + log Σ w_s
 and out = 0, lse = -inf when every split is empty. One warp per output row, each lane owns
 D/32 consecutive elements; LSEs are read by all lanes (one broadcast transaction).
-``out`` is either q.dtype (final output) or fp32 (when the caller un-rotates afterwards,
-so the result is rounded only once).
+
+With ``unrotate`` the merged fp32 row is un-rotated in registers before its single rounding
+to ``out``'s dtype: x = s_v ⊙ H y / sqrt(D) (codec.unrotate), the WHT done as in-lane
+butterflies for the stages inside a lane's D/32 elements and lane-xor shuffles for the
+other five (``decode.fwht_f32``). This replaces the former fp32 GEMM + scale + cast
+launches after the combine.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class CombineConfig:
 
     head_dim: int
     out_dtype: str  # "bfloat16", "float16" or "float32"
+    unrotate: bool = False  # apply the inverse V rotation (v signs) before the store
 
     def __post_init__(self):
         if self.head_dim not in (64, 128, 256):
@@ -52,15 +57,15 @@ class TQDecodeCombine:
 
     @cute.jit
     def __call__(self, mOp: cute.Tensor, mLp: cute.Tensor, mO: cute.Tensor,
-                 mLse: cute.Tensor, stream: cuda.CUstream):
+                 mLse: cute.Tensor, mVs: cute.Tensor, stream: cuda.CUstream):
         rows = mO.shape[0] * mO.shape[1] * mO.shape[2]
-        self.kernel(mOp, mLp, mO, mLse).launch(
+        self.kernel(mOp, mLp, mO, mLse, mVs).launch(
             grid=[(rows + ROWS_PER_CTA - 1) // ROWS_PER_CTA, 1, 1],
             block=[32 * ROWS_PER_CTA, 1, 1], stream=stream)
 
     @cute.kernel
     def kernel(self, mOp: cute.Tensor, mLp: cute.Tensor, mO: cute.Tensor,
-               mLse: cute.Tensor):
+               mLse: cute.Tensor, mVs: cute.Tensor):
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
         lane = tidx % 32
@@ -87,12 +92,18 @@ class TQDecodeCombine:
                     acc[k] = acc[k] + w * mOp[s, b, qi, h, lane * self.per_lane + k]
             has = wsum > Float32(0.0)
             inv = ptx.select(has, Float32(1.0) / wsum, Float32(0.0), Float32)
+            vals = [acc[k] * inv for k in range(self.per_lane)]
+            if const_expr(self.cfg.unrotate):
+                # lanes differing in bit m hold the halves of WHT stage h = per_lane * m
+                vals = ptx.fwht_f32(vals, lane, (1, 2, 4, 8, 16))
+                inv_sqrt_d = Float32(1.0 / math.sqrt(self.cfg.head_dim))
+                vals = [vals[k] * inv_sqrt_d * mVs[lane * self.per_lane + k]
+                        for k in range(self.per_lane)]
             for k in cutlass.range_constexpr(self.per_lane):
-                val = acc[k] * inv
                 if const_expr(self.cfg.out_dtype == "float32"):
-                    mO[b, qi, h, lane * self.per_lane + k] = val
+                    mO[b, qi, h, lane * self.per_lane + k] = vals[k]
                 else:
-                    mO[b, qi, h, lane * self.per_lane + k] = val.to(mO.element_type)
+                    mO[b, qi, h, lane * self.per_lane + k] = vals[k].to(mO.element_type)
             if lane == 0:
                 mLse[b, h, qi] = ptx.select(
                     has, m_use + ptx.lg2(wsum) * Float32(math.log(2.0)), Float32(NEG_INF),
@@ -106,6 +117,7 @@ def _compile_args(cfg: CombineConfig):
            "float32": Float32}[cfg.out_dtype]
     return (_fake(Float32, 5, 16, cfg.head_dim), _fake(Float32, 4, 4),
             _fake(odt, 4, 16, cfg.head_dim), _fake(Float32, 3, 4),
+            _fake(Float32, 1, 4, cfg.head_dim),
             cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True))
 
 
@@ -121,10 +133,15 @@ def get_compiled(cfg: CombineConfig):
 
 
 def combine(o_part: torch.Tensor, l_part: torch.Tensor, out: torch.Tensor,
-            lse: torch.Tensor) -> None:
-    """o_part [S,B,q,Hq,D] f32, l_part [S,B,q,Hq] f32 -> out [B,q,Hq,D], lse [B,Hq,q]."""
-    cfg = CombineConfig(out.shape[-1], str(out.dtype).replace("torch.", ""))
-    get_compiled(cfg)(o_part, l_part, out, lse)
+            lse: torch.Tensor, v_signs: torch.Tensor | None = None) -> None:
+    """o_part [S,B,q,Hq,D] f32, l_part [S,B,q,Hq] f32 -> out [B,q,Hq,D], lse [B,Hq,q];
+    un-rotated with ``v_signs`` (fp32 [D]) when given."""
+    cfg = CombineConfig(out.shape[-1], str(out.dtype).replace("torch.", ""),
+                        unrotate=v_signs is not None)
+    # the signs are read only when unrotating; otherwise any fp32 [D] view fills the slot
+    # (no allocation, so graph capture stays clean)
+    get_compiled(cfg)(o_part, l_part, out, lse,
+                      v_signs if v_signs is not None else o_part[0, 0, 0, 0])
 
 
 def compile_configs():
@@ -132,8 +149,8 @@ def compile_configs():
 
     out = []
     for d in (64, 128, 256):
-        for odt in ("bfloat16", "float32"):
-            cfg = CombineConfig(d, odt)
+        for unrotate in (True, False):
+            cfg = CombineConfig(d, "bfloat16", unrotate)
 
             def build(cfg=cfg):
                 import cutlass.cute as cute
@@ -141,5 +158,6 @@ def compile_configs():
                 return (functools.partial(cute.compile, options="--enable-tvm-ffi"),
                         (TQDecodeCombine(cfg),) + _compile_args(cfg))
 
-            out.append(KernelConfig("decode_combine", 0, 0, d, odt, build))
+            out.append(KernelConfig("decode_combine", 0, 0, d,
+                                    "bfloat16_unrot" if unrotate else "bfloat16", build))
     return out
