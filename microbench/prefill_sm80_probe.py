@@ -46,11 +46,12 @@ def log(*a):
 
 
 @contextlib.contextmanager
-def stage_codes(on: bool):
-    """Select PrefillSm80Config.stage_codes for the dispatcher (default True)."""
+def sm80_config(staged: bool = True, tile_m: int = 64):
+    """Select PrefillSm80Config.stage_codes / tile_m for the dispatcher (defaults True / 64).
+    Both are part of the config, hence of the compile-cache key."""
     from fa4_tq.kernels import prefill_sm80 as P
     orig = P.make_config
-    P.make_config = functools.partial(orig, stage_codes=on)
+    P.make_config = functools.partial(orig, stage_codes=staged, tile_m=tile_m)
     try:
         yield
     finally:
@@ -59,10 +60,11 @@ def stage_codes(on: bool):
 
 def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
           qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, lut=(None, None),
-          staged=True):
-    with stage_codes(staged):
-        return _check(name + ("" if staged else " direct-load"), q_lens, k_lens, hq, hkv, d,
-                      kb, vb, block_size, causal, wl, wr, qdtype, rotate, unrotate, seed, lut)
+          staged=True, tile_m=64):
+    with sm80_config(staged, tile_m):
+        name += ("" if staged else " direct-load") + ("" if tile_m == 64 else f" tile_m{tile_m}")
+        return _check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl, wr,
+                      qdtype, rotate, unrotate, seed, lut)
 
 
 def _check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl, wr, qdtype,
@@ -133,8 +135,8 @@ def bench_fn(fn):
 
 
 def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
-          luts=((None, None),), baselines=True, variants=(True,)):
-    """``variants``: stage_codes values to time (True = cp.async staging, the default)."""
+          luts=((None, None),), baselines=True, variants=((True, 64),), fa4_default=True):
+    """``variants``: (stage_codes, tile_m) pairs to time ((True, 64) = the default)."""
     from flash_attn.cute.interface import flash_attn_func
     g = torch.Generator(device=DEV).manual_seed(kb * 10 + vb)
     total = batch * seqlen
@@ -170,20 +172,21 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
             if ref_o is None:
                 ref_o = o.clone().double()
             base[f"fa4sm80_{tm}x{tn}"] = bench_fn(run)
-        fa4 = lambda: flash_attn_func(qb, kb4, vb4, softmax_scale=scale, causal=causal)  # noqa
-        base["fa4_default"] = bench_fn(fa4)
-    for lut, staged in ((lut, staged) for lut in luts for staged in variants):
+        if fa4_default:  # FA4's own path for this GPU (Sm90 on an H100); a long compile
+            fa4 = lambda: flash_attn_func(qb, kb4, vb4, softmax_scale=scale, causal=causal)  # noqa
+            base["fa4_default"] = bench_fn(fa4)
+    for lut, (staged, tile_m) in ((lut, v) for lut in luts for v in variants):
         ours = lambda: prefill_cuda(  # noqa
             q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook, codec.v_codebook,
             codec.k_signs, codec.v_signs, seqlen, scale, causal, -1, -1, False, False,
             backend="sm80", register_lut=lut)
-        with stage_codes(staged):  # compile (first call) and timing under the same variant
+        with sm80_config(staged, tile_m):  # compile (first call) and timing, same variant
             o1 = ours()[0].view(batch, seqlen, hq, d).double()
             t = bench_fn(ours)
         agree = float((o1 - ref_o).norm() / ref_o.norm()) if ref_o is not None else float("nan")
         tag = "default" if lut == (None, None) else "".join("r" if x else "s" for x in lut)
         name = (f"K{kb}V{vb} B{batch} S{seqlen} {'causal' if causal else 'full'} lut={tag} "
-                f"{'cp.async-staged' if staged else 'direct-load'}")
+                f"{'cp.async-staged' if staged else 'direct-load'} tile{tile_m}x64")
         rel = " ".join(f"{k} {v:.3f}ms ({tf(v):.0f}TF, our speed vs it {v / t:.3f}x)"
                        for k, v in base.items())
         log(f"BENCH {name}: ours {t:.3f} ms ({tf(t):.0f} TF/s) | {rel} | "
@@ -212,9 +215,26 @@ def main():
     log(torch.cuda.get_device_name(), torch.cuda.get_device_capability(), torch.__version__)
     ql, kl = [1, 17, 300], [40, 17, 1000]
     RR, SS = (True, True), (False, False)
-    # 1. smoke + headline timing first (a timeout must still leave the key numbers)
+    W64, W128 = (True, 64), (True, 128)  # (cp.async staging, tile_m): 4 / 8 warps
+    # 1. smoke (default config, and the 8-warp tile) + headline timing first (a timeout must
+    # still leave the key numbers)
     guarded(check, "K4V4 d128 g4 full bs16", ql, kl, 8, 2, 128, 4, 4, 16, False)
-    guarded(bench, 4, 4, 8192, False, luts=(SS, RR), variants=(True, False))
+    guarded(check, "K4V4 d128 g4 causal bs16", ql, kl, 8, 2, 128, 4, 4, 16, True, seed=3,
+            tile_m=128)
+    guarded(bench, 4, 4, 8192, False, luts=(RR, SS), variants=(W64, W128),
+            fa4_default=not quick)
+    # The 17:22 run reported inf for every check after the bench: the first K tile decoded
+    # stale shared memory (uncommitted cp.async group), so it depended on what earlier kernels
+    # left there. Re-check right after the bench (the first reuses the bench's kernel).
+    guarded(check, "K4V4 d128 g4 full bs128 (after bench)", ql, kl, 8, 2, 128, 4, 4, 128,
+            False, seed=4)
+    guarded(check, "K2V2 d128 g4 causal bs16 (after bench)", ql, kl, 8, 2, 128, 2, 2, 16, True,
+            seed=5, tile_m=128)
+    guarded(bench, 2, 2, 8192, False, variants=(W64, W128), fa4_default=not quick)
+    guarded(bench, 8, 8, 8192, False, variants=(W64, W128), fa4_default=not quick)
+    guarded(bench, 4, 4, 8192, True, variants=(W64, W128), fa4_default=not quick)
+    if quick:  # the correctness matrix is tests/gpu/test_prefill_sm80.py's job
+        return summary(t_start)
     # 2. correctness: all nine configs at D=128 (GQA 4), causal and not, paged
     for i, (kb, vb) in enumerate(BITS):
         for causal in (False, True):
@@ -245,8 +265,12 @@ def main():
     # 3. timing: all nine configs at S=8K (baselines re-measured per row: same run, same data)
     for kb, vb in BITS:
         if (kb, vb) != (4, 4):
-            guarded(bench, kb, vb, 8192, False, baselines=not quick or (kb, vb) == (2, 2))
+            guarded(bench, kb, vb, 8192, False, variants=(W64, W128))
     guarded(bench, 4, 4, 8192, True)
+    summary(t_start)
+
+
+def summary(t_start):
     log(f"total {time.time() - t_start:.0f}s")
     log("\n=== summary ===")
     for r in ROWS:

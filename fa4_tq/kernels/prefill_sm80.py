@@ -1,7 +1,8 @@
 """PrefillSm80: FlashAttention-4's mma.sync (Sm80) forward reading the TurboQuant paged cache.
 
-STATUS: compiled (sm_90a and sm_80, zero spills, tests/compile/test_compile_prefill_sm80.py)
-but NOT YET VALIDATED ON A GPU. ``tqkv.prefill(..., backend="sm80")`` therefore raises
+STATUS: compiled (sm_90a and sm_80, zero spills, tests/compile/test_compile_prefill_sm80.py).
+First H100 run (2026-11-23 17:22) found a race (uncommitted priming cp.async group: stale first
+K tile), fixed; NOT YET VALIDATED ON A GPU after the fix. ``tqkv.prefill(..., backend="sm80")`` therefore raises
 NotImplementedError unless the environment variable ``FA4TQ_UNVALIDATED_SM80=1`` is set (for
 the validation run itself: tests/gpu/test_prefill_sm80.py, microbench/prefill_sm80_probe.py).
 ``backend="auto"`` never selects this kernel.
@@ -19,11 +20,12 @@ docs/prefill-sm80-notes.md for the register-fragment design this is the stepping
   arch test in FA4's Sm80 code takes the sm_80 branch (no TMA-O epilogue, no stmatrix) when
   the module is compiled for sm_90a.
 * ``load_K`` / ``load_V`` (the callables compute_one_n_block calls) are replaced: thread t
-  of the 128 owns half a row of the 64-row K/V tile (row t // 2, half t % 2). Default
+  of the 128 owns half a row of the 64-row K/V tile (row t // 2, half t % 2; with the
+  opt-in 8-warp tile_m=128, thread t of 256 owns a quarter row). Default
   (``stage_codes``): the call for block n waits for the cp.async that the previous call (or
   the prologue) issued for block n into a thread-private staging slot (codes + the 32-bit
-  word holding the row's bf16 norm), decodes them (shared-memory byte LUT, or for 2/4-bit
-  sides optionally the ``prmt`` register LUT), writes 8-element chunks with ``st.shared.v4``
+  word holding the row's bf16 norm), decodes them (``prmt`` register LUT for 2/4-bit sides
+  by default, shared-memory byte LUT for 8-bit or on request), writes 8-element chunks with ``st.shared.v4``
   into FA4's swizzled bf16 K/V stage at the offsets FA4's own ``sK_layout`` / ``sV_layout``
   give, then issues the cp.async for block n - 1 (the page table gives the cache row;
   ``seqused_k`` the valid rows). The global latency of the codes thus overlaps the gemm
@@ -33,7 +35,8 @@ docs/prefill-sm80-notes.md for the register-fragment design this is the stepping
   predicated off / zero-filled), so V never carries garbage into P@V.
   The tile stores are ordinary shared-memory stores issued where FA4 issues its cp.async
   K/V copies; FA4's ``cp_async_wait_group + barrier`` before each consumer read orders them
-  (the stage written is never the one being read, as for FA4's cp.async).
+  (the stage written is never the one being read, as for FA4's cp.async). Every wait on the
+  staged codes commits first: ``cp.async.wait_group`` ignores the uncommitted group.
 * The kernel entry is this module's (varlen Q over ``cu_seqlens_q``, paged K/V, codebook
   tables built per CTA); its mainloop follows FA4 Sm90's block order (first block with
   seqlen masking, causal/local-masked blocks, unmasked interior, left-window-masked blocks
@@ -74,7 +77,9 @@ from flash_attn.cute.utils import AuxData
 
 from . import dequant as dq
 
-NUM_THREADS = 128  # FA4's Sm80 forward: 4 warps (interface.py forces 128 for 8.x / 12.x)
+# FA4's interface forces 4 warps (128 threads, tile_m 64/128) on 8.x; here tile_m fixes the warp
+# count instead (PrefillSm80Config.num_threads).
+ROWS_PER_WARP = 16  # FA4's Sm80 tiled MMA: warps stacked along M, one m16n8k16 row block each
 SM80_SMEM_CAPACITY = 163 * 1024  # A100 max dynamic shared memory per block (the portable bound)
 SMEM_RESERVE = 1024  # struct alignment padding
 
@@ -94,6 +99,8 @@ class PrefillSm80Config:
     # FA4's Sm80 default is 128 x 64 (interface.py), but at D=128 that tile spills on
     # sm_90a (FA4's own bf16 class too: 320 B, 552 B causal); 64 x 64 compiles spill-free for
     # every config here (acc_O is 64 fp32 registers per thread instead of 128).
+    # tile_m 128 runs 8 warps (256 threads, 16 query rows per warp as at 64 x 64), so acc_O
+    # stays 64 registers per thread while each decoded K/V tile serves twice the query rows.
     tile_m: int = 64
     tile_n: int = 64
     num_stages: int = 1  # FA4's Sm80 default
@@ -117,9 +124,15 @@ class PrefillSm80Config:
             if reg and bits not in (2, 4):
                 raise ValueError(f"register LUT decode is for 2- and 4-bit codes, not "
                                  f"{side}_bits={bits}")
-        if NUM_THREADS % self.tile_n or self.tile_n * 2 < NUM_THREADS:
-            raise ValueError(f"PrefillSm80: tile_n {self.tile_n} must give 1 or 2 threads "
-                             f"per K/V row ({NUM_THREADS} threads)")
+        if self.tile_m not in (64, 128):
+            raise ValueError(f"PrefillSm80: tile_m must be 64 (4 warps) or 128 (8 warps), "
+                             f"got {self.tile_m}")
+        # threads per K/V row the loader was built and checked for: 2 (4 warps, tile_n 64) or
+        # 4 (8 warps, tile_n 64); 1 at 4 warps and tile_n 128 is the same code path as 2.
+        allowed = (1, 2) if self.tile_m == 64 else (4,)
+        if self.num_threads % self.tile_n or self.num_threads // self.tile_n not in allowed:
+            raise ValueError(f"PrefillSm80: tile_n {self.tile_n} must give {allowed} threads "
+                             f"per K/V row ({self.num_threads} threads)")
         if self.stage_codes and self.num_stages != 1:
             raise ValueError("PrefillSm80: stage_codes relies on FA4's one-stage order "
                              "(every load follows a cp_async_wait_group(0))")
@@ -129,8 +142,12 @@ class PrefillSm80Config:
                                  f"a multiple of 8 B")
 
     @property
+    def num_threads(self) -> int:
+        return self.tile_m // ROWS_PER_WARP * 32
+
+    @property
     def threads_per_row(self) -> int:
-        return NUM_THREADS // self.tile_n
+        return self.num_threads // self.tile_n
 
     @property
     def name(self) -> str:
@@ -161,9 +178,9 @@ class PrefillSm80Config:
                 else dq.lut_bytes(self.v_bits, self.v_lut_replicas))
 
     def stage_side_bytes(self, is_k: bool) -> int:
-        """Staging of one side: 2 slots x 128 threads x (codes part + one 32-bit norm word)."""
+        """Staging of one side: 2 slots x threads x (codes part + one 32-bit norm word)."""
         part = self.k_part_bytes() if is_k else self.v_part_bytes()
-        return 2 * NUM_THREADS * (part + 4) if self.stage_codes else 0
+        return 2 * self.num_threads * (part + 4) if self.stage_codes else 0
 
     def smem_bytes(self) -> int:
         d = self.head_dim
@@ -173,24 +190,27 @@ class PrefillSm80Config:
 
 
 def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
-    """Decode choice per side. Unmeasured on any GPU (no device time this session): the
-    shared-memory byte LUT everywhere, the path whose arithmetic the Sm90 prefill validated
-    bit-exactly first; the register LUT stays selectable (benchmark hook, compile-checked)."""
-    return False, False
+    """Decode choice per side: the ``prmt`` register LUT for 2- and 4-bit sides, the
+    shared-memory byte LUT for 8-bit. Measured on the H100 (2026-11-23 17:22, K4V4, B1 S8192,
+    64 x 64, cp.async staging): register LUT 5.37 ms vs shared-memory LUT 6.76 ms. Here the
+    decode runs in the MMA warps, so the LUT's shared-memory loads compete with ldmatrix;
+    the register LUT issues none per code. Other widths: prediction, the probe re-measures."""
+    return k_bits in (2, 4), v_bits in (2, 4)
 
 
 def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
                 local: bool, has_window_left: bool, has_window_right: bool,
                 k_register_lut: Optional[bool] = None,
                 v_register_lut: Optional[bool] = None,
-                stage_codes: bool = True) -> PrefillSm80Config:
+                stage_codes: bool = True, tile_m: int = 64) -> PrefillSm80Config:
     k_default, v_default = default_register_lut(k_bits, v_bits)
     kr = bool(k_default if k_register_lut is None else k_register_lut) and k_bits != 8
     vr = bool(v_default if v_register_lut is None else v_register_lut) and v_bits != 8
     cfg = PrefillSm80Config(
         head_dim, k_bits, v_bits, qhead_per_kvhead, causal, local, has_window_left,
         has_window_right, k_register_lut=kr, v_register_lut=vr,
-        k_lut_replicas=1 if kr else 8, v_lut_replicas=1 if vr else 8, stage_codes=stage_codes)
+        k_lut_replicas=1 if kr else 8, v_lut_replicas=1 if vr else 8, stage_codes=stage_codes,
+        tile_m=tile_m)
     if cfg.smem_bytes() > SM80_SMEM_CAPACITY:  # cannot happen for D <= 128; kept as a guard
         raise NotImplementedError(f"PrefillSm80: {cfg.name} needs {cfg.smem_bytes()} B smem")
     return cfg
@@ -203,7 +223,7 @@ class PrefillSm80(FlashAttentionForwardSm80):
         super().__init__(
             cutlass.BFloat16, cfg.head_dim, cfg.head_dim, cfg.qhead_per_kvhead,
             is_causal=cfg.causal, is_local=cfg.local, pack_gqa=False, tile_m=cfg.tile_m,
-            tile_n=cfg.tile_n, num_stages=cfg.num_stages, num_threads=NUM_THREADS,
+            tile_n=cfg.tile_n, num_stages=cfg.num_stages, num_threads=cfg.num_threads,
             Q_in_regs=False)
         # Same trick as FA4's FlashAttentionForwardSm120: every `self.arch` test in FA4's
         # Sm80 code (TMA-O epilogue, stmatrix store atom) takes the sm_80 branch even when
@@ -339,11 +359,11 @@ class PrefillSm80(FlashAttentionForwardSm80):
         if const_expr(cfg.k_register_lut):
             dq.build_entry_words(mKCB, lutk_addr, cfg.k_bits, tidx)
         else:
-            dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx, NUM_THREADS)
+            dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx, cfg.num_threads)
         if const_expr(cfg.v_register_lut):
             dq.build_entry_words(mVCB, lutv_addr, cfg.v_bits, tidx)
         else:
-            dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx, NUM_THREADS)
+            dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx, cfg.num_threads)
 
         tile_scheduler = TileScheduler.create(tile_sched_params)
         work_tile = tile_scheduler.initial_work_tile_info()
@@ -567,8 +587,9 @@ class PrefillSm80(FlashAttentionForwardSm80):
         part = cfg.k_part_bytes() if is_k else cfg.v_part_bytes()
         base = ctx.stage_addr + (0 if is_k else cfg.stage_side_bytes(True))
         slot = block & 1
-        codes = base + slot * (NUM_THREADS * part) + ctx.tidx * part
-        norm = base + 2 * NUM_THREADS * part + slot * (NUM_THREADS * 4) + ctx.tidx * 4
+        nthr = cfg.num_threads
+        codes = base + slot * (nthr * part) + ctx.tidx * part
+        norm = base + 2 * nthr * part + slot * (nthr * 4) + ctx.tidx * 4
         return codes, norm
 
     def _codes_source(self, ctx: "_LoadCtx", is_k: bool, block: Int32):
@@ -685,7 +706,7 @@ def build_compile(cfg: PrefillSm80Config):
 
 def shipped_configs() -> list[PrefillSm80Config]:
     """All nine (k_bits, v_bits) at D=128, GQA 4, causal and not; a sliding window; a D=64
-    subset; and the register-LUT decode variants the device probe compares."""
+    subset; the shared-memory-LUT decode variants and the 8-warp tile the probe compares."""
     out = []
     for kb in (2, 4, 8):
         for vb in (2, 4, 8):
@@ -694,8 +715,11 @@ def shipped_configs() -> list[PrefillSm80Config]:
     out.append(make_config(128, 4, 4, 4, False, True, True, True))
     for kb, vb in ((4, 4), (2, 2), (8, 8), (2, 8), (8, 2)):
         out.append(make_config(64, kb, vb, 4, True, False, False, False))
-    for kb, vb in ((4, 4), (2, 2), (4, 2)):
-        out.append(make_config(128, kb, vb, 4, True, False, False, False, True, True))
+    for kb, vb in ((4, 4), (2, 2), (4, 2)):  # the non-default shared-memory LUT decode
+        out.append(make_config(128, kb, vb, 4, True, False, False, False, False, False))
+    # the 8-warp 128 x 64 tile (opt-in, timed by the probe against the default 64 x 64)
+    out.append(make_config(128, 4, 4, 4, False, False, False, False, tile_m=128))
+    out.append(make_config(128, 8, 8, 4, True, False, False, False, tile_m=128))
     # the direct-load variant (no cp.async staging) the probe times against the default
     for d, kb, vb, causal in ((128, 4, 4, False), (128, 4, 4, True), (128, 2, 2, True),
                               (128, 8, 8, True), (64, 2, 2, True)):

@@ -128,6 +128,16 @@ def test_config_guards():
     assert not cfg.k_register_lut and cfg.v_register_lut and cfg.v_lut_replicas == 1
     with pytest.raises(ValueError, match="threads per K/V row"):
         P.PrefillSm80Config(128, 4, 4, 1, False, False, False, False, tile_n=32)
+    with pytest.raises(ValueError, match="tile_m must be 64"):
+        P.make_config(128, 4, 4, 4, False, False, False, False, tile_m=96)
+    # 8 warps: a quarter row per thread; D=64 with 2-bit codes would be 4 B per thread
+    wide = P.make_config(128, 4, 4, 4, False, False, False, False, tile_m=128)
+    assert wide.num_threads == 256 and wide.threads_per_row == 4 and wide.k_part_bytes() == 16
+    with pytest.raises(ValueError, match="multiple of 8"):
+        P.make_config(64, 2, 4, 4, True, False, False, False, tile_m=128)
+    # the default decode: register LUT for 2/4-bit sides, shared-memory LUT for 8-bit
+    d = P.make_config(128, 2, 8, 4, False, False, False, False)
+    assert d.k_register_lut and not d.v_register_lut and d.v_lut_replicas == 8
 
 
 def _dummy_args(device="cpu", d=128):

@@ -78,9 +78,28 @@ def test_direct_load_variant(monkeypatch, kb, vb, d, causal):
     _run([1, 17, 300], [40, 17, 1000], 8, 2, d, kb, vb, 16, causal, seed=40 + kb + vb + d)
 
 
-@pytest.mark.parametrize("kb,vb", [(4, 4), (2, 8), (8, 2), (2, 2)])
+@pytest.mark.parametrize("kb,vb", BITS)
 def test_d64(kb, vb):
     _run([1, 17, 300], [40, 17, 1000], 8, 2, 64, kb, vb, 16, True, seed=kb + vb)
+
+
+@pytest.mark.parametrize("kb,vb,causal,block_size,wl,wr,register_lut", [
+    (4, 4, False, 128, -1, -1, (None, None)),
+    (4, 4, True, 16, -1, -1, (None, None)),
+    (4, 4, False, 16, -1, -1, (False, False)),
+    (2, 2, False, 16, -1, -1, (None, None)),
+    (2, 2, True, 128, -1, -1, (None, None)),
+    (8, 8, False, 16, -1, -1, (None, None)),
+    (2, 8, True, 16, -1, -1, (None, None)),
+    (4, 2, True, 48, 64, -1, (None, None)),
+])
+def test_tile_m128_eight_warps(monkeypatch, kb, vb, causal, block_size, wl, wr, register_lut):
+    """tile_m=128 (8 warps, 4 threads per K/V row in the loader): the opt-in 8-warp tile."""
+    from functools import partial
+    from fa4_tq.kernels import prefill_sm80 as P
+    monkeypatch.setattr(P, "make_config", partial(P.make_config, tile_m=128))
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, block_size, causal, wl, wr,
+         seed=60 + kb + vb + causal, register_lut=register_lut)
 
 
 def test_queries_that_see_no_key():
