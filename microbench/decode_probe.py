@@ -99,7 +99,15 @@ def check_case(case):
         else:
             o = torch.full_like(x["q"], float("nan"))
             lse = torch.full(ref_l.shape, float("nan"), device="cuda")
-            dec.decode_cuda(*args, num_splits=case.get("splits", 0), out=o, lse=lse)
+            cfg = None
+            if case.get("variant"):  # a candidate tuning: the shipped config with overrides
+                import dataclasses
+                cfg = dataclasses.replace(dec.DecodeConfig.for_problem(
+                    case["kb"], case["vb"], case["D"], case["G"], case["qlen"],
+                    "float16" if case.get("fp16") else "bfloat16",
+                    rotate_query=case.get("rotq", True)), **case["variant"])
+            dec.decode_cuda(*args, num_splits=case.get("splits", 0), out=o, lse=lse,
+                            config=cfg)
         torch.cuda.synchronize()
         res["first_call_s"] = round(time.perf_counter() - t0, 2)
         o64, r64 = o.double(), ref_o.double()
@@ -190,13 +198,29 @@ def correctness_cases():
              qlen=1, bs=16, lens=[5003, 1], causal=True, wl=-1, wr=-1, splits=64, qscale=8.0),
     ]
     cases += extra
+    # candidate kernel variants (not shipped unless measured faster): same checks
+    for kb in CANDIDATE_BITS:
+        cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs16 variant prmt_index", kb=kb, vb=kb,
+                          D=128, G=4, Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True, wl=-1,
+                          wr=-1, variant=CANDIDATE))
+    cases.append(dict(name="K4V4 D128 G4 q4 bs16 window33 splits=7 variant prmt_index", kb=4, vb=4,
+                      D=128, G=4, Hkv=2, qlen=4, bs=16, lens=mixed_b, causal=True, wl=33,
+                      wr=-1, splits=7, variant=CANDIDATE))
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases
 
 
+#: the candidate tuning checked and timed next to the shipped one
+#: (4-bit only: 2-bit indices are nibbles, and the 8-bit build took 130 registers = one CTA
+#: per SM, 16 B spill when capped at 128)
+CANDIDATE = dict(prmt_index=True)
+CANDIDATE_BITS = (4,)
+
+
 def config_key(case):
-    return (case["kb"], case["vb"], case["D"], case["G"], case["qlen"], bool(case.get("fp16")))
+    return (case["kb"], case["vb"], case["D"], case["G"], case["qlen"], bool(case.get("fp16")),
+            case.get("rotq", True), tuple(sorted(case.get("variant", {}).items())))
 
 
 def run_checks(workers: int):
@@ -291,7 +315,7 @@ def old_path_decode(dec, q, kc, vc, kn, vn, bt, seq, codec, scale):
 
 
 def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
-          sweep=False, nopf=False):
+          sweep=False, nopf=False, candidate=True):
     from fa4_tq.kernels import decode as dec
     from fa4_tq.codec import TQCodec
     import torch.nn.functional as F
@@ -352,6 +376,17 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
                             row[f"K{kb}V{kb}_GBps"] = packed / us / 1e3
                     except Exception as exc:
                         row[f"K{kb}V{kb}_{tag}_err"] = repr(exc)[:300]
+                if candidate and kb in CANDIDATE_BITS:
+                    try:
+                        import dataclasses
+                        ccfg = dataclasses.replace(dec.DecodeConfig.for_problem(
+                            kb, kb, d, hq // hkv, 1), **CANDIDATE)
+                        row[f"K{kb}V{kb}_cand_us"] = gtime(lambda: dec.decode_cuda(
+                            q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
+                            codec.k_signs, codec.v_signs, scale, True, -1, -1, True, True,
+                            num_splits=0, config=ccfg))
+                    except Exception as exc:
+                        row[f"K{kb}V{kb}_cand_err"] = repr(exc)[:300]
                 if old:
                     try:
                         row[f"K{kb}V{kb}_old_us"] = gtime(lambda: old_path_decode(
@@ -429,9 +464,10 @@ def _print_bench_row(r):
             continue
         raw = r.get(f"K{kb}V{kb}_raw_us", float("nan"))
         old = r.get(f"K{kb}V{kb}_old_us", float("nan"))
+        cand = r.get(f"K{kb}V{kb}_cand_us", float("nan"))
         sp = f"{base / full:4.2f}x" if base else "?"
         parts.append(f"K{kb}V{kb} full={full:6.1f} ({sp}, old {base / old if base else 0:4.2f}x)"
-                     f" raw={raw:6.1f} old={old:6.1f}")
+                     f" raw={raw:6.1f} old={old:6.1f} cand={cand:6.1f}")
     print(" | ".join(parts), flush=True)
     for k, v in r.items():
         if k.endswith("_err") or k.endswith("sweep_us"):
@@ -449,6 +485,7 @@ def main():
     ap.add_argument("--no-old", action="store_true", help="skip the former-path baseline")
     ap.add_argument("--sweep", action="store_true", help="split-count sweep per row")
     ap.add_argument("--nopf", action="store_true", help="also time the no-prefetch config")
+    ap.add_argument("--no-candidate", action="store_true", help="skip the CANDIDATE tuning")
     ns = ap.parse_args()
     results = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__)
     print(f"device: {results['device']}, torch {results['torch']}")
@@ -470,7 +507,7 @@ def main():
         t1 = time.time()
         bench(results, tuple(int(x) for x in ns.lengths.split(",")),
               tuple(int(x) for x in ns.batches.split(",")), old=not ns.no_old,
-              sweep=ns.sweep, nopf=ns.nopf)
+              sweep=ns.sweep, nopf=ns.nopf, candidate=not ns.no_candidate)
         print(f"bench took {time.time() - t1:.0f}s")
     out = os.environ.get("OUT")
     if out:

@@ -91,6 +91,9 @@ class DecodeConfig:
     # one rounding to the operand type) instead of a separate GEMM launch: False when the
     # caller passes an already rotated query (rotate_query=False).
     rotate_query: bool = True
+    # Byte indices of the 4/8-bit tables extracted with one PRMT (byte k -> bits 0-7, zeros
+    # above) instead of shift + and: one instruction less per lookup of bytes 1 and 2.
+    prmt_index: bool = False
 
     def __post_init__(self):
         if self.k_bits not in (2, 4, 8) or self.v_bits not in (2, 4, 8):
@@ -193,7 +196,7 @@ class DecodeConfig:
     def name(self) -> str:
         return (f"decode_k{self.k_bits}v{self.v_bits}_d{self.head_dim}_g{self.qhead_per_kvhead}"
                 f"_q{self.q_len}_{self.dtype}_w{self.num_warps}{'_pf' if self.prefetch else ''}"
-                f"{'_rq' if self.rotate_query else ''}")
+                f"{'_rq' if self.rotate_query else ''}{'_pi' if self.prmt_index else ''}")
 
 
 #: Per-CTA fixed cost (tables, Q, merge, partial write) in units of one warp-tile, fitted
@@ -461,16 +464,26 @@ class TQDecodeSplitK:
         return ptx.ld_shared_u32(lane_base + Int32(index) * 128)
 
     @cute.jit
+    def byte_of(self, w, k: cutlass.Constexpr[int]):
+        """Byte k of word w as a table index (0..255)."""
+        if const_expr(k == 0 or k == 3):
+            return (w >> (8 * k)) & 0xFF  # one op either way (and / shift)
+        elif const_expr(self.cfg.prmt_index):
+            return ptx.prmt(w, Uint32(0), 0x4440 | k)
+        else:
+            return (w >> (8 * k)) & 0xFF
+
+    @cute.jit
     def k_pair(self, lb: Int32, words, p: cutlass.Constexpr[int]):
         """Packed (elem 2p, elem 2p+1) of a thread's K row segment."""
         if const_expr(self.kb == 4):
-            return self.lut(lb, (words[p // 4] >> (8 * (p % 4))) & 0xFF)
+            return self.lut(lb, self.byte_of(words[p // 4], p % 4))
         elif const_expr(self.kb == 2):
             return self.lut(lb, (words[p // 8] >> (4 * (p % 8))) & 0xF)
         else:
             w = words[p // 2]
-            lo = self.lut(lb, (w >> (16 * (p % 2))) & 0xFF)
-            hi = self.lut(lb, (w >> (16 * (p % 2) + 8)) & 0xFF)
+            lo = self.lut(lb, self.byte_of(w, 2 * (p % 2)))
+            hi = self.lut(lb, self.byte_of(w, 2 * (p % 2) + 1))
             return ptx.prmt(lo, hi, 0x5410)
 
     @cute.jit
@@ -482,16 +495,16 @@ class TQDecodeSplitK:
             w0 = vw[2 * tp]
             w1 = vw[2 * tp + 1]
             if const_expr(self.vb == 8):
-                a0 = self.lut(lb, (w0[(2 * i) // 4] >> (8 * ((2 * i) % 4))) & 0xFF)
-                a1 = self.lut(lb, (w1[(2 * i) // 4] >> (8 * ((2 * i) % 4))) & 0xFF)
-                b0 = self.lut(lb, (w0[(2 * i + 1) // 4] >> (8 * ((2 * i + 1) % 4))) & 0xFF)
-                b1 = self.lut(lb, (w1[(2 * i + 1) // 4] >> (8 * ((2 * i + 1) % 4))) & 0xFF)
+                a0 = self.lut(lb, self.byte_of(w0[(2 * i) // 4], (2 * i) % 4))
+                a1 = self.lut(lb, self.byte_of(w1[(2 * i) // 4], (2 * i) % 4))
+                b0 = self.lut(lb, self.byte_of(w0[(2 * i + 1) // 4], (2 * i + 1) % 4))
+                b1 = self.lut(lb, self.byte_of(w1[(2 * i + 1) // 4], (2 * i + 1) % 4))
                 regs.append(ptx.prmt(a0, a1, 0x5410))
                 regs.append(ptx.prmt(b0, b1, 0x5410))
             else:
                 if const_expr(self.vb == 4):
-                    x0 = self.lut(lb, (w0[i // 4] >> (8 * (i % 4))) & 0xFF)
-                    x1 = self.lut(lb, (w1[i // 4] >> (8 * (i % 4))) & 0xFF)
+                    x0 = self.lut(lb, self.byte_of(w0[i // 4], i % 4))
+                    x1 = self.lut(lb, self.byte_of(w1[i // 4], i % 4))
                 else:
                     x0 = self.lut(lb, (w0[i // 8] >> (4 * (i % 8))) & 0xF)
                     x1 = self.lut(lb, (w1[i // 8] >> (4 * (i % 8))) & 0xF)
