@@ -29,6 +29,7 @@ from .decode import _fake, ptx
 
 LOG2E = 1.4426950408889634
 ROWS_PER_CTA = 4
+UNROLL_SPLITS = 8
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,20 @@ class TQDecodeCombine:
             rest = r // hq
             qi = rest % q_len
             b = rest // q_len
+            # max LSE: the lanes read different splits (one load latency instead of S)
             m = Float32(NEG_INF)
-            for s in cutlass.range(num_splits, unroll=1):
+            for s in cutlass.range(lane, num_splits, 32, unroll=1):
                 m = ptx.fmax(m, mLp[s, b, qi, h])
+            for off in cutlass.range_constexpr(5):
+                m = ptx.fmax(m, cute.arch.shuffle_sync_bfly(m, offset=16 >> off))
             m_use = ptx.select(m == Float32(NEG_INF), Float32(0.0), m, Float32)
             acc = cute.make_rmem_tensor((self.per_lane,), Float32)
             for k in cutlass.range_constexpr(self.per_lane):
                 acc[k] = Float32(0.0)
             wsum = Float32(0.0)
-            for s in cutlass.range(num_splits, unroll=1):
+            # unrolled so that the loads of several splits are in flight at once (at B=1 a
+            # handful of warps must hide the L2 latency of up to 256 splits)
+            for s in cutlass.range(num_splits, unroll=UNROLL_SPLITS):
                 w = ptx.ex2((mLp[s, b, qi, h] - m_use) * Float32(LOG2E))
                 wsum = wsum + w
                 for k in cutlass.range_constexpr(self.per_lane):
