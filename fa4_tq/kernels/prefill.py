@@ -54,13 +54,14 @@ def canonical_mask(causal: bool, window_left: int, window_right: int):
 
 
 def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right,
-               register_lut=(None, None)):
+               register_lut=(None, None), producer_wgs=None):
     from .prefill_sm90 import make_config
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
     c, local, wl, wr = canonical_mask(causal, window_left, window_right)
     return make_config(d, _bits(k_codebook), _bits(v_codebook), hq // hkv, c, local,
-                       wl is not None, wr is not None, *register_lut), wl, wr
+                       wl is not None, wr is not None, *register_lut,
+                       producer_wgs=producer_wgs), wl, wr
 
 
 def _to_cute(t, align, leading_dim=-1):
@@ -83,13 +84,18 @@ def _compile(kernel_cls, cfg, args):
 def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table, seqused_k,
                  k_codebook, v_codebook, k_signs, v_signs, max_seqlen_q, softmax_scale, causal,
                  window_left, window_right, rotate_query, unrotate_output, *, backend="auto",
-                 kernel_out=None, kernel_lse=None, register_lut=(None, None)):
+                 kernel_out=None, kernel_lse=None, register_lut=(None, None),
+                 producer_wgs=None):
     """(out [total_q, Hq, D] in q.dtype, lse float32 [Hq, total_q]); see fa4_tq/ops.py.
 
     ``kernel_out`` (bf16 [total_q, Hq, D]) / ``kernel_lse`` (fp32 [Hq, total_q]) are optional
     buffers for the kernel's raw output (rotated space); tests pass NaN-poisoned ones to prove
     every element is written. ``register_lut`` = (K, V) decode choice for 2/4-bit sides
-    (None: the kernel's default); a benchmarking hook, part of the compile-cache key."""
+    (None: the kernel's default); ``producer_wgs`` = 1 or 2 producer warpgroups for the sm90
+    kernel (None: its default per bit widths). Both are benchmarking hooks and part of the
+    compile-cache key (the config)."""
+    if producer_wgs is not None and backend == "sm80":
+        raise ValueError("tqkv.prefill: producer_wgs applies to the sm90 kernel only")
     if backend == "sm80":
         return _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                              seqused_k, k_codebook, v_codebook, k_signs, v_signs, softmax_scale,
@@ -105,7 +111,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
         if t.data_ptr() % 16:
             raise ValueError(f"tqkv.prefill: {name} must be 16-byte aligned (cp.async/TMA)")
     cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
-                             window_right, register_lut)  # raises NotImplementedError for head_dim 256
+                             window_right, register_lut, producer_wgs)  # raises NotImplementedError for head_dim 256
     _ensure_arch_env()
     from .prefill_sm90 import PrefillSm90
     return _run_kernel(PrefillSm90, _compiled, cfg, wl, wr, q, k_cache, v_cache, k_norm, v_norm,

@@ -51,7 +51,8 @@ from flash_attn.cute.cute_dsl_utils import assume_tensor_aligned
 from flash_attn.cute.flash_fwd_sm90 import FlashAttentionForwardSm90
 from flash_attn.cute.mask import AttentionMask
 from flash_attn.cute.seqlen_info import SeqlenInfoQK
-from flash_attn.cute.tile_scheduler import SingleTileVarlenScheduler, TileSchedulerArguments
+from flash_attn.cute.tile_scheduler import (SchedulingMode, SingleTileVarlenScheduler,
+                                            TileSchedulerArguments)
 from flash_attn.cute.utils import AuxData
 
 from . import dequant as dq
@@ -59,7 +60,14 @@ from . import dequant as dq
 SMEM_CAPACITY = 227 * 1024  # H100 max dynamic shared memory per block
 SMEM_RESERVE = 2048  # mbarriers + alignment padding of the struct
 PRODUCER_THREADS = 128
-LUT_BARRIER_ID = 7  # FA4's forward uses named barriers 1..6
+LUT_BARRIER_ID = 7  # FA4's forward uses named barriers 1..6; the V producer WG uses 8
+REGISTER_FILE = 65536  # 32-bit registers per SM (and per CTA at 1 CTA/SM)
+
+
+def launch_regs_per_thread(num_threads: int) -> int:
+    """Registers each thread gets at launch (min_blocks_per_mp=1): the register file split
+    evenly, rounded down to the allocation granularity of 8 (384 threads -> 168, 512 -> 128)."""
+    return REGISTER_FILE // num_threads // 8 * 8
 
 
 @dataclass(frozen=True)
@@ -84,14 +92,29 @@ class PrefillSm90Config:
     # one shared-memory lookup per code byte (dequant.decode4_reg / decode2_reg).
     k_register_lut: bool = False
     v_register_lut: bool = False
-    # setmaxnreg split: 2 x 128 consumer threads + 128 producer threads must fit in the
-    # launch allocation (168 regs x 384 threads = 64512), else setmaxnreg.inc never returns.
+    # Producer warpgroups: 1 = one WG decodes K and V (step 1-3); 2 = WG0 decodes K (and
+    # loads Q), WG3 decodes V, each with half the work and its own staging ring, so twice the
+    # decode warps per SM sub-partition hide each other's latencies (step 4). WG1-2 stay
+    # FA4's consumers either way (FA4's mma/epilogue derive their roles from thread_idx // 128
+    # and warp 4, which this keeps valid).
+    producer_wgs: int = 1
+    # setmaxnreg split: 2 x 128 consumer threads + producer_wgs x 128 producer threads must
+    # fit in the launch allocation (384 threads: 168 x 384 = 64512; 512 threads: 128 x 512 =
+    # 65536), else setmaxnreg.inc never returns (the kernel hangs).
     consumer_regs: int = 224
     producer_regs: int = 56
 
+    @property
+    def num_threads(self) -> int:
+        return PRODUCER_THREADS * (2 + self.producer_wgs)
+
     def __post_init__(self):
-        if 256 * self.consumer_regs + PRODUCER_THREADS * self.producer_regs > 168 * 384:
-            raise ValueError("register split exceeds the CTA's launch allocation (64512)")
+        if self.producer_wgs not in (1, 2):
+            raise ValueError(f"producer_wgs must be 1 or 2, got {self.producer_wgs}")
+        budget = launch_regs_per_thread(self.num_threads) * self.num_threads
+        if (256 * self.consumer_regs + PRODUCER_THREADS * self.producer_wgs * self.producer_regs
+                > budget):
+            raise ValueError(f"register split exceeds the CTA's launch allocation ({budget})")
         for side, bits, reg in (("k", self.k_bits, self.k_register_lut),
                                 ("v", self.v_bits, self.v_register_lut)):
             if reg and bits not in (2, 4):
@@ -103,7 +126,8 @@ class PrefillSm90Config:
         mask = "causal" if self.causal else ("local" if self.local else "full")
         lut = "".join(("r" if reg else "s") for reg in (self.k_register_lut, self.v_register_lut))
         return (f"prefill_sm90_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
-                f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}_lut{lut}")
+                f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}_lut{lut}"
+                f"_pw{self.producer_wgs}")
 
     def k_row_bytes(self) -> int:
         return self.head_dim * self.k_bits // 8
@@ -153,15 +177,33 @@ def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
     return True, True
 
 
+# (consumer, producer) setmaxnreg split per producer_wgs. 1: FA4's cp.async split raised to
+# 56 for the decode (step 1). 2: consumer + producer <= 256 (512 threads x 128 registers);
+# a one-side producer at 40 still spills in causal builds (ptxas, sm_90a: K4V4 40 B, K4V2
+# 8 B; 32 spills everywhere), 48 does not, and the consumers compile spill-free at 208.
+REGISTER_SPLIT = {1: (224, 56), 2: (208, 48)}
+
+
+def default_producer_wgs(k_bits: int, v_bits: int) -> int:
+    """1 until the device measures 2 faster for a (k_bits, v_bits) pair (step 4)."""
+    return 1
+
+
 def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
                 local: bool, has_window_left: bool, has_window_right: bool,
                 k_register_lut: Optional[bool] = None,
-                v_register_lut: Optional[bool] = None) -> PrefillSm90Config:
+                v_register_lut: Optional[bool] = None,
+                producer_wgs: Optional[int] = None) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
     (None: ``default_register_lut``) select register-LUT decode for a 2- or 4-bit side; 8-bit
-    sides always use the shared-memory LUT (the flag is ignored for them)."""
+    sides always use the shared-memory LUT (the flag is ignored for them). ``producer_wgs``
+    (None: ``default_producer_wgs``) picks one K+V producer warpgroup or one per side."""
+    if producer_wgs is None:
+        producer_wgs = default_producer_wgs(k_bits, v_bits)
+    if producer_wgs not in REGISTER_SPLIT:
+        raise ValueError(f"PrefillSm90: producer_wgs must be 1 or 2, got {producer_wgs}")
     k_default, v_default = default_register_lut(k_bits, v_bits)
     if k_register_lut is None:
         k_register_lut = k_default
@@ -177,7 +219,9 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 qhead_per_kvhead=qhead_per_kvhead, causal=causal, local=local,
                 has_window_left=has_window_left, has_window_right=has_window_right,
                 k_register_lut=bool(k_register_lut) and k_bits != 8,
-                v_register_lut=bool(v_register_lut) and v_bits != 8)
+                v_register_lut=bool(v_register_lut) and v_bits != 8,
+                producer_wgs=producer_wgs, consumer_regs=REGISTER_SPLIT[producer_wgs][0],
+                producer_regs=REGISTER_SPLIT[producer_wgs][1])
     for slots in (2, 1):
         for rep in (32, 16, 8, 4, 2, 1):
             cfg = PrefillSm90Config(
@@ -261,7 +305,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
         self.num_threads_per_warp_group = 128
         self.num_wg_mma = self.num_mma_threads // self.num_threads_per_warp_group
         assert self.num_wg_mma == 2
-        self.num_threads = self.num_threads_per_warp_group * (self.num_wg_mma + 1)
+        self.num_threads = self.cfg.num_threads
         self.num_producer_threads = 32  # only sizes FA4's (unused) gmem K/V tiled copies
         self.num_Q_load_threads = self.num_threads_per_warp_group
         self.num_epilogue_threads = self.num_mma_threads
@@ -311,6 +355,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
             lpt=self.is_causal or self.is_local,
         )
         tile_sched_params = TileScheduler.to_underlying_arguments(tile_sched_args)
+        # load_tq handles exactly one work tile per CTA (no tile loop)
+        assert tile_sched_params.scheduling_mode == SchedulingMode.STATIC
         grid_dim = TileScheduler.get_grid_shape(tile_sched_params)
         softmax_scale_log2, softmax_scale = fa_utils.compute_softmax_scale_log2(
             softmax_scale, None)
@@ -408,25 +454,41 @@ class PrefillSm90(FlashAttentionForwardSm90):
 
         pipeline_init_wait(cluster_shape_mn=self.cluster_shape_mn)
 
-        if warp_idx < 4:  # producer warpgroup
-            cute.arch.setmaxregister_decrease(self.num_producer_regs)
-            tidx, _, _ = cute.arch.thread_idx()
-            self.load_tq(
-                mQ, mKC, mVC, mKN, mVN, mKCB, mVCB, mPageTable, sQ, tma_atom_Q,
-                pipeline_k, pipeline_v, pipeline_q,
-                dq.smem_addr(storage.sK.data_ptr()), dq.smem_addr(storage.sV.data_ptr()),
-                dq.smem_addr(storage.sStage.data_ptr()), dq.smem_addr(storage.sLutK.data_ptr()),
-                dq.smem_addr(storage.sLutV.data_ptr()), tidx, block_info, SeqlenInfoCls,
-                TileSchedulerCls)
-        else:  # consumers: FA4's mainloop, softmax and epilogue, unchanged
-            cute.arch.setmaxregister_increase(self.num_mma_regs)
-            tidx, _, _ = cute.arch.thread_idx()
-            tidx = tidx - 128
-            self.mma(
-                tiled_mma_qk, tiled_mma_pv, mO, mLSE, sQ, sK, sVt, None, sO, None,
-                pipeline_k, pipeline_v, pipeline_q, gmem_tiled_copy_O, tma_atom_O, tidx,
-                softmax_scale_log2, softmax_scale, block_info, SeqlenInfoCls,
-                AttentionMaskCls, TileSchedulerCls, None, AuxData(), None)
+        producer = partial(
+            self.load_tq, mQ, mKC, mVC, mKN, mVN, mKCB, mVCB, mPageTable, sQ, tma_atom_Q,
+            pipeline_k, pipeline_v, pipeline_q,
+            dq.smem_addr(storage.sK.data_ptr()), dq.smem_addr(storage.sV.data_ptr()),
+            dq.smem_addr(storage.sStage.data_ptr()), dq.smem_addr(storage.sLutK.data_ptr()),
+            dq.smem_addr(storage.sLutV.data_ptr()))
+        consumer = partial(
+            self.mma, tiled_mma_qk, tiled_mma_pv, mO, mLSE, sQ, sK, sVt, None, sO, None,
+            pipeline_k, pipeline_v, pipeline_q, gmem_tiled_copy_O, tma_atom_O)
+        consumer_args = (softmax_scale_log2, softmax_scale, block_info, SeqlenInfoCls,
+                         AttentionMaskCls, TileSchedulerCls, None, AuxData(), None)
+        # Warpgroup roles: WG0 producer (K and V, or K + the Q load), WG1-2 FA4's consumers
+        # (tidx - 128, as in FA4), WG3 (producer_wgs == 2) the V producer.
+        if const_expr(self.cfg.producer_wgs == 1):
+            if warp_idx < 4:
+                cute.arch.setmaxregister_decrease(self.num_producer_regs)
+                tidx, _, _ = cute.arch.thread_idx()
+                producer(tidx, block_info, SeqlenInfoCls, TileSchedulerCls, True, True)
+            else:  # consumers: FA4's mainloop, softmax and epilogue, unchanged
+                cute.arch.setmaxregister_increase(self.num_mma_regs)
+                tidx, _, _ = cute.arch.thread_idx()
+                consumer(tidx - 128, *consumer_args)
+        else:
+            if warp_idx < 4:
+                cute.arch.setmaxregister_decrease(self.num_producer_regs)
+                tidx, _, _ = cute.arch.thread_idx()
+                producer(tidx, block_info, SeqlenInfoCls, TileSchedulerCls, True, False)
+            elif warp_idx >= 12:
+                cute.arch.setmaxregister_decrease(self.num_producer_regs)
+                tidx, _, _ = cute.arch.thread_idx()
+                producer(tidx - 384, block_info, SeqlenInfoCls, TileSchedulerCls, False, True)
+            else:
+                cute.arch.setmaxregister_increase(self.num_mma_regs)
+                tidx, _, _ = cute.arch.thread_idx()
+                consumer(tidx - 128, *consumer_args)
 
     # ------------------------------------------------------------------ producer
     @cute.jit
@@ -454,9 +516,17 @@ class PrefillSm90(FlashAttentionForwardSm90):
         block_info: BlockInfo,
         SeqlenInfoCls: cutlass.Constexpr,
         TileSchedulerCls: cutlass.Constexpr,
+        do_k: cutlass.Constexpr,  # this warpgroup decodes K tiles (and loads Q)
+        do_v: cutlass.Constexpr,  # this warpgroup decodes V tiles
     ):
+        """One producer warpgroup's loop over every work tile's n_blocks: K and/or V tiles.
+        Each of the two producer roles (producer_wgs == 2) runs this same loop over the same
+        blocks with its own side of the staging ring, its own cp.async groups and page-table
+        lookups; the K/V pipelines are separate, so the two never wait on each other."""
         cfg = self.cfg
         tile_n = self.tile_n
+        # cp.async groups this thread keeps in flight: one per (side, staged block)
+        groups_in_flight = (int(do_k) + int(do_v)) * cfg.stage_slots
         kbytes = cfg.k_row_bytes()
         vbytes = cfg.v_row_bytes()
         slots = cfg.stage_slots
@@ -465,15 +535,22 @@ class PrefillSm90(FlashAttentionForwardSm90):
 
         # Tables from the codebooks (once per CTA), producer threads only: the byte -> bf16
         # LUT for shared-memory-LUT sides, the bf16 codebook words for register-LUT sides.
-        if const_expr(cfg.k_register_lut):
-            dq.build_entry_words(mKCB, lutk_addr, cfg.k_bits, tidx)
-        else:
-            dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx, PRODUCER_THREADS)
-        if const_expr(cfg.v_register_lut):
-            dq.build_entry_words(mVCB, lutv_addr, cfg.v_bits, tidx)
-        else:
-            dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx, PRODUCER_THREADS)
-        cute.arch.barrier(barrier_id=LUT_BARRIER_ID, number_of_threads=PRODUCER_THREADS)
+        # Each producer warpgroup builds the tables of the sides it decodes and waits on its
+        # own named barrier (K or K+V: LUT_BARRIER_ID, V alone: LUT_BARRIER_ID + 1).
+        if const_expr(do_k):
+            if const_expr(cfg.k_register_lut):
+                dq.build_entry_words(mKCB, lutk_addr, cfg.k_bits, tidx)
+            else:
+                dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx,
+                             PRODUCER_THREADS)
+        if const_expr(do_v):
+            if const_expr(cfg.v_register_lut):
+                dq.build_entry_words(mVCB, lutv_addr, cfg.v_bits, tidx)
+            else:
+                dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx,
+                             PRODUCER_THREADS)
+        cute.arch.barrier(barrier_id=LUT_BARRIER_ID + (0 if do_k else 1),
+                          number_of_threads=PRODUCER_THREADS)
         lutk_lane = lutk_addr + (lane % cfg.k_lut_replicas) * (4 * dq.lut_entry_words(cfg.k_bits))
         lutv_lane = lutv_addr + (lane % cfg.v_lut_replicas) * (4 * dq.lut_entry_words(cfg.v_bits))
 
@@ -495,8 +572,13 @@ class PrefillSm90(FlashAttentionForwardSm90):
         kv_producer_state = pipeline.make_pipeline_state(
             pipeline.PipelineUserType.Producer, self.num_stages)
         tile_scheduler = TileSchedulerCls()
+        # SingleTileVarlenScheduler in STATIC mode gives each CTA one work tile (its
+        # advance_to_next_work always yields an invalid tile), so the producer handles that
+        # tile without a tile loop: no scheduler state stays live across the n_block loop
+        # (it cost a spilled register in a 48-register producer, K2V4 causal). __call__
+        # asserts the STATIC mode.
         work_tile = tile_scheduler.initial_work_tile_info()
-        while work_tile.is_valid_tile:
+        if work_tile.is_valid_tile:
             m_block, head_idx, batch_idx, _ = work_tile.tile_idx
             seqlen = SeqlenInfoCls(batch_idx)
             seqlen_k = seqlen.seqlen_k
@@ -521,15 +603,18 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 stage_k_row=stage_k_row, stage_v_row=stage_v_row, slot_bytes=slot_bytes,
                 lutk_lane=lutk_lane, lutv_lane=lutv_lane, lutk_addr=lutk_addr,
                 lutv_addr=lutv_addr)
-            norms_k = []
-            norms_v = []
+            norms_k = [Int32(0)] * slots
+            norms_v = [Int32(0)] * slots
             for s in cutlass.range_constexpr(slots):
-                norms_k.append(self._issue(ctx, Int32(s), True))
-                norms_v.append(self._issue(ctx, Int32(s), False))
-            if warp_idx_in_wg == 0:
-                pipeline_q.producer_acquire_w_index_phase(0, q_producer_phase)
-                load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
-            q_producer_phase ^= 1
+                if const_expr(do_k):
+                    norms_k[s] = self._issue(ctx, Int32(s), True)
+                if const_expr(do_v):
+                    norms_v[s] = self._issue(ctx, Int32(s), False)
+            if const_expr(do_k):
+                if warp_idx_in_wg == 0:
+                    pipeline_q.producer_acquire_w_index_phase(0, q_producer_phase)
+                    load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
+                q_producer_phase ^= 1
 
             nk0 = norms_k[0]
             nv0 = norms_v[0]
@@ -539,35 +624,35 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 nk1 = norms_k[1]
                 nv1 = norms_v[1]
             for i in cutlass.range(n_count, unroll=1):
-                # groups in flight: K(i), V(i), ..., K(i+slots-1), V(i+slots-1)
-                cute.arch.cp_async_wait_group(2 * slots - 1)
-                pipeline_k.producer_acquire(kv_producer_state)
-                self._decode(ctx, i, True, nk0, sK_addr + kv_producer_state.index * tile_bytes)
-                cute.arch.fence_view_async_shared()
-                pipeline_k.producer_commit(kv_producer_state)
-                if const_expr(slots == 2):
-                    nk0 = nk1
-                    nk1 = self._issue(ctx, i + 2, True)
-                else:
-                    nk0 = self._issue(ctx, i + 1, True)
-
-                cute.arch.cp_async_wait_group(2 * slots - 1)
-                pipeline_v.producer_acquire(kv_producer_state)
-                self._decode(ctx, i, False, nv0, sV_addr + kv_producer_state.index * tile_bytes)
-                cute.arch.fence_view_async_shared()
-                pipeline_v.producer_commit(kv_producer_state)
-                if const_expr(slots == 2):
-                    nv0 = nv1
-                    nv1 = self._issue(ctx, i + 2, False)
-                else:
-                    nv0 = self._issue(ctx, i + 1, False)
+                # groups in flight, in issue order: K(i), V(i), ..., K(i+slots-1),
+                # V(i+slots-1) (only this warpgroup's sides)
+                if const_expr(do_k):
+                    cute.arch.cp_async_wait_group(groups_in_flight - 1)
+                    pipeline_k.producer_acquire(kv_producer_state)
+                    self._decode(ctx, i, True, nk0,
+                                 sK_addr + kv_producer_state.index * tile_bytes)
+                    cute.arch.fence_view_async_shared()
+                    pipeline_k.producer_commit(kv_producer_state)
+                    if const_expr(slots == 2):
+                        nk0 = nk1
+                        nk1 = self._issue(ctx, i + 2, True)
+                    else:
+                        nk0 = self._issue(ctx, i + 1, True)
+                if const_expr(do_v):
+                    cute.arch.cp_async_wait_group(groups_in_flight - 1)
+                    pipeline_v.producer_acquire(kv_producer_state)
+                    self._decode(ctx, i, False, nv0,
+                                 sV_addr + kv_producer_state.index * tile_bytes)
+                    cute.arch.fence_view_async_shared()
+                    pipeline_v.producer_commit(kv_producer_state)
+                    if const_expr(slots == 2):
+                        nv0 = nv1
+                        nv1 = self._issue(ctx, i + 2, False)
+                    else:
+                        nv0 = self._issue(ctx, i + 1, False)
                 kv_producer_state.advance()
-            # drain the (empty) trailing groups before the slots are reused by the next tile
+            # drain the (empty) trailing groups before the thread exits
             cute.arch.cp_async_wait_group(0)
-
-            tile_scheduler.prefetch_next_work()
-            tile_scheduler.advance_to_next_work()
-            work_tile = tile_scheduler.get_current_work()
 
     # The two producer steps are plain Python (traced inline, fully unrolled, branch-free:
     # rows past seqlen_k are predicated off instead of branched around).
@@ -696,13 +781,20 @@ def shipped_configs() -> list[PrefillSm90Config]:
         cfg = make_config(128, kb, vb, 4, False, False, False, False, kr, vr)
         if cfg not in out:
             out.append(cfg)
+    # two producer warpgroups (step 4): the tightest producer budget (K4V4 causal spilled at
+    # 40 registers) and the heaviest one-side decode (8-bit V)
+    for kb, vb, causal in ((4, 4, True), (4, 8, False)):
+        cfg = make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=2)
+        if cfg not in out:
+            out.append(cfg)
     return out
 
 
 def _variant(cfg: PrefillSm90Config) -> str:
     mask = "causal" if cfg.causal else ("local" if cfg.local else "full")
     lut = "".join(("r" if reg else "s") for reg in (cfg.k_register_lut, cfg.v_register_lut))
-    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}"
+    pw = f"-pw{cfg.producer_wgs}" if cfg.producer_wgs != 1 else ""
+    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}{pw}"
 
 
 def register_configs(register) -> None:

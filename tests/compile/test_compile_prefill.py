@@ -47,6 +47,24 @@ def test_register_lut_only_for_2_and_4_bit():
 def test_register_split_guard():
     with pytest.raises(ValueError, match="launch allocation"):
         P.PrefillSm90Config(128, 4, 4, 1, False, False, False, False, producer_regs=64)
+    # 512 threads launch with 128 registers each: consumer + producer must stay <= 256
+    with pytest.raises(ValueError, match="launch allocation"):
+        P.PrefillSm90Config(128, 4, 4, 1, False, False, False, False, producer_wgs=2,
+                            consumer_regs=216, producer_regs=48)
+    assert P.launch_regs_per_thread(384) == 168 and P.launch_regs_per_thread(512) == 128
+
+
+def test_producer_wgs_knob():
+    with pytest.raises(ValueError, match="producer_wgs"):
+        P.make_config(128, 4, 4, 4, False, False, False, False, producer_wgs=3)
+    one = P.make_config(128, 4, 4, 4, True, False, False, False, producer_wgs=1)
+    two = P.make_config(128, 4, 4, 4, True, False, False, False, producer_wgs=2)
+    assert one != two and hash(one) != hash(two)  # distinct compile-cache keys
+    assert one.num_threads == 384 and two.num_threads == 512
+    assert (two.consumer_regs, two.producer_regs) == P.REGISTER_SPLIT[2]
+    assert two.name.endswith("_pw2") and two.smem_bytes() == one.smem_bytes()
+    default = P.make_config(128, 4, 4, 4, True, False, False, False)
+    assert default.producer_wgs == P.default_producer_wgs(4, 4)
 
 
 @pytest.mark.compile

@@ -15,7 +15,8 @@ BITS = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
 
 
 def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
-         qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, register_lut=(None, None)):
+         qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, register_lut=(None, None),
+         producer_wgs=None):
     from fa4_tq.kernels.prefill import prefill_cuda
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
@@ -30,7 +31,8 @@ def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
             0.9 / math.sqrt(d), causal, wl, wr, rotate, unrotate)
     kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device="cuda")
     klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
-    out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=register_lut)
+    out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=register_lut,
+                            producer_wgs=producer_wgs)
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     assert out.dtype == qdtype and lse.dtype == torch.float32
     assert rel_error(out, ref_o) <= 1e-2
@@ -55,6 +57,14 @@ def test_lut_paths(kb, vb, register_lut):
     """Both decode paths (register LUT / shared-memory LUT) per side, causal and paged."""
     _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 16, True, seed=kb + 3 * vb,
          register_lut=register_lut)
+
+
+@pytest.mark.parametrize("kb,vb", [(4, 4), (2, 2), (8, 8), (4, 8)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_two_producer_warpgroups(kb, vb, causal):
+    """producer_wgs=2: WG0 decodes K (+ Q TMA), WG3 decodes V, 512 threads (step 4)."""
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 128 if causal else 16, causal,
+         seed=50 + kb * 10 + vb, producer_wgs=2)
 
 
 @pytest.mark.parametrize("kb,vb", [(4, 4), (2, 8), (8, 2)])
