@@ -25,7 +25,13 @@ import time
 
 import torch
 
-ALGOS = ("binary", "lut")  # compress_store search variants timed side by side
+ALGOS = ("binary", "lut", "lut-wide")  # compress_store variants timed side by side
+
+
+def _algo_supported(algo, kb, vb):
+    from fa4_tq.kernels import compress
+
+    return algo != "lut-wide" or compress.lut_wide_supported(kb, vb)
 
 
 def _graph_time_ms(fn, calls=20, reps=15):
@@ -76,7 +82,7 @@ def _copy_ms(nbytes):
     return _graph_time_ms(lambda i: dst[i % 4].copy_(src[i % 4]))
 
 
-def bench(quick: bool):
+def bench(quick: bool, dequant: bool = True):
     import fa4_tq.ops  # noqa: F401
     from fa4_tq import reference
     from fa4_tq.codec import TQCodec
@@ -100,13 +106,13 @@ def bench(quick: bool):
     peak_ms = _copy_ms(big)
     peak_gbs = big / peak_ms / 1e6
     rows = []
-    tokens = [1, 16, 256, 4096, 16384, 65536] if not quick else [1, 4096, 65536]
-    bit_pairs = [(4, 4), (2, 2), (8, 8)]
+    tokens = [1, 16, 256, 4096, 16384, 65536] if not quick else [1, 16, 256, 4096, 65536]
+    bit_pairs = [(4, 4), (2, 2), (8, 8), (4, 2)]
     for kb, vb in bit_pairs:
         codec = TQCodec(d, kb, vb).to(dev)
         cargs = (codec.k_signs, codec.v_signs, codec.k_codebook, codec.v_codebook)
         for t in tokens:
-            if (kb, vb) != (4, 4) and t not in (16, 65536):
+            if (kb, vb) != (4, 4) and t not in ((65536,) if quick else (16, 65536)):
                 continue
             nb = max(4, -(-t // bs) * 1)
             sets = 4
@@ -134,11 +140,17 @@ def bench(quick: bool):
             ref_ms = _eager_time_ms(comp_ref) if t <= 16384 else float("nan")
             cp_ms = _copy_ms(nbytes)
             for algo in ALGOS:
+                if not _algo_supported(algo, kb, vb):
+                    continue
                 ms = _graph_time_ms(comp_algo(algo))
                 rows.append(("compress", f"K{kb}V{vb}", t, algo, ms * 1e3, nbytes / ms / 1e6,
                              (nbytes / ms) / (nbytes / cp_ms), (nbytes / ms / 1e6) / peak_gbs,
                              ref_ms / ms))
+                print("row", *[f"{v:.3f}" if isinstance(v, float) else v for v in rows[-1]],
+                      flush=True)  # as we go: a timeout still leaves the rows measured
 
+            if not dequant:
+                continue
             # dequantize the same tokens as 4 sequences through a random block table
             bsz = 4 if t >= 4 else 1
             lens = torch.full((bsz,), t // bsz, dtype=torch.int32)
@@ -206,6 +218,8 @@ def smoke():
         cargs = (codec.k_signs, codec.v_signs, codec.k_codebook, codec.v_codebook)
         reference.compress_store(key, val, *ref, slots, *cargs)
         for algo in ALGOS:
+            if not _algo_supported(algo, kb, kb):
+                continue
             gpu = [x.cuda() for x in cache]
             K.compress_store_cuda(key.cuda(), val.cuda(), *gpu, slots.cuda(),
                                   *[a.cuda() for a in cargs], algo=algo)
@@ -243,15 +257,48 @@ def smoke():
     return bad_total
 
 
+def _prewarm_configs():
+    from fa4_tq.kernels import compress as K
+
+    cfgs = []
+    for kb, vb in [(4, 4), (2, 2), (8, 8), (4, 2)]:
+        for algo in ALGOS:
+            if _algo_supported(algo, kb, vb):
+                cfgs.append(K.CompressConfig(128, kb, vb, "bfloat16", **K.COMPRESS_VARIANTS[algo]))
+    return cfgs
+
+
+def prewarm() -> int:
+    """Compile every probe config in its own process (all at once); returns the failures."""
+    import subprocess
+
+    n = len(_prewarm_configs())
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, "-c",
+                               "import sys; from microbench.compress_probe import "
+                               "_prewarm_configs as c; from fa4_tq.kernels import compress as K; "
+                               f"K.compile_one(c()[{i}])"]) for i in range(n)]
+    bad = sum(p.wait() != 0 for p in procs)
+    print(f"prewarm: {n} configs compiled in parallel in {time.time() - t0:.0f}s, "
+          f"{bad} failed", flush=True)
+    return bad
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--no-dequant", action="store_true", help="time compress_store only")
+    ap.add_argument("--prewarm", action="store_true",
+                    help="only compile the probe's compress configs, one process each, in "
+                         "parallel (fills CuTeDSL's file cache for the timed run)")
     args = ap.parse_args()
+    if args.prewarm:
+        sys.exit(prewarm())
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     smoke_bad = smoke()
     t0 = time.time()
-    peak, rows = bench(args.quick)
+    peak, rows = bench(args.quick, dequant=not args.no_dequant)
     print(f"bench {time.time() - t0:.0f}s", flush=True)
     hdr = ("kernel", "bits", "tokens", "algo", "us", "GB/s", "vs_copy_same_bytes",
            "vs_copy_512MiB", "speedup_vs_torch_ref")

@@ -63,9 +63,9 @@ _SUPPORTED_BITS = (2, 4, 8)
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 _CUTE_DTYPES = {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16, "float32": Float32}
-_CHUNKS = 2  # chunks of 8 contiguous elements per lane (16 elements): keeps registers < 128
-_ELEMS_PER_LANE = 8 * _CHUNKS
+_CHUNKS = 2  # default chunks of 8 contiguous elements per lane (16 elements)
 _CTAS_PER_SM = 8  # grid-stride cap: enough resident work to cover memory latency
+_MAX_TOKENS = 2**30  # compress_store walks tokens in Int32 (token + grid stride must not wrap)
 
 # compress_store nearest-centroid search (CompressConfig.algo, part of the compile-cache key):
 #   "binary": binary search over the thresholds (first two levels in registers, the rest
@@ -85,11 +85,27 @@ def default_compress_algo(k_bits: int, v_bits: int) -> str:
     """The measured-faster search variant for a (k_bits, v_bits) pair (see above)."""
     return "binary" if 4 in (k_bits, v_bits) else "lut"
 _COMPRESS_ALGOS = ("binary", "lut")
+# Variant names accepted by compress_store_cuda(algo=...) / DEFAULT_COMPRESS_ALGO -> the
+# CompressConfig fields they set. "lut-wide": 32 elements per lane (D/32 lanes per vector:
+# one fewer cross-lane WHT stage and half the per-vector work per element), 128-thread CTAs,
+# registers capped at 65536 / (3 * 128) = 170 (3 CTAs = 12 warps per SM).
+COMPRESS_VARIANTS = {
+    "binary": dict(algo="binary"),
+    "lut": dict(algo="lut"),
+    "lut-wide": dict(algo="lut", chunks=4, num_threads=128, min_ctas_per_sm=3),
+}
 # Grid-table cells per bit width: cell k covers u = y / n in about
 # [(k - G/2 - 0.5) / S, (k - G/2 + 0.5) / S] with S = G/2 - 2, so |u| <= 1 never leaves the
 # table. Width 1/S must stay below the closest threshold spacing (default tables, D=256:
 # 4-bit 0.016, 8-bit 0.00106) minus 2 * _LUT_TOL.
-_LUT_CELLS = {4: 1024, 8: 4096}
+_LUT_CELLS = {4: 256, 8: 4096}
+# Bytes per grid-table entry. 4-bit: one byte (c); thr[c] then comes from the 16-entry
+# threshold table. The whole 256-byte table is 64 words, and the cells that |u| < 0.5 can
+# reach (k in [65, 191]) span 32 words, so a warp's lookups almost never bank-conflict (the
+# 1024-cell table of (thr, c) pairs did: 8 KB of random LDS.64, measured slower than the
+# binary search). 8-bit: (thr[c] bits, c), 8 bytes (a 256-entry thr[] lookup would conflict
+# as much as the table itself).
+_LUT_ENTRY_BYTES = {4: 1, 8: 8}
 _LUT_TOL = 2.0 ** -14  # u-space slack covering every rounding of the guess (module doc)
 _LUT_MAGIC = 12582912.0  # 1.5 * 2^23: fma(y, A, magic + G/2) rounds to an integer in its bits
 _LUT_N_MIN = 2.0 ** -60  # vectors with n outside [min, max] (0, NaN, inf, tiny) use the
@@ -202,17 +218,35 @@ def _fma_rn(a: Float32, b: Float32, c: Float32, *, loc=None, ip=None) -> Float32
 
 
 @dsl_user_op
-def _inc_if_lt(c: Uint32, a: Float32, b: Float32, *, loc=None, ip=None) -> Uint32:
-    """c + (a < b): FSETP + predicated IADD (false for NaN operands)."""
+def _inc_if_lt(c: Uint32, a: Float32, b: Float32, inc: int = 1, *, loc=None, ip=None) -> Uint32:
+    """c + inc * (a < b): FSETP + predicated IADD (false for NaN operands)."""
     return _asm("{\n.reg .pred p;\nsetp.lt.f32 p, $2, $3;\nmov.b32 $0, $1;\n"
-                "@p add.u32 $0, $0, 1;\n}", [Uint32], [(c, Uint32), (a, Float32), (b, Float32)],
-                loc, ip)
+                f"@p add.u32 $0, $0, {int(inc)};\n}}", [Uint32],
+                [(c, Uint32), (a, Float32), (b, Float32)], loc, ip)
+
+
+@dsl_user_op
+def _lds_f64(addr: Int32, *, loc=None, ip=None) -> Float64:
+    """float64 from an 8-byte aligned 32-bit shared-memory address."""
+    return _asm("ld.shared.f64 $0, [$1];", [Float64], [(addr, Int32)], loc, ip)
+
+
+@dsl_user_op
+def _lds_f32(addr: Int32, *, loc=None, ip=None) -> Float32:
+    """float32 from a 32-bit shared-memory address."""
+    return _asm("ld.shared.f32 $0, [$1];", [Float32], [(addr, Int32)], loc, ip)
 
 
 @dsl_user_op
 def _lds_v2(addr: Int32, *, loc=None, ip=None):
     """8-byte shared-memory load from a 32-bit shared address."""
     return _asm("ld.shared.v2.b32 {$0, $1}, [$2];", [Uint32] * 2, [(addr, Int32)], loc, ip)
+
+
+@dsl_user_op
+def _lds_u8(addr: Int32, *, loc=None, ip=None) -> Uint32:
+    """One byte from a 32-bit shared-memory address, zero-extended."""
+    return _asm("ld.shared.u8 $0, [$1];", [Uint32], [(addr, Int32)], loc, ip)
 
 
 @dsl_user_op
@@ -296,10 +330,15 @@ def _addr(t: cute.Tensor) -> Int64:
 @dataclass(frozen=True)
 class _Geometry:
     head_dim: int
+    chunks: int = _CHUNKS  # chunks of 8 contiguous elements per lane
+
+    @property
+    def elems(self) -> int:  # elements per lane
+        return 8 * self.chunks
 
     @property
     def lanes(self) -> int:  # lanes per vector
-        return self.head_dim // _ELEMS_PER_LANE
+        return self.head_dim // self.elems
 
     @property
     def log_lanes(self) -> int:
@@ -333,7 +372,7 @@ def _wht(y: list, geo: cutlass.Constexpr, lane: Int32, fma_cross: cutlass.Conste
     for b in cutlass.range_constexpr(geo.log_d):
         if const_expr(b < 3):
             h = 1 << b
-            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+            for r in cutlass.range_constexpr(geo.elems):
                 if const_expr((r % 8) & h == 0):
                     a0 = y[r]
                     b0 = y[r + h]
@@ -344,16 +383,16 @@ def _wht(y: list, geo: cutlass.Constexpr, lane: Int32, fma_cross: cutlass.Conste
             upper = Uint32((lane >> lb) & 1) << Uint32(31)
             if const_expr(fma_cross):
                 sgn = _bits_to_f32(Uint32(0x3F800000) | upper)  # +1.0 lower lane, -1.0 upper
-                for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                for r in cutlass.range_constexpr(geo.elems):
                     o = cute.arch.shuffle_sync_bfly(y[r], offset=1 << lb)
                     y[r] = _fma_rn(y[r], sgn, o)
             else:
-                for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+                for r in cutlass.range_constexpr(geo.elems):
                     o = cute.arch.shuffle_sync_bfly(y[r], offset=1 << lb)
                     y[r] = _add_rn(o, _xor_sign(y[r], upper))
         else:
             step = 8 << (b - 3 - geo.log_lanes)
-            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+            for r in cutlass.range_constexpr(geo.elems):
                 if const_expr((r // 8) & (step // 8) == 0):
                     a0 = y[r]
                     b0 = y[r + step]
@@ -373,7 +412,7 @@ def _group_sum_f64(v: Float64, log_lanes: cutlass.Constexpr) -> Float64:
 def _sign_mask(signs: cute.Tensor, geo: cutlass.Constexpr, lane: Int32) -> Uint32:
     """Bit r = 1 iff the sign of this lane's register r is negative."""
     m = Uint32(0)
-    for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+    for r in cutlass.range_constexpr(geo.elems):
         e = (r // 8) * 8 * geo.lanes + lane * 8 + r % 8
         neg = signs[e] < Float32(0.0)
         m = m | (Uint32(neg) << Uint32(r))
@@ -396,6 +435,10 @@ class CompressConfig:
     in_dtype: str = "bfloat16"
     num_threads: int = 256
     algo: str = "binary"  # nearest-centroid search, see DEFAULT_COMPRESS_ALGO
+    chunks: int = _CHUNKS  # 8-element chunks per lane: D / (8 * chunks) lanes per vector
+    # > 0: launch bound (nvvm.minctasm) that caps ptxas's registers at
+    # 65536 / (min_ctas_per_sm * num_threads); 0: no bound
+    min_ctas_per_sm: int = 0
 
     def __post_init__(self):
         if self.head_dim not in _SUPPORTED_HEAD_DIMS:
@@ -410,17 +453,24 @@ class CompressConfig:
         for b in (self.k_bits, self.v_bits):
             if self.algo == "lut" and b in _LUT_CELLS and _LUT_CELLS[b] % self.num_threads:
                 raise ValueError(f"compress: algo='lut' needs num_threads dividing {_LUT_CELLS[b]}")
+        if self.chunks not in (2, 4):
+            raise ValueError(f"compress: chunks must be 2 or 4, got {self.chunks}")
+        if self.num_threads % 32 or self.num_threads % _Geometry(self.head_dim, self.chunks).lanes:
+            raise ValueError(f"compress: num_threads={self.num_threads} must be a multiple of 32")
 
     @property
     def name(self) -> str:
         alg = "" if self.algo == "binary" else f"_{self.algo}"
+        if self.chunks != _CHUNKS:
+            alg += f"_e{8 * self.chunks}t{self.num_threads}m{self.min_ctas_per_sm}"
+
         return f"compress_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_{self.in_dtype}{alg}"
 
 
 class CompressStoreKernel:
     def __init__(self, cfg: CompressConfig):
         self.cfg = cfg
-        self.geo = _Geometry(cfg.head_dim)
+        self.geo = _Geometry(cfg.head_dim, cfg.chunks)
         self.in_bytes = torch.empty((), dtype=_DTYPES[cfg.in_dtype]).element_size()
 
     @cute.jit
@@ -430,14 +480,22 @@ class CompressStoreKernel:
                  mKCb: cute.Tensor, mVCb: cute.Tensor, num_ctas: Int32, stream):
         self.kernel(mKey, mValue, mKCache, mVCache, mKNorm, mVNorm, mSlot, mKSigns, mVSigns,
                     mKCb, mVCb).launch(grid=[num_ctas, 1, 1], block=[self.cfg.num_threads, 1, 1],
-                                       stream=stream)
+                                       stream=stream, **self._bounds())
+
+    def _bounds(self) -> dict:
+        """Launch bounds for the register cap. The smem carveout is given explicitly (max
+        shared memory), because CuTeDSL otherwise queries the device at compile time."""
+        if self.cfg.min_ctas_per_sm <= 0:
+            return {}
+        return dict(max_number_threads=[self.cfg.num_threads, 1, 1],
+                    min_blocks_per_mp=self.cfg.min_ctas_per_sm, preferred_smem_carveout=100)
 
     @cute.jit
     def _load_side(self, base: Int64, pc: Int64, lane: Int32):
         """Raw 32-bit words of this lane's elements of vector pc (one 16-byte load per chunk)."""
         cfg = self.cfg
         words = []
-        for k in cutlass.range_constexpr(_CHUNKS):
+        for k in cutlass.range_constexpr(self.geo.chunks):
             off = (pc * cfg.head_dim + self.geo.chunk_offset(k) + Int64(lane) * 8) * self.in_bytes
             if const_expr(self.in_bytes == 4):
                 w = _ld_v4(base + off)
@@ -454,15 +512,15 @@ class CompressStoreKernel:
         """Input words -> float32 values with the rotation signs applied (exact)."""
         y = []
         if const_expr(self.cfg.in_dtype == "float32"):
-            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+            for r in cutlass.range_constexpr(self.geo.elems):
                 y.append(_xor_sign(_bits_to_f32(words[r]), _reg_sign(smask, r)))
         elif const_expr(self.cfg.in_dtype == "bfloat16"):
-            for j in cutlass.range_constexpr(_ELEMS_PER_LANE // 2):
+            for j in cutlass.range_constexpr(self.geo.elems // 2):
                 w = words[j]
                 y.append(_bits_to_f32((w << Uint32(16)) ^ _reg_sign(smask, 2 * j)))
                 y.append(_bits_to_f32((w & Uint32(0xFFFF0000)) ^ _reg_sign(smask, 2 * j + 1)))
         else:
-            for j in cutlass.range_constexpr(_ELEMS_PER_LANE // 2):
+            for j in cutlass.range_constexpr(self.geo.elems // 2):
                 lo, hi = _f16x2_to_f32(words[j])
                 y.append(_xor_sign(lo, _reg_sign(smask, 2 * j)))
                 y.append(_xor_sign(hi, _reg_sign(smask, 2 * j + 1)))
@@ -478,7 +536,7 @@ class CompressStoreKernel:
         t_hi = _mul_rn(sThr[3 * nlev // 4 - 1], n)
         cs = Float64(0.0)
         out = []
-        for k in cutlass.range_constexpr(_CHUNKS):
+        for k in cutlass.range_constexpr(self.geo.chunks):
             words = [Uint32(0), Uint32(0)]
             for i in cutlass.range_constexpr(8):
                 yr = y[8 * k + i]
@@ -494,8 +552,7 @@ class CompressStoreKernel:
                 sh = (bits * i) % 32
                 words[(bits * i) // 32] = words[(bits * i) // 32] | (Uint32(code) << Uint32(sh))
             out.extend(words if const_expr(bits == 8) else words[:1])
-        out = out + [Uint32(0)] * (4 - len(out))
-        return out[0], out[1], out[2], out[3], cs
+        return out, cs
 
     @cute.jit
     def _codes_count(self, y: list, n: Float32, sThr: cute.Tensor, sCb2: cute.Tensor):
@@ -506,7 +563,7 @@ class CompressStoreKernel:
         t2 = _mul_rn(sThr[2], n)
         cs = Float64(0.0)
         out = []
-        for k in cutlass.range_constexpr(_CHUNKS):
+        for k in cutlass.range_constexpr(self.geo.chunks):
             word = Uint32(0)
             for i in cutlass.range_constexpr(8):
                 yr = y[8 * k + i]
@@ -516,11 +573,11 @@ class CompressStoreKernel:
                 cs = _add_f64(cs, sCb2[Int32(code)])
                 word = word + (code << Uint32(2 * i))
             out.append(word)
-        return out[0], out[1], Uint32(0), Uint32(0), cs
+        return out, cs
 
     @cute.jit
     def _codes_lut(self, y: list, n: Float32, scale: Float32, lut_off: Uint32,
-                   sCb2: cute.Tensor, bits: cutlass.Constexpr):
+                   sThr: cute.Tensor, sCb2: cute.Tensor, bits: cutlass.Constexpr):
         """Grid-table guess + one exact compare (see the module doc for why it is exact).
 
         scale = S / n. fma(y, scale, magic + G/2) rounds y * scale to an integer k + G/2 held
@@ -528,63 +585,103 @@ class CompressStoreKernel:
         certainly below and every t_j (j > c) certainly above y, so code = c + (t_c * n < y)."""
         G = _LUT_CELLS[bits]
         magic = Float32(_LUT_MAGIC + G // 2)
+        thr_addr = Int32(sThr.iterator.toint())
+        cb2_addr = Int32(sCb2.iterator.toint())
         cs = Float64(0.0)
         out = []
-        for k in cutlass.range_constexpr(_CHUNKS):
+        for k in cutlass.range_constexpr(self.geo.chunks):
             words = [Uint32(0), Uint32(0)]
             for i in cutlass.range_constexpr(8):
                 yr = y[8 * k + i]
                 kf = _fma_rn(yr, scale, magic)
-                tb, c = _lds_v2(Int32((_f32_to_bits(kf) << Uint32(3)) + lut_off))
-                t = _mul_rn(_bits_to_f32(tb), n)
-                code = _inc_if_lt(c, t, yr)
-                cs = _add_f64(cs, sCb2[Int32(code)])
+                # The cell index is masked to the table (G is a power of two and the low
+                # bits of bits(magic) are 0), so a vector the table cannot serve (NaN or
+                # infinite n and y, whose result the binary search then replaces) reads
+                # some entry inside the table instead of an arbitrary address.
+                kb = _f32_to_bits(kf) & Uint32(G - 1)
                 sh = (bits * i) % 32
-                # fields do not overlap: + is |, and lets ptxas use one LEA
-                words[(bits * i) // 32] = words[(bits * i) // 32] + (code << Uint32(sh))
+                if const_expr(_LUT_ENTRY_BYTES[bits] == 1):
+                    # The byte entry is 4 * c: it is the byte offset of thr[c] (LDS [R + UR],
+                    # no LEA), and 4 * code << (sh - 2) = code << sh packs it.
+                    c4 = _lds_u8(Int32(kb | lut_off))
+                    t = _mul_rn(_lds_f32(Int32(c4) + thr_addr), n)
+                    code4 = _inc_if_lt(c4, t, yr, 4)
+                    cs = _add_f64(cs, _lds_f64(Int32(code4 << Uint32(1)) + cb2_addr))
+                    if const_expr(sh == 0):
+                        field = code4 >> Uint32(2)
+                    else:
+                        field = code4 << Uint32(sh - 2)
+                else:
+                    tb, c = _lds_v2(Int32((kb << Uint32(3)) + lut_off))
+                    t = _mul_rn(_bits_to_f32(tb), n)
+                    code = _inc_if_lt(c, t, yr)
+                    cs = _add_f64(cs, sCb2[Int32(code)])
+                    field = code << Uint32(sh)
+                # fields do not overlap: + is |, and lets ptxas use one LEA / IMAD
+                words[(bits * i) // 32] = words[(bits * i) // 32] + field
             out.extend(words if const_expr(bits == 8) else words[:1])
-        out = out + [Uint32(0)] * (4 - len(out))
-        return out[0], out[1], out[2], out[3], cs
+        return out, cs
 
     @cute.jit
     def _quantize(self, words: list, smask: Uint32, sThr: cute.Tensor, sCb2: cute.Tensor,
-                  lut_off: Uint32, lut_ok: Boolean, bits: cutlass.Constexpr, lane: Int32):
-        """-> (packed code words per chunk, bf16 norm bits)."""
+                  lut_off: Uint32, lut_ok: Boolean, lut_one: Int32, bits: cutlass.Constexpr,
+                  lane: Int32):
+        """-> (packed code words per chunk, n, group sum of c[code]^2)."""
         geo = self.geo
         lut = const_expr(self.cfg.algo == "lut")
         y = self._to_f32(words, smask)
         _wht(y, geo, lane, lut)
         inv = Float32(_inv_sqrt_f32(self.cfg.head_dim))
         ss = Float64(0.0)
-        for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+        for r in cutlass.range_constexpr(self.geo.elems):
             y[r] = _mul_rn(y[r], inv)
             ss = _sq_acc_f64(ss, y[r])
         ss = _group_sum_f64(ss, geo.log_lanes)
         n = _sqrt_to_f32(ss)
         if const_expr(not lut):
-            w0, w1, w2, w3, cs = self._codes_binary(y, n, sThr, sCb2, bits)
+            w, cs = self._codes_binary(y, n, sThr, sCb2, bits)
         elif const_expr(bits == 2):
-            w0, w1, w2, w3, cs = self._codes_count(y, n, sThr, sCb2)
+            w, cs = self._codes_count(y, n, sThr, sCb2)
         else:
             # Group-uniform branch (n is the vector's): the table serves n in range only.
             use_lut = lut_ok & (n >= Float32(_LUT_N_MIN)) & (n <= Float32(_LUT_N_MAX))
             scale = _div_full(Float32(_LUT_CELLS[bits] // 2 - 2), n)
-            w0 = Uint32(0)
-            w1 = Uint32(0)
-            w2 = Uint32(0)
-            w3 = Uint32(0)
-            cs = Float64(0.0)
-            if use_lut:
-                w0, w1, w2, w3, cs = self._codes_lut(y, n, scale, lut_off, sCb2, bits)
-            else:
-                w0, w1, w2, w3, cs = self._codes_binary(y, n, sThr, sCb2, bits)
-        if const_expr(bits == 8):
-            packed = [(w0, w1), (w2, w3)]
-        else:
-            packed = [(w0,), (w1,)]
+            # The table path always runs (its lookups stay inside the table for any n and
+            # y); vectors it cannot serve redo the search in a loop of 0 or 1 iterations.
+            # With an if/else, ptxas if-converted the rare binary path into the hot one
+            # (every element issued both searches, predicated). The loop's trip count comes
+            # from shared memory (lut_one == 1, unknown to the compilers) and its body is
+            # not idempotent (it accumulates), so LLVM cannot fold it into an if and ptxas
+            # keeps a real branch with a back edge.
+            lw, lcs = self._codes_lut(y, n, scale, lut_off, sThr, sCb2, bits)
+            f0, f1, f2, f3, f4, f5, f6, f7 = [Uint32(0)] * 8
+            fcs = Float64(0.0)
+            for _ in cutlass.range(Int32(cutlass.select_(use_lut, Int32(0), lut_one))):
+                bw, bcs = self._codes_binary(y, n, sThr, sCb2, bits)
+                bw = bw + [Uint32(0)] * (8 - len(bw))
+                f0 = f0 + bw[0]
+                f1 = f1 + bw[1]
+                f2 = f2 + bw[2]
+                f3 = f3 + bw[3]
+                f4 = f4 + bw[4]
+                f5 = f5 + bw[5]
+                f6 = f6 + bw[6]
+                f7 = f7 + bw[7]
+                fcs = _add_f64(fcs, bcs)  # 0 + cs = cs exactly (cs >= 0)
+            fw = [f0, f1, f2, f3, f4, f5, f6, f7]
+            w = [Uint32(cutlass.select_(use_lut, lw[q], fw[q])) for q in range(len(lw))]
+            cs = Float64(cutlass.select_(use_lut, lcs, fcs))
+        wpc = 2 if const_expr(bits == 8) else 1  # 32-bit code words per chunk
+        packed = [tuple(w[wpc * k: wpc * k + wpc]) for k in range(self.geo.chunks)]
         cs = _group_sum_f64(cs, geo.log_lanes)
-        nbits = _norm_correction_bf16(n, cs)
-        return packed, nbits
+        return packed, n, cs
+
+    def _alloc_lut(self, smem, bits: int):
+        G = _LUT_CELLS[bits]
+        if _LUT_ENTRY_BYTES[bits] == 1:
+            # aligned to its size: the entry address is (cell | base), one LOP3
+            return smem.allocate_tensor(cutlass.Uint8, cute.make_layout(G), byte_alignment=G)
+        return smem.allocate_tensor(Uint32, cute.make_layout(2 * G), byte_alignment=16)
 
     @cute.jit
     def _build_lut(self, sThr: cute.Tensor, sLut: cute.Tensor, sFlag: cute.Tensor, side: int,
@@ -616,16 +713,19 @@ class CompressStoreKernel:
                 c = c + Int32(cutlass.select_(sThr[c] < lo, Int32(1), Int32(0)))
             nxt = Int32(cutlass.select_(c < m, c + 1, Int32(m)))
             ok = ok & (sThr[nxt] > hi)
-            sLut[2 * (k0 + q)] = _f32_to_bits(sThr[c])
-            sLut[2 * (k0 + q) + 1] = Uint32(c)
+            if const_expr(_LUT_ENTRY_BYTES[bits] == 1):
+                sLut[k0 + q] = cutlass.Uint8(4 * c)  # byte offset of thr[c]
+            else:
+                sLut[2 * (k0 + q)] = _f32_to_bits(sThr[c])
+                sLut[2 * (k0 + q) + 1] = Uint32(c)
         if not ok:
             sFlag[side] = Uint32(0)
 
     @cute.jit
-    def _store_side(self, cache_base: Int64, norm_base: Int64, row: Int64, packed: list,
-                    nbits: Uint32, bits: cutlass.Constexpr, lane: Int32, ok: Boolean):
+    def _store_codes(self, cache_base: Int64, row: Int64, packed: list,
+                     bits: cutlass.Constexpr, lane: Int32, ok: Boolean):
         row_bytes = self.cfg.head_dim * bits // 8
-        for k in cutlass.range_constexpr(_CHUNKS):
+        for k in cutlass.range_constexpr(self.geo.chunks):
             off = row * row_bytes + (self.geo.chunk_offset(k) + lane * 8) * bits // 8
             if const_expr(bits == 8):
                 _st_v2(cache_base + off, packed[k][0], packed[k][1], ok)
@@ -633,7 +733,6 @@ class CompressStoreKernel:
                 _st_b32(cache_base + off, packed[k][0], ok)
             else:
                 _st_b16(cache_base + off, packed[k][0], ok)
-        _st_b16(norm_base + row * 2, nbits, ok & (lane == 0))
 
     @cute.kernel
     def kernel(self, mKey: cute.Tensor, mValue: cute.Tensor, mKCache: cute.Tensor,
@@ -659,16 +758,14 @@ class CompressStoreKernel:
         sVCb2 = smem.allocate_tensor(Float64, cute.make_layout(nv), byte_alignment=16)
         k_lut = const_expr(cfg.algo == "lut" and cfg.k_bits in _LUT_CELLS)
         v_lut = const_expr(cfg.algo == "lut" and cfg.v_bits in _LUT_CELLS)
-        # [K table usable, V table usable, K table offset, V table offset]
-        sFlag = smem.allocate_tensor(Uint32, cute.make_layout(4), byte_alignment=16)
+        # [K table usable, V table usable, K table offset, V table offset, 1]
+        sFlag = smem.allocate_tensor(Uint32, cute.make_layout(8), byte_alignment=16)
         sKLut = sKThr
         sVLut = sVThr
         if const_expr(k_lut):
-            sKLut = smem.allocate_tensor(Uint32, cute.make_layout(2 * _LUT_CELLS[cfg.k_bits]),
-                                         byte_alignment=16)
+            sKLut = self._alloc_lut(smem, cfg.k_bits)
         if const_expr(v_lut):
-            sVLut = smem.allocate_tensor(Uint32, cute.make_layout(2 * _LUT_CELLS[cfg.v_bits]),
-                                         byte_alignment=16)
+            sVLut = self._alloc_lut(smem, cfg.v_bits)
         # Thresholds exactly as codec_thresholds: (c[j] + c[j+1]) * 0.5 in float32; squared
         # centroids in float64 (exact) for the norm correction.
         for j in cutlass.range(tidx, nk, cfg.num_threads):
@@ -690,17 +787,24 @@ class CompressStoreKernel:
         if tidx == 0:
             sFlag[0] = Uint32(1)
             sFlag[1] = Uint32(1)
+            sFlag[4] = Uint32(1)
             if const_expr(k_lut or v_lut):
-                # Table address of cell k: base + 8 * (bits(magic + G/2 + k) - bits(magic)
-                # - G/2) = 8 * bits(fma result) + off (uint32 arithmetic wraps). Read back
-                # from shared memory after the barrier, so that ptxas keeps off in one
-                # register (one LEA per lookup) instead of splitting it into base + constant.
-                magic_bits = int(np.float32(_LUT_MAGIC).view(np.uint32))
-                moff = Uint32((8 * magic_bits) % 2**32)
+                # Table base addresses (entry of cell k: base + E * k, where k is the low
+                # log2(G) bits of the fma result). Read back from shared memory after the
+                # barrier, so that ptxas keeps the base in one register (one LOP3 / LEA per
+                # lookup) instead of splitting it into a base + constant.
+                # A byte table's address is (cell | base): a base that is not aligned to the
+                # table size (not expected: the allocator aligns it) disables the table.
                 if const_expr(k_lut):
-                    sFlag[2] = Uint32(sKLut.iterator.toint()) - moff
+                    sFlag[2] = Uint32(sKLut.iterator.toint())
+                    if const_expr(_LUT_ENTRY_BYTES[cfg.k_bits] == 1):
+                        if (sFlag[2] & Uint32(_LUT_CELLS[cfg.k_bits] - 1)) != Uint32(0):
+                            sFlag[0] = Uint32(0)
                 if const_expr(v_lut):
-                    sFlag[3] = Uint32(sVLut.iterator.toint()) - moff
+                    sFlag[3] = Uint32(sVLut.iterator.toint())
+                    if const_expr(_LUT_ENTRY_BYTES[cfg.v_bits] == 1):
+                        if (sFlag[3] & Uint32(_LUT_CELLS[cfg.v_bits] - 1)) != Uint32(0):
+                            sFlag[1] = Uint32(0)
         kmask = _sign_mask(mKSigns, geo, lane)
         vmask = _sign_mask(mVSigns, geo, lane)
         cute.arch.sync_threads()
@@ -710,6 +814,7 @@ class CompressStoreKernel:
             self._build_lut(sVThr, sVLut, sFlag, 1, cfg.v_bits, tidx)
         k_off = Uint32(0)
         v_off = Uint32(0)
+        lut_one = Int32(1)
         k_ok = Boolean(False)
         v_ok = Boolean(False)
         if const_expr(k_lut or v_lut):
@@ -718,6 +823,7 @@ class CompressStoreKernel:
             v_ok = sFlag[1] != Uint32(0)
             k_off = sFlag[2]
             v_off = sFlag[3]
+            lut_one = Int32(sFlag[4])
 
         num_tokens = mKey.shape[0]
         num_heads = mKey.shape[1]
@@ -725,6 +831,15 @@ class CompressStoreKernel:
         num_slots = Int64(mKCache.shape[0]) * Int64(mKCache.shape[1])
         step = Int64(nctas) * vpc
         iters = (total + step - 1) // step
+        # (token, head) of this group's vector, advanced by the grid stride without a
+        # division per iteration (the 64-bit pc // num_heads was ~25 SASS per iteration).
+        # Int32 is enough: the host rejects num_tokens > _MAX_TOKENS.
+        p0 = cta * vpc + vec
+        tok = p0 // num_heads
+        head = p0 - tok * num_heads
+        step32 = nctas * vpc
+        step_tok = step32 // num_heads
+        step_head = step32 - step_tok * num_heads
         key_base = _addr(mKey)
         val_base = _addr(mValue)
         kc_base = _addr(mKCache)
@@ -733,23 +848,35 @@ class CompressStoreKernel:
         vn_base = _addr(mVNorm)
         slot_base = _addr(mSlot)
         for it in cutlass.range(iters):
-            p = Int64(it) * step + Int64(cta) * vpc + Int64(vec)
-            valid = p < total
+            valid = tok < num_tokens
             # Past the end: compute on a real vector and store nothing, so that every lane
             # takes part in every shuffle (no divergent control flow in the loop).
-            pc = Int64(cutlass.select_(valid, p, total - 1))
-            tok = pc // Int64(num_heads)
-            head = pc - tok * Int64(num_heads)
-            lo, hi = _ld_v2(slot_base + tok * 8)
+            tc = Int64(cutlass.select_(valid, tok, num_tokens - 1))
+            pc = tc * Int64(num_heads) + Int64(head)
+            lo, hi = _ld_v2(slot_base + tc * 8)
             slot = Int64(lo) | (Int64(hi) << Int64(32))
             kw = self._load_side(key_base, pc, lane)
             vw = self._load_side(val_base, pc, lane)
             ok = valid & (slot >= 0) & (slot < num_slots)
             row = slot * Int64(num_heads) + head
-            kpacked, knb = self._quantize(kw, kmask, sKThr, sKCb2, k_off, k_ok, cfg.k_bits, lane)
-            self._store_side(kc_base, kn_base, row, kpacked, knb, cfg.k_bits, lane, ok)
-            vpacked, vnb = self._quantize(vw, vmask, sVThr, sVCb2, v_off, v_ok, cfg.v_bits, lane)
-            self._store_side(vc_base, vn_base, row, vpacked, vnb, cfg.v_bits, lane, ok)
+            kpacked, kn, kcs = self._quantize(kw, kmask, sKThr, sKCb2, k_off, k_ok, lut_one,
+                                              cfg.k_bits, lane)
+            self._store_codes(kc_base, row, kpacked, cfg.k_bits, lane, ok)
+            vpacked, vn, vcs = self._quantize(vw, vmask, sVThr, sVCb2, v_off, v_ok, lut_one,
+                                              cfg.v_bits, lane)
+            self._store_codes(vc_base, row, vpacked, cfg.v_bits, lane, ok)
+            # Norm correction (float64 sqrt + div, ~60 SASS) once for both sides: even lanes
+            # compute K's, odd lanes V's (every lane of a group holds both sums); lane 0
+            # stores K's norm, lane 1 V's.
+            odd = (lane & 1) != 0
+            nbits = _norm_correction_bf16(Float32(cutlass.select_(odd, vn, kn)),
+                                          Float64(cutlass.select_(odd, vcs, kcs)))
+            norm_base = Int64(cutlass.select_(odd, vn_base, kn_base))
+            _st_b16(norm_base + row * 2, nbits, ok & (lane < 2))
+            head = head + step_head
+            wrap = head >= num_heads
+            head = Int32(cutlass.select_(wrap, head - num_heads, head))
+            tok = tok + step_tok + Int32(cutlass.select_(wrap, Int32(1), Int32(0)))
 
 
 # =============================================================================== dequantize
@@ -799,7 +926,7 @@ class DequantizeKernel:
     def _load_codes(self, base: Int64, row: Int64, bits: cutlass.Constexpr, lane: Int32):
         row_bytes = self.cfg.head_dim * bits // 8
         words = []
-        for k in cutlass.range_constexpr(_CHUNKS):
+        for k in cutlass.range_constexpr(self.geo.chunks):
             addr = base + row * row_bytes + (self.geo.chunk_offset(k) + lane * 8) * bits // 8
             if const_expr(bits == 8):
                 w0, w1 = _ld_v2(addr)
@@ -817,7 +944,7 @@ class DequantizeKernel:
         cfg = self.cfg
         n = _bits_to_f32(nbits << Uint32(16))
         y = []
-        for k in cutlass.range_constexpr(_CHUNKS):
+        for k in cutlass.range_constexpr(self.geo.chunks):
             for i in cutlass.range_constexpr(8):
                 w = words[k][(bits * i) // 32]
                 code = (w >> Uint32((bits * i) % 32)) & Uint32((1 << bits) - 1)
@@ -827,9 +954,9 @@ class DequantizeKernel:
         if const_expr(cfg.unrotate):
             _wht(y, self.geo, lane)
             inv = Float32(_inv_sqrt_f32(cfg.head_dim))
-            for r in cutlass.range_constexpr(_ELEMS_PER_LANE):
+            for r in cutlass.range_constexpr(self.geo.elems):
                 y[r] = _xor_sign(_mul_rn(y[r], inv), _reg_sign(smask, r))
-        for k in cutlass.range_constexpr(_CHUNKS):
+        for k in cutlass.range_constexpr(self.geo.chunks):
             addr = out_base + (pc * cfg.head_dim + self.geo.chunk_offset(k) + Int64(lane) * 8) * self.out_bytes
             if const_expr(cfg.out_dtype == "float32"):
                 _st_v4(addr, _f32_to_bits(y[8 * k]), _f32_to_bits(y[8 * k + 1]),
@@ -992,10 +1119,30 @@ def _check_aligned(**tensors) -> None:
                              f"(data_ptr % 16 = {t.data_ptr() % 16})")
 
 
-def _grid(num_vectors: int, head_dim: int, num_threads: int, device: torch.device) -> int:
-    vpc = num_threads // (head_dim // _ELEMS_PER_LANE)
+def _grid(num_vectors: int, head_dim: int, num_threads: int, device: torch.device,
+          chunks: int = _CHUNKS) -> int:
+    vpc = num_threads // _Geometry(head_dim, chunks).lanes
     idx = device.index if device.index is not None else torch.cuda.current_device()
     return max(1, min(-(-num_vectors // vpc), _sm_count(idx) * _CTAS_PER_SM))
+
+
+def lut_wide_supported(k_bits: int, v_bits: int) -> bool:
+    """'lut-wide' compiles without spills for these sides (4-bit, or mixed 4/2-bit)."""
+    return 8 not in (k_bits, v_bits) and 4 in (k_bits, v_bits)
+
+
+def compress_config(head_dim: int, k_bits: int, v_bits: int, in_dtype: str,
+                    algo: str) -> CompressConfig:
+    """The CompressConfig of variant ``algo`` (a COMPRESS_VARIANTS name) for these sides."""
+    if algo not in COMPRESS_VARIANTS:
+        raise ValueError(f"compress_store: algo must be 'auto' or one of "
+                         f"{tuple(COMPRESS_VARIANTS)}, got {algo!r}")
+    fields = dict(COMPRESS_VARIANTS[algo])
+    if algo == "lut-wide" and not lut_wide_supported(k_bits, v_bits):
+        raise ValueError(f"compress_store: algo='lut-wide' does not support K{k_bits}V{v_bits} "
+                         "(8-bit sides or both sides 2-bit spill registers at its 170-register "
+                         "cap); use 'lut' or 'binary'")
+    return CompressConfig(head_dim, k_bits, v_bits, in_dtype, **fields)
 
 
 def compress_store_cuda(key, value, k_cache, v_cache, k_norm, v_norm, slot_mapping, k_signs,
@@ -1012,16 +1159,19 @@ def compress_store_cuda(key, value, k_cache, v_cache, k_norm, v_norm, slot_mappi
     num_tokens, num_heads, head_dim = key.shape
     if num_tokens == 0:
         return
+    if num_tokens > _MAX_TOKENS:
+        raise ValueError(f"compress_store: num_tokens={num_tokens} > {_MAX_TOKENS} is not "
+                         "supported by the CUDA kernel (32-bit token index)")
     _check_aligned(key=key, value=value, k_cache=k_cache, v_cache=v_cache)
     if _debug_checks():
         used = slot_mapping[slot_mapping >= 0]
         if used.numel() != torch.unique(used).numel():
             raise ValueError("slot_mapping repeats a non-negative slot; the CUDA compress_store "
                              "does not define which token wins (FA4TQ_DEBUG_CHECKS=1)")
-    cfg = CompressConfig(head_dim, _bits(k_codebook), _bits(v_codebook), _DTYPE_NAMES[key.dtype],
-                         algo=algo)
+    cfg = compress_config(head_dim, _bits(k_codebook), _bits(v_codebook),
+                          _DTYPE_NAMES[key.dtype], algo)
     fn = _get_compiled(cfg, _compile_compress)
-    grid = _grid(num_tokens * num_heads, head_dim, cfg.num_threads, key.device)
+    grid = _grid(num_tokens * num_heads, head_dim, cfg.num_threads, key.device, cfg.chunks)
     fn(key, value, k_cache, v_cache, k_norm, v_norm, slot_mapping, k_signs, v_signs, k_codebook,
        v_codebook, grid)
 
@@ -1065,6 +1215,8 @@ def shipped_configs() -> list:
     for algo in _COMPRESS_ALGOS[1:]:
         cfgs += [CompressConfig(d, b, b, "bfloat16", algo=algo)
                  for d in _SUPPORTED_HEAD_DIMS for b in _SUPPORTED_BITS]
+    cfgs += [compress_config(d, 4, 4, "bfloat16", "lut-wide") for d in _SUPPORTED_HEAD_DIMS]
+    cfgs += [compress_config(128, 4, 2, "bfloat16", "lut-wide")]
     for algo in _COMPRESS_ALGOS:
         cfgs += [CompressConfig(128, 4, 2, "bfloat16", algo=algo),
                  CompressConfig(128, 8, 4, "bfloat16", algo=algo),
@@ -1088,7 +1240,8 @@ def compile_configs():
 
 def _variant(cfg) -> str:
     if isinstance(cfg, CompressConfig):
-        return cfg.in_dtype + ("" if cfg.algo == "binary" else f"-{cfg.algo}")
+        wide = "" if cfg.chunks == _CHUNKS else "-wide"
+        return cfg.in_dtype + ("" if cfg.algo == "binary" else f"-{cfg.algo}") + wide
     return cfg.out_dtype + ("-unrotate" if cfg.unrotate else "")
 
 

@@ -18,7 +18,7 @@ from fa4_tq.codec import TQCodec, default_codebook
 pytestmark = pytest.mark.gpu
 
 DEV = "cuda"
-ALGOS = ("binary", "lut")  # CompressConfig.algo; the op path uses DEFAULT_COMPRESS_ALGO
+ALGOS = ("binary", "lut", "lut-wide")  # compress variants; the op uses DEFAULT_COMPRESS_ALGO
 
 
 @pytest.fixture(params=ALGOS)
@@ -33,6 +33,13 @@ def algo(request, monkeypatch):
 def _skip_without_cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+
+
+def _skip_unsupported(algo, kb, vb):
+    from fa4_tq.kernels import compress
+
+    if algo == "lut-wide" and not compress.lut_wide_supported(kb, vb):
+        pytest.skip(f"lut-wide has no K{kb}V{vb} (test_compress_store_lut_wide_rejects)")
 
 
 def _codec(d, kb, vb, seed=0, custom=False):
@@ -101,6 +108,7 @@ CASES += [(128, 4, 4, "float16"), (128, 4, 4, "float32"), (64, 8, 2, "float16"),
 @pytest.mark.parametrize("d,kb,vb,dtype", CASES, ids=lambda x: str(x))
 def test_compress_store_bit_exact(d, kb, vb, dtype, algo):
     _skip_without_cuda()
+    _skip_unsupported(algo, kb, vb)
     gen = torch.Generator().manual_seed(1000 * d + 10 * kb + vb)
     codec = _codec(d, kb, vb, seed=d + kb)
     nb, bs, h, t = 11, 16, 3, 150  # odd head count, tail of a partial CTA
@@ -114,6 +122,7 @@ def test_compress_store_bit_exact(d, kb, vb, dtype, algo):
 @pytest.mark.parametrize("d,kb,vb,t", [(128, 4, 4, 9000), (64, 8, 2, 1500), (256, 2, 8, 1500)])
 def test_compress_store_custom_codebook_many_tokens(d, kb, vb, t, algo):
     _skip_without_cuda()
+    _skip_unsupported(algo, kb, vb)
     gen = torch.Generator().manual_seed(d * kb * vb)
     codec = _codec(d, kb, vb, seed=3, custom=True)
     nb, bs, h = 400, 32, 8  # t=9000: 72000 vectors, more than one pass of the persistent grid
@@ -173,12 +182,13 @@ def test_compress_store_debug_checks_reject_bad_slots(monkeypatch):
                                   *args)
 
 
-@pytest.mark.parametrize("kb,vb", [(4, 4), (8, 8), (2, 4)])
+@pytest.mark.parametrize("kb,vb", [(4, 4), (8, 8), (2, 4), (4, 2)])
 def test_compress_store_lut_edge_vectors(kb, vb, algo):
     """Vectors at the edges of the grid-table path: tiny / huge norms (binary fallback),
     a single non-zero element (|u| = 1/sqrt(D) everywhere after the rotation), denormals,
     large magnitudes."""
     _skip_without_cuda()
+    _skip_unsupported(algo, kb, vb)
     d, h, nb, bs = 128, 2, 8, 16
     gen = torch.Generator().manual_seed(77 + kb)
     codec = _codec(d, kb, vb, seed=5)
@@ -206,6 +216,21 @@ def test_compress_store_lut_edge_vectors(kb, vb, algo):
     slots = _slots(t, nb * bs, gen, negatives=False)
     got, ref = _run_compress(key, value, cache, slots, codec)
     _assert_same_cache(got, ref)
+
+
+@pytest.mark.parametrize("kb,vb", [(8, 4), (2, 2)])
+def test_compress_store_lut_wide_rejects(kb, vb):
+    _skip_without_cuda()
+    from fa4_tq.kernels import compress
+
+    gen = torch.Generator().manual_seed(4)
+    codec = _codec(128, kb, vb).to(DEV)
+    cache = [x.to(DEV) for x in _random_cache(2, 16, 2, 128, kb, vb, gen)]
+    key, value = (x.to(DEV) for x in _inputs(4, 2, 128, torch.bfloat16, gen))
+    with pytest.raises(ValueError, match="lut-wide"):
+        compress.compress_store_cuda(key, value, *cache, torch.arange(4, device=DEV),
+                                     codec.k_signs, codec.v_signs, codec.k_codebook,
+                                     codec.v_codebook, algo="lut-wide")
 
 
 def _poison_allocator(nbytes):
