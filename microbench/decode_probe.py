@@ -200,22 +200,22 @@ def correctness_cases():
     cases += extra
     # candidate kernel variants (not shipped unless measured faster): same checks
     for kb in CANDIDATE_BITS:
-        cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs16 variant prmt_index", kb=kb, vb=kb,
+        cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs16 candidate", kb=kb, vb=kb,
                           D=128, G=4, Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True, wl=-1,
                           wr=-1, variant=CANDIDATE))
-    cases.append(dict(name="K4V4 D128 G4 q4 bs16 window33 splits=7 variant prmt_index", kb=4, vb=4,
-                      D=128, G=4, Hkv=2, qlen=4, bs=16, lens=mixed_b, causal=True, wl=33,
-                      wr=-1, splits=7, variant=CANDIDATE))
+        cases.append(dict(name=f"K{kb}V{kb} D128 G4 q4 bs16 window33 splits=7 candidate",
+                          kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=4, bs=16, lens=mixed_b,
+                          causal=True, wl=33, wr=-1, splits=7, variant=CANDIDATE))
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases
 
 
-#: the candidate tuning checked and timed next to the shipped one
-#: (4-bit only: 2-bit indices are nibbles, and the 8-bit build took 130 registers = one CTA
-#: per SM, 16 B spill when capped at 128)
-CANDIDATE = dict(prmt_index=True)
-CANDIDATE_BITS = (4,)
+#: A candidate tuning (DecodeConfig field overrides) checked and timed next to the shipped
+#: one, for the bit widths in CANDIDATE_BITS; empty = none. The 2026-11-23 run checked
+#: prmt_index=True (K4V4): correct, 2-5 % slower, removed (docs/decode-notes.md).
+CANDIDATE: dict = {}
+CANDIDATE_BITS: tuple = ()
 
 
 def config_key(case):

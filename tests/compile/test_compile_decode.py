@@ -35,6 +35,9 @@ def test_decode_config_geometry():
     assert (c.n_tiles, c.n_groups, c.streams, c.col_ctas) == (1, 1, 8, 1)
     shipped = DecodeConfig.for_problem(4, 4, 128, 4, 1)
     assert shipped.prefetch and shipped.num_warps == 4 and shipped.min_ctas_per_sm == 3
+    # the query rotation is part of the kernel (no GEMM launch) unless the caller opts out
+    assert shipped.rotate_query
+    assert not DecodeConfig.for_problem(4, 4, 128, 4, 1, rotate_query=False).rotate_query
     assert not DecodeConfig.for_problem(8, 8, 128, 4, 1).prefetch
     big = DecodeConfig(4, 4, 256, 16, 8)
     assert big.col_ctas == 2 and big.num_warps == 8

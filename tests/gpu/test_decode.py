@@ -3,8 +3,9 @@ packed cache (fresh random inputs, NaN-poisoned outputs, NaN never passes, rel. 
 
 The cases (all nine bit pairs at D=128 for q_len 1 and 4, mixed lengths incl. 0, 1, ~5000,
 block sizes 16..128, windows, D=64/256, GQA 1/5/16, q_len up to 8, fp16, no rotations, fixed
-split counts, the torch.ops entry point) live in microbench/decode_probe.py, which also runs
-them on the device in parallel processes."""
+split counts, the torch.ops entry point, each rotation flag alone — the query rotation runs
+inside the decode kernel and the output un-rotation inside the combine) live in
+microbench/decode_probe.py, which also runs them on the device in parallel processes."""
 
 import os
 import sys
