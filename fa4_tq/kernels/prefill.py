@@ -13,7 +13,7 @@ call is CUDA-graph capturable once its kernel is compiled):
 
 Compiled kernels are cached per ``PrefillSm90Config`` (every code-changing parameter:
 head_dim, bits, GQA ratio, mask kind, window presence, tiles, staging, table replication,
-register split); the first call for a config compiles (~5-10 s), later calls do not.
+decode path, producer warpgroups, register split); the first call for a config compiles (~5-10 s), later calls do not.
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ Design (see docs/prefill-sm90-notes.md for the measured history):
        K or V stage;
     3. ``fence.proxy.async`` + mbarrier arrive (PipelineAsync) so the consumers' wgmma sees
        the tile.
+* ``producer_wgs=2`` (the default where measured faster, ``default_producer_wgs``): two
+  producer warpgroups, WG0 decoding K (and issuing the Q TMA) and WG3 decoding V, each with
+  the loop above for its side only (512 threads; WG1-2 stay FA4's consumers, so FA4's
+  thread-index-derived roles hold). One producer warp per scheduler was latency bound; two
+  hide each other's load/LUT latencies (H100: +7% K4V4 .. +17% K2V2).
 * Q is loaded by TMA (FA4's path), O stored by TMA; varlen Q (cu_seqlens_q) only.
 
 The class keeps FA4's configuration machinery (tile sizes, smem layouts, tiled MMAs, masks,
@@ -184,8 +189,20 @@ def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
 REGISTER_SPLIT = {1: (224, 56), 2: (208, 48)}
 
 
-def default_producer_wgs(k_bits: int, v_bits: int) -> int:
-    """1 until the device measures 2 faster for a (k_bits, v_bits) pair (step 4)."""
+# (k_bits, v_bits) where two producer warpgroups were measured faster on the H100 and their
+# correctness checked on the device (docs/prefill-sm90-notes.md, step 4; B=1 S=8K Hq=32
+# Hkv=8 D=128, kernel alone, ours/FA4-bf16 1 WG -> 2 WGs, full / causal): K4V4 0.631 -> 0.676
+# / 0.624 -> 0.684, K2V2 0.646 -> 0.759 / 0.688 -> 0.753, K8V8 0.443 -> 0.514 / 0.463 ->
+# 0.535, K4V8 0.481 -> 0.550 / 0.524 -> 0.602.
+TWO_PRODUCER_WGS_MEASURED = frozenset({(4, 4), (2, 2), (8, 8), (4, 8)})
+
+
+def default_producer_wgs(head_dim: int, k_bits: int, v_bits: int, local: bool) -> int:
+    """2 where the device measured it faster (D=128, full and causal masks, the pairs in
+    TWO_PRODUCER_WGS_MEASURED), else 1: the other five pairs, D=64 and sliding windows are
+    compile-checked with 2 (0 spills) but neither timed nor run on a GPU with it."""
+    if head_dim == 128 and not local and (k_bits, v_bits) in TWO_PRODUCER_WGS_MEASURED:
+        return 2
     return 1
 
 
@@ -201,7 +218,7 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     sides always use the shared-memory LUT (the flag is ignored for them). ``producer_wgs``
     (None: ``default_producer_wgs``) picks one K+V producer warpgroup or one per side."""
     if producer_wgs is None:
-        producer_wgs = default_producer_wgs(k_bits, v_bits)
+        producer_wgs = default_producer_wgs(head_dim, k_bits, v_bits, local)
     if producer_wgs not in REGISTER_SPLIT:
         raise ValueError(f"PrefillSm90: producer_wgs must be 1 or 2, got {producer_wgs}")
     k_default, v_default = default_register_lut(k_bits, v_bits)
@@ -781,10 +798,11 @@ def shipped_configs() -> list[PrefillSm90Config]:
         cfg = make_config(128, kb, vb, 4, False, False, False, False, kr, vr)
         if cfg not in out:
             out.append(cfg)
-    # two producer warpgroups (step 4): the tightest producer budget (K4V4 causal spilled at
-    # 40 registers) and the heaviest one-side decode (8-bit V)
-    for kb, vb, causal in ((4, 4, True), (4, 8, False)):
-        cfg = make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=2)
+    # the producer-warpgroup count that is not the default (step 4): one K4V4 build with one
+    # producer WG (the probe's baseline), one K2V4 causal build with two (its 48-register
+    # producer once spilled the tile scheduler's state)
+    for kb, vb, causal, pw in ((4, 4, False, 1), (2, 4, True, 2)):
+        cfg = make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=pw)
         if cfg not in out:
             out.append(cfg)
     return out

@@ -64,7 +64,11 @@ def test_producer_wgs_knob():
     assert (two.consumer_regs, two.producer_regs) == P.REGISTER_SPLIT[2]
     assert two.name.endswith("_pw2") and two.smem_bytes() == one.smem_bytes()
     default = P.make_config(128, 4, 4, 4, True, False, False, False)
-    assert default.producer_wgs == P.default_producer_wgs(4, 4)
+    assert default.producer_wgs == P.default_producer_wgs(128, 4, 4, False) == 2
+    # unmeasured with two producer WGs: D=64, windows, the other bit-width pairs
+    assert P.make_config(64, 4, 4, 4, True, False, False, False).producer_wgs == 1
+    assert P.make_config(128, 4, 4, 4, False, True, True, True).producer_wgs == 1
+    assert P.make_config(128, 2, 4, 4, False, False, False, False).producer_wgs == 1
 
 
 @pytest.mark.compile

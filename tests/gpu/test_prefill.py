@@ -59,12 +59,16 @@ def test_lut_paths(kb, vb, register_lut):
          register_lut=register_lut)
 
 
-@pytest.mark.parametrize("kb,vb", [(4, 4), (2, 2), (8, 8), (4, 8)])
+@pytest.mark.parametrize("kb,vb", [(4, 4), (2, 2), (8, 8), (4, 8), (2, 4)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_two_producer_warpgroups(kb, vb, causal):
-    """producer_wgs=2: WG0 decodes K (+ Q TMA), WG3 decodes V, 512 threads (step 4)."""
+def test_non_default_producer_warpgroups(kb, vb, causal):
+    """The producer-warpgroup count that is not the default for these bits (step 4): one
+    K+V producer WG (384 threads) where two are the default, two (WG0 decodes K + Q TMA, WG3
+    decodes V, 512 threads) elsewhere."""
+    from fa4_tq.kernels.prefill_sm90 import default_producer_wgs
+    pw = 3 - default_producer_wgs(128, kb, vb, False)
     _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 128 if causal else 16, causal,
-         seed=50 + kb * 10 + vb, producer_wgs=2)
+         seed=50 + kb * 10 + vb, producer_wgs=pw)
 
 
 @pytest.mark.parametrize("kb,vb", [(4, 4), (2, 8), (8, 2)])
