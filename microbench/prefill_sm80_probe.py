@@ -46,12 +46,13 @@ def log(*a):
 
 
 @contextlib.contextmanager
-def sm80_config(staged: bool = True, tile_m: int = 64):
-    """Select PrefillSm80Config.stage_codes / tile_m for the dispatcher (defaults True / 64).
-    Both are part of the config, hence of the compile-cache key."""
+def sm80_config(staged: bool = True, tile_m=None):
+    """Select PrefillSm80Config.stage_codes / tile_m for the dispatcher (defaults: True, and
+    make_config's tile_m per head_dim). Both are part of the config (compile-cache key)."""
     from fa4_tq.kernels import prefill_sm80 as P
     orig = P.make_config
-    P.make_config = functools.partial(orig, stage_codes=staged, tile_m=tile_m)
+    kw = dict(stage_codes=staged) if tile_m is None else dict(stage_codes=staged, tile_m=tile_m)
+    P.make_config = functools.partial(orig, **kw)
     try:
         yield
     finally:
@@ -60,9 +61,9 @@ def sm80_config(staged: bool = True, tile_m: int = 64):
 
 def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
           qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, lut=(None, None),
-          staged=True, tile_m=64):
+          staged=True, tile_m=None):
     with sm80_config(staged, tile_m):
-        name += ("" if staged else " direct-load") + ("" if tile_m == 64 else f" tile_m{tile_m}")
+        name += ("" if staged else " direct-load") + ("" if tile_m is None else f" tile_m{tile_m}")
         return _check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl, wr,
                       qdtype, rotate, unrotate, seed, lut)
 

@@ -131,10 +131,16 @@ def test_config_guards():
     with pytest.raises(ValueError, match="tile_m must be 64"):
         P.make_config(128, 4, 4, 4, False, False, False, False, tile_m=96)
     # 8 warps: a quarter row per thread; D=64 with 2-bit codes would be 4 B per thread
-    wide = P.make_config(128, 4, 4, 4, False, False, False, False, tile_m=128)
+    wide = P.make_config(128, 4, 4, 4, False, False, False, False)
     assert wide.num_threads == 256 and wide.threads_per_row == 4 and wide.k_part_bytes() == 16
     with pytest.raises(ValueError, match="multiple of 8"):
         P.make_config(64, 2, 4, 4, True, False, False, False, tile_m=128)
+    # compile-harness keys must be unique (the registry rejects duplicates)
+    keys = [(c.k_bits, c.v_bits, c.head_dim, P._variant(c)) for c in P.shipped_configs()]
+    assert len(set(keys)) == len(keys)
+    # default tile: 8 warps at D=128, 4 warps at D=64
+    assert P.make_config(128, 4, 4, 4, False, False, False, False).tile_m == 128
+    assert P.make_config(64, 2, 2, 4, False, False, False, False).tile_m == 64
     # the default decode: register LUT for 2/4-bit sides, shared-memory LUT for 8-bit
     d = P.make_config(128, 2, 8, 4, False, False, False, False)
     assert d.k_register_lut and not d.v_register_lut and d.v_lut_replicas == 8

@@ -93,11 +93,12 @@ def test_d64(kb, vb):
     (2, 8, True, 16, -1, -1, (None, None)),
     (4, 2, True, 48, 64, -1, (None, None)),
 ])
-def test_tile_m128_eight_warps(monkeypatch, kb, vb, causal, block_size, wl, wr, register_lut):
-    """tile_m=128 (8 warps, 4 threads per K/V row in the loader): the opt-in 8-warp tile."""
+def test_tile_m64_four_warps(monkeypatch, kb, vb, causal, block_size, wl, wr, register_lut):
+    """tile_m=64 (4 warps, 2 threads per K/V row in the loader) at D=128, where the default is
+    the 8-warp tile_m=128 (D=64 defaults to tile_m=64, covered by test_d64)."""
     from functools import partial
     from fa4_tq.kernels import prefill_sm80 as P
-    monkeypatch.setattr(P, "make_config", partial(P.make_config, tile_m=128))
+    monkeypatch.setattr(P, "make_config", partial(P.make_config, tile_m=64))
     _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, block_size, causal, wl, wr,
          seed=60 + kb + vb + causal, register_lut=register_lut)
 
