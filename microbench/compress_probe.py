@@ -2,16 +2,19 @@
 
   source .devenv/setup.sh && python3 -m microbench.compress_probe [--quick] 2>&1 | tee $OUT/log.txt
 
-0. Smoke: bit-exact compress for BOTH search variants (CompressConfig.algo "binary" and
-   "lut") on K2V2/K4V4/K8V8, plus dequantize; printed before any timing.
-1. Correctness: runs tests/gpu/test_compress.py (pytest, in-process; both variants).
+0. Smoke: bit-exact compress for every variant in ALGOS ("binary", "lut", "lut-wide" where
+   it supports the bit widths) on K2V2/K4V4/K8V8, plus dequantize; printed before any timing.
+1. Correctness: runs tests/gpu/test_compress.py (pytest, in-process; all variants).
 2. Timing (H100, Hkv=8, D=128, bf16 in/out, 1 ... 64K tokens): kernel time as the median of
    CUDA-graph replays (20 calls captured per graph, CUDA events around each replay, warm-up
    excluded; 4 input sets rotated so L2 does not serve them), effective bandwidth =
    (bytes read + bytes written) / time, compared with a device-to-device copy_ of the same
    number of bytes and with a large (512 MiB) copy measured in this run, and with the torch
    reference (fa4_tq/reference.py run on the GPU, eager).
-Prints a compact table at the end; also writes it to $OUT/compress_probe.csv if $OUT is set.
+Prints one line per timing as it goes and a compact table at the end; also writes it to
+$OUT/compress_probe.csv if $OUT is set. ``--prewarm`` only compiles the probe's compress
+configs (one process each, in parallel) so that a following run finds them in CuTeDSL's
+file cache; ``--no-dequant`` times compress_store only.
 """
 
 from __future__ import annotations
@@ -192,7 +195,7 @@ def bench(quick: bool, dequant: bool = True):
 
 
 def smoke():
-    """Bit-exact compress (both variants, K2V2/K4V4/K8V8) + dequantize checks before timing.
+    """Bit-exact compress (all variants, K2V2/K4V4/K8V8) + dequantize checks before timing.
     Returns the number of mismatching compress bytes (0 expected)."""
     import fa4_tq.ops  # noqa: F401
     from fa4_tq import reference
@@ -323,7 +326,7 @@ def main():
 
 
 def _print_table(peak, rows, hdr, smoke_bad):
-    print(f"\nsmoke bit-exactness (both algos): {'OK' if smoke_bad == 0 else f'{smoke_bad} BAD BYTES'}")
+    print(f"\nsmoke bit-exactness (all algos): {'OK' if smoke_bad == 0 else f'{smoke_bad} BAD BYTES'}")
     print(f"D2D copy 512 MiB: {peak:.0f} GB/s (read+write)")
     print("  ".join(f"{c:>10}" for c in hdr if c))
     for r in rows:

@@ -29,15 +29,20 @@ docs/compress-notes.md):
   per-vector scaled thresholds in registers, the rest read thr[] from shared memory.
 * "lut": 2-bit: the 3 scaled thresholds in registers (two compares). 4/8-bit: every CTA
   builds a grid table of G cells over u = y / n in [-1, 1] (|y_i| <= n always): entry k =
-  (thr[c], c) such that every thr[j], j < c, is certainly below and every thr[j], j > c,
+  c (4-bit: one byte, 4 * c; 8-bit: (thr[c], c)) such that every thr[j], j < c, is certainly below and every thr[j], j > c,
   certainly above any u of cell k (margin _LUT_TOL = 2^-14 covers the float32 errors of
   S / n, of thr[j] * n and of the builder's cell edges, all < 2^-20 in u). The cell is
   k = round(y * (S / n)) + G/2, read from the bits of one FFMA with a 1.5 * 2^23 magic; then
   code = c + (thr[c] * n < y), the same float32 compare as the reference, so the result is
   exact. A table where some cell could hold two thresholds (custom codebooks with close
   thresholds, |thr| > 2^20) or a vector with n outside [2^-60, 2^60] (0, NaN, inf, tiny)
-  takes the binary search instead (CTA- / group-uniform branch). Cross-lane WHT stages use
+  takes the binary search instead (CTA- / group-uniform branch; written as a 0/1-trip loop
+  so that ptxas cannot if-convert it into the hot path). Cross-lane WHT stages use
   fma(y, +-1, partner), bit-identical to the xor-sign add.
+* "lut-wide": "lut" with 32 elements per lane (4 chunks, D/32 lanes per vector), 128-thread
+  CTAs, registers capped for 3 CTAs per SM; 4-bit and mixed 4/2-bit sides only.
+The float64 norm correction n / sqrt(sum c[code]^2) is evaluated once per iteration for
+both sides (even lanes K, odd lanes V).
 """
 
 from __future__ import annotations
@@ -72,18 +77,36 @@ _MAX_TOKENS = 2**30  # compress_store walks tokens in Int32 (token + grid stride
 #             scaled from shared memory), xor-sign WHT butterflies. Verified on the H100.
 #   "lut":    2-bit: compare-count against the 3 scaled thresholds in registers.
 #             4/8-bit: a per-CTA grid table (see _LUT_CELLS) gives the code up to +1, one
-#             exact compare decides; vectors or tables the table cannot serve exactly fall
-#             back to the binary search. FFMA cross-lane WHT butterflies.
-# Default: "auto" = per bit width, from the H100 run of 2026-11-23 (both variants bit-exact
-# in all GPU tests; 64K tokens x Hkv 8 x D 128, fraction of copy bandwidth):
-#   K4V4 binary 0.405 / lut 0.333;  K2V2 binary 0.447 / lut 0.478;  K8V8 binary 0.189 / lut 0.251
-# -> "lut" when neither side is 4-bit, else "binary".
+#             exact compare decides; vectors or tables the table cannot serve exactly redo
+#             the search with the binary search (a real branch: see _quantize). FFMA
+#             cross-lane WHT butterflies.
+#   "lut-wide": "lut" with 32 elements per lane (COMPRESS_VARIANTS).
+# Default: "auto", from the H100 run of 2026-11-23 after the H2 changes (all three variants
+# bit-exact in every GPU test; 64K tokens x Hkv 8 x D 128 bf16, fraction of copy bandwidth;
+# docs/compress-notes.md):
+#   K4V4 binary 0.420 / lut 0.497 / lut-wide 0.511;  K4V2 0.436 / 0.507 / 0.523
+#   K2V2 binary 0.469 / lut 0.494;  K8V8 binary 0.187 / lut 0.372
+#   small calls (K4V4, 1 / 16 / 256 tokens): lut 4.6-4.7 us, binary 4.6-4.8, lut-wide 5.2-5.7
+#   4096 tokens: lut-wide 19.3 us, lut 20.5, binary 22.7
+# -> "lut-wide" where it is compile-checked (_WIDE_DEFAULT) and the call has at least two
+#    wide CTAs of vectors per SM (not measured between 2K and 32K vectors), else "lut".
 DEFAULT_COMPRESS_ALGO = "auto"
 
 
-def default_compress_algo(k_bits: int, v_bits: int) -> str:
-    """The measured-faster search variant for a (k_bits, v_bits) pair (see above)."""
-    return "binary" if 4 in (k_bits, v_bits) else "lut"
+def default_compress_algo(k_bits: int, v_bits: int, head_dim: int = 128,
+                          in_dtype: str = "bfloat16", num_vectors: int = 0,
+                          sm_count: int = 132) -> str:
+    """The measured-fastest variant for these sides and this many (token, head) vectors."""
+    wide_vectors = 2 * sm_count * (128 // (head_dim // 32))  # 2 CTAs of 128 threads per SM
+    if (head_dim, k_bits, v_bits, in_dtype) in _WIDE_DEFAULT and num_vectors >= wide_vectors:
+        return "lut-wide"
+    return "lut"
+
+
+# (head_dim, k_bits, v_bits, in_dtype) where "auto" may pick "lut-wide": exactly its configs
+# in shipped_configs (compiled by tests/compile with 0 spills)
+_WIDE_DEFAULT = {(d, 4, 4, "bfloat16") for d in (64, 128, 256)} | {(128, 4, 2, "bfloat16"),
+                                                                   (128, 2, 4, "bfloat16")}
 _COMPRESS_ALGOS = ("binary", "lut")
 # Variant names accepted by compress_store_cuda(algo=...) / DEFAULT_COMPRESS_ALGO -> the
 # CompressConfig fields they set. "lut-wide": 32 elements per lane (D/32 lanes per vector:
@@ -99,8 +122,8 @@ COMPRESS_VARIANTS = {
 # table. Width 1/S must stay below the closest threshold spacing (default tables, D=256:
 # 4-bit 0.016, 8-bit 0.00106) minus 2 * _LUT_TOL.
 _LUT_CELLS = {4: 256, 8: 4096}
-# Bytes per grid-table entry. 4-bit: one byte (c); thr[c] then comes from the 16-entry
-# threshold table. The whole 256-byte table is 64 words, and the cells that |u| < 0.5 can
+# Bytes per grid-table entry. 4-bit: one byte (4 * c, the byte offset of thr[c] in the
+# 16-entry threshold table). The whole 256-byte table is 64 words, and the cells that |u| < 0.5 can
 # reach (k in [65, 191]) span 32 words, so a warp's lookups almost never bank-conflict (the
 # 1024-cell table of (thr, c) pairs did: 8 KB of random LDS.64, measured slower than the
 # binary search). 8-bit: (thr[c] bits, c), 8 bytes (a 256-entry thr[] lookup would conflict
@@ -1155,7 +1178,10 @@ def compress_store_cuda(key, value, k_cache, v_cache, k_norm, v_norm, slot_mappi
     if algo is None:
         algo = DEFAULT_COMPRESS_ALGO
     if algo == "auto":
-        algo = default_compress_algo(_bits(k_codebook), _bits(v_codebook))
+        idx = key.device.index if key.device.index is not None else torch.cuda.current_device()
+        algo = default_compress_algo(_bits(k_codebook), _bits(v_codebook), key.shape[2],
+                                     _DTYPE_NAMES[key.dtype], key.shape[0] * key.shape[1],
+                                     _sm_count(idx))
     num_tokens, num_heads, head_dim = key.shape
     if num_tokens == 0:
         return
@@ -1215,8 +1241,7 @@ def shipped_configs() -> list:
     for algo in _COMPRESS_ALGOS[1:]:
         cfgs += [CompressConfig(d, b, b, "bfloat16", algo=algo)
                  for d in _SUPPORTED_HEAD_DIMS for b in _SUPPORTED_BITS]
-    cfgs += [compress_config(d, 4, 4, "bfloat16", "lut-wide") for d in _SUPPORTED_HEAD_DIMS]
-    cfgs += [compress_config(128, 4, 2, "bfloat16", "lut-wide")]
+    cfgs += [compress_config(d, kb, vb, dt, "lut-wide") for d, kb, vb, dt in sorted(_WIDE_DEFAULT)]
     for algo in _COMPRESS_ALGOS:
         cfgs += [CompressConfig(128, 4, 2, "bfloat16", algo=algo),
                  CompressConfig(128, 8, 4, "bfloat16", algo=algo),

@@ -133,6 +133,28 @@ def test_compress_store_custom_codebook_many_tokens(d, kb, vb, t, algo):
     _assert_same_cache(got, ref)
 
 
+@pytest.mark.parametrize("t,expect", [(10, "lut"), (2000, "lut-wide")])
+def test_compress_store_auto_default(t, expect):
+    """The op's default ("auto") picks lut-wide only for calls with enough vectors; both
+    choices bit-exact."""
+    _skip_without_cuda()
+    from fa4_tq.kernels import compress
+
+    if compress.DEFAULT_COMPRESS_ALGO != "auto":
+        pytest.skip("DEFAULT_COMPRESS_ALGO is not 'auto'")
+    d, kb, vb, h, nb, bs = 128, 4, 4, 8, 160, 16
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if expect == "lut-wide" and t * h < 2 * sms * 32:
+        pytest.skip(f"{sms} SMs: {t} tokens are below the lut-wide threshold")
+    assert compress.default_compress_algo(kb, vb, d, "bfloat16", t * h, sms) == expect
+    gen = torch.Generator().manual_seed(t)
+    codec = _codec(d, kb, vb, seed=2)
+    cache = _random_cache(nb, bs, h, d, kb, vb, gen)
+    key, value = _inputs(t, h, d, torch.bfloat16, gen)
+    got, ref = _run_compress(key, value, cache, _slots(t, nb * bs, gen), codec)
+    _assert_same_cache(got, ref)
+
+
 def test_compress_store_out_of_range_slots_never_written(monkeypatch, algo):
     _skip_without_cuda()
     monkeypatch.setenv("FA4TQ_DEBUG_CHECKS", "0")
