@@ -11,18 +11,20 @@ NCU_S=${NCU_S:-45}
 OUT=${OUT:-/tmp/fa4tq-out}
 mkdir -p "$OUT"
 source .devenv/setup.sh
-export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-unknown}
+export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-}
 date -u
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw --format=csv
 XDIST=""
-python3 -c "import xdist" 2>/dev/null && XDIST="-n 8"
+python3 -c "import xdist" 2>/dev/null && XDIST="-n ${XDIST_N:-8}"
 echo "== GPU tests (budget ${TESTS_S}s, xdist: ${XDIST:-no})"
 timeout "$TESTS_S" python3 -m pytest -q -m gpu tests/gpu $XDIST -p no:cacheprovider \
   > "$OUT/gpu_tests.log" 2>&1
 echo "pytest rc=$?"; tail -25 "$OUT/gpu_tests.log"
-echo "== compress probe (budget ${COMPRESS_S}s)"
-timeout "$COMPRESS_S" python3 -m microbench.compress_probe --quick --skip-tests > "$OUT/compress.log" 2>&1
-echo "compress_probe rc=$?"; tail -30 "$OUT/compress.log"
+if [ "$COMPRESS_S" -gt 0 ]; then
+  echo "== compress probe (budget ${COMPRESS_S}s)"
+  timeout "$COMPRESS_S" python3 -m microbench.compress_probe --quick --skip-tests > "$OUT/compress.log" 2>&1
+  echo "compress_probe rc=$?"; tail -30 "$OUT/compress.log"
+fi
 echo "== sweep prefill+decode, all nine configs (budget ${SWEEP_S}s)"
 timeout $((SWEEP_S + 40)) python3 -m microbench sweep --ops prefill,decode --time-budget "$SWEEP_S" \
   --csv "$OUT/sweep.csv" --json "$OUT/sweep.json" --plot "$OUT/sweep.png" > "$OUT/sweep.log" 2>&1

@@ -7,7 +7,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/fa4tq-out}
 mkdir -p "$OUT"
 source .devenv/setup.sh
-export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-unknown}
+export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-}
 date -u
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu --format=csv
 echo "== Sm80 GPU tests"

@@ -49,8 +49,11 @@ def _dist_version(name: str) -> str:
 
 
 def git_sha() -> str:
-    """HEAD of the checkout (+"-dirty" with uncommitted changes), or $FA4TQ_GIT_SHA, or
-    "unknown" (a copied work tree without .git)."""
+    """$FA4TQ_GIT_SHA when set (the device gets a copy of the work tree whose .git may be a
+    stale snapshot, so the caller passes the real HEAD), else HEAD of the checkout
+    (+"-dirty" with uncommitted changes), else "unknown"."""
+    if os.environ.get("FA4TQ_GIT_SHA"):
+        return os.environ["FA4TQ_GIT_SHA"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=10)
@@ -60,7 +63,7 @@ def git_sha() -> str:
             return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("FA4TQ_GIT_SHA", "unknown")
+    return "unknown"
 
 
 def sm_clocks_mhz(device) -> tuple[str, str]:
