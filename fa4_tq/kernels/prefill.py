@@ -94,16 +94,20 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     (None: the kernel's default); ``producer_wgs`` = 1 or 2 producer warpgroups for the sm90
     kernel (None: its default per bit widths). Both are benchmarking hooks and part of the
     compile-cache key (the config)."""
+    if backend not in ("auto", "sm90", "sm80"):
+        raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
     if producer_wgs is not None and backend == "sm80":
         raise ValueError("tqkv.prefill: producer_wgs applies to the sm90 kernel only")
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if backend == "auto":
+        # Hopper: the wgmma kernel; any other GPU: the portable mma.sync kernel (which itself
+        # rejects compute capability < 8.0 and asks for the opt-in off Hopper, see below).
+        backend = "sm90" if major == 9 else "sm80"
     if backend == "sm80":
         return _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                              seqused_k, k_codebook, v_codebook, k_signs, v_signs, softmax_scale,
                              causal, window_left, window_right, rotate_query, unrotate_output,
                              kernel_out, kernel_lse, register_lut)
-    if backend not in ("auto", "sm90"):
-        raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
-    major, minor = torch.cuda.get_device_capability(q.device)
     if major != 9:
         raise NotImplementedError(f"tqkv.prefill: the sm90 prefill kernel needs a Hopper GPU "
                                   f"(compute capability 9.x), got {major}.{minor}")
@@ -152,9 +156,11 @@ def _run_kernel(kernel_cls, compiled: dict, cfg, wl, wr, q, k_cache, v_cache, k_
 
 
 # --------------------------------------------------------------------------- sm80 backend
-# The portable mma.sync prefill (fa4_tq/kernels/prefill_sm80.py). It is compiled (sm_90a and
-# sm_80, spill-free) but has never run on a GPU, so it only runs when explicitly requested
-# with backend="sm80" AND FA4TQ_UNVALIDATED_SM80=1; backend="auto" never routes here.
+# The portable mma.sync prefill (fa4_tq/kernels/prefill_sm80.py), FA4's Sm80 forward forced to
+# the sm_80 code path. Validated on the H100 (sm_90a build; tests/gpu/test_prefill_sm80.py,
+# microbench/prefill_sm80_probe.py, 2026-11-23). It has never run on an Ampere/Ada/consumer-
+# Blackwell GPU (smaller shared memory, sm_80/86/89/120 builds), so off Hopper it runs only with
+# FA4TQ_UNVALIDATED_SM80=1 — backend="auto" routes there and raises the same clear error.
 SM80_OPT_IN_ENV = "FA4TQ_UNVALIDATED_SM80"
 _compiled_sm80: dict = {}
 
@@ -164,14 +170,15 @@ def _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table
                   window_right, rotate_query, unrotate_output, kernel_out, kernel_lse,
                   register_lut):
     """backend="sm80": same steps and outputs as the sm90 path (rotate q, kernel, un-rotate)."""
-    if os.environ.get(SM80_OPT_IN_ENV, "0") in ("", "0", "false", "False"):
-        raise NotImplementedError(
-            "tqkv.prefill: backend='sm80' is compiled but not yet validated on a GPU; set "
-            f"{SM80_OPT_IN_ENV}=1 to run it for validation")
     major, minor = torch.cuda.get_device_capability(q.device)
     if major < 8:
         raise NotImplementedError(f"tqkv.prefill: backend='sm80' needs compute capability "
                                   f">= 8.0 (bf16 mma.sync), got {major}.{minor}")
+    if major != 9 and os.environ.get(SM80_OPT_IN_ENV, "0") in ("", "0", "false", "False"):
+        raise NotImplementedError(
+            f"tqkv.prefill: the portable (sm80) prefill is validated on Hopper only; compute "
+            f"capability {major}.{minor} has not been run yet: set {SM80_OPT_IN_ENV}=1 to run "
+            "it for validation (tests/gpu/test_prefill_sm80.py)")
     total_q, hq, d = q.shape
     if d not in (64, 128):
         raise NotImplementedError(f"tqkv.prefill: backend='sm80' supports head_dim 64 and 128, "

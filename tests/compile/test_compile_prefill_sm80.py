@@ -157,31 +157,52 @@ def _dummy_args(device="cpu", d=128):
             False, -1, -1, True, True)
 
 
-def test_sm80_backend_is_opt_in(monkeypatch):
-    """Without FA4TQ_UNVALIDATED_SM80 the unvalidated kernel never runs (checked before any
-    device query, so this holds on a CPU-only machine)."""
-    from fa4_tq.kernels.prefill import SM80_OPT_IN_ENV, prefill_cuda
-    monkeypatch.delenv(SM80_OPT_IN_ENV, raising=False)
-    with pytest.raises(NotImplementedError, match="not yet validated on a GPU.*"
-                                                  "FA4TQ_UNVALIDATED_SM80=1"):
-        prefill_cuda(*_dummy_args(), backend="sm80")
-    monkeypatch.setenv(SM80_OPT_IN_ENV, "0")
-    with pytest.raises(NotImplementedError, match="FA4TQ_UNVALIDATED_SM80=1"):
-        prefill_cuda(*_dummy_args(), backend="sm80")
-
-
-def test_auto_never_routes_to_sm80(monkeypatch):
-    """On a non-Hopper GPU backend='auto' keeps raising the Hopper error, even with the sm80
-    opt-in set (the opt-in is for explicit backend='sm80' validation runs only)."""
+def test_sm80_backend_off_hopper_needs_opt_in(monkeypatch):
+    """Validated on Hopper only: on another GPU the sm80 kernel runs only with
+    FA4TQ_UNVALIDATED_SM80=1 (checked before any compile or launch)."""
     from fa4_tq.kernels import prefill as PF
-    monkeypatch.setenv(PF.SM80_OPT_IN_ENV, "1")
+    monkeypatch.delenv(PF.SM80_OPT_IN_ENV, raising=False)
+    monkeypatch.setattr(PF, "_compile", lambda *a: pytest.fail("compiled"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    for backend in ("sm80", "auto"):
+        with pytest.raises(NotImplementedError, match="validated on Hopper only.*8.0.*"
+                                                      "FA4TQ_UNVALIDATED_SM80=1"):
+            PF.prefill_cuda(*_dummy_args(), backend=backend)
+    monkeypatch.setenv(PF.SM80_OPT_IN_ENV, "0")
+    with pytest.raises(NotImplementedError, match="FA4TQ_UNVALIDATED_SM80=1"):
+        PF.prefill_cuda(*_dummy_args(), backend="sm80")
 
-    def fail(*a, **k):
-        raise AssertionError("auto routed to the sm80 backend")
-    monkeypatch.setattr(PF, "_prefill_sm80", fail)
-    with pytest.raises(NotImplementedError, match="needs a Hopper GPU"):
+
+@pytest.mark.parametrize("cap,expected", [((8, 0), "sm80"), ((8, 9), "sm80"), ((12, 0), "sm80"),
+                                          ((9, 0), "sm90")])
+def test_auto_backend_by_compute_capability(monkeypatch, cap, expected):
+    """backend='auto': the wgmma kernel on Hopper, the portable kernel on any other GPU."""
+    from fa4_tq.kernels import prefill as PF
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+    routed = []
+
+    def sm80(*a, **k):
+        routed.append("sm80")
+        raise RuntimeError("stop")
+
+    def config_for(*a, **k):
+        routed.append("sm90")
+        raise RuntimeError("stop")
+    monkeypatch.setattr(PF, "_prefill_sm80", sm80)
+    monkeypatch.setattr(PF, "config_for", config_for)
+    with pytest.raises(RuntimeError, match="stop"):
         PF.prefill_cuda(*_dummy_args(), backend="auto")
+    assert routed == [expected]
+
+
+def test_pre_ampere_gpu_is_rejected(monkeypatch):
+    from fa4_tq.kernels import prefill as PF
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    for backend in ("auto", "sm80"):
+        with pytest.raises(NotImplementedError, match="needs compute capability >= 8.0"):
+            PF.prefill_cuda(*_dummy_args(), backend=backend)
+    with pytest.raises(NotImplementedError, match="needs a Hopper GPU"):
+        PF.prefill_cuda(*_dummy_args(), backend="sm90")
 
 
 def test_sm80_backend_rejects_head_dim_256_before_launch(monkeypatch):

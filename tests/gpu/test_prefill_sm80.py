@@ -171,3 +171,12 @@ def test_cuda_graph_capture_and_replay():
     assert rel_error(out, ref_o) <= 1e-2
     assert not bool(torch.isnan(lse).any())
     assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_l))
+
+
+def test_runs_on_hopper_without_the_opt_in(monkeypatch):
+    """Validated on Hopper: backend='sm80' needs no opt-in there (elsewhere it does)."""
+    from fa4_tq.kernels.prefill import SM80_OPT_IN_ENV
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("Hopper only")
+    monkeypatch.delenv(SM80_OPT_IN_ENV, raising=False)
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, 4, 4, 16, True)
