@@ -79,7 +79,8 @@ def lut_tag(lut):
 
 
 def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
-          qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, lut=(None, None), pw=None):
+          qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, lut=(None, None), pw=None,
+          cs=1):
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     codec, kc, vc, kn, vn, bt, seqused = build_cache(k_lens, hkv, d, kb, vb, block_size, gen)
@@ -92,7 +93,7 @@ def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, w
     kout = torch.full((total_q, hq, d), float("nan"), dtype=torch.bfloat16, device=DEV)
     klse = torch.full((hq, total_q), float("nan"), dtype=torch.float32, device=DEV)
     out, lse = prefill_cuda(*args, backend="auto", kernel_out=kout, kernel_lse=klse,
-                            register_lut=lut, producer_wgs=pw)
+                            register_lut=lut, producer_wgs=pw, cluster_share=cs)
     torch.cuda.synchronize()
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     o, r = out.double(), ref_o.double()
@@ -102,7 +103,8 @@ def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, w
     lse_nan = bool(torch.isnan(lse).any())
     lse_err = float((lse[fin] - ref_l[fin]).abs().max()) if bool(fin.any()) else 0.0
     ok = err <= 1e-2 and ninf_ok and not lse_nan and lse_err <= 2e-2
-    name = f"{name} lut={lut_tag(lut)}" + (f" pw={pw}" if pw else "")
+    name = f"{name} lut={lut_tag(lut)}" + (f" pw={pw}" if pw else "") + (
+        f" cs={cs}" if cs != 1 else "")
     log(f"CHECK {'PASS' if ok else 'FAIL'} {name}: rel_err={err:.2e} lse_err={lse_err:.2e} "
         f"ninf_ok={ninf_ok} lse_nan={lse_nan} ({time.time() - t0:.1f}s)")
     ROWS.append(("check", name, "PASS" if ok else "FAIL", f"{err:.3e}", f"{lse_err:.3e}"))
@@ -115,10 +117,11 @@ def bench_fn(fn):
 
 
 def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
-          luts=((None, None),), baselines=True, pws=(None,)):
+          luts=((None, None),), baselines=True, pws=(None,), variants=None):
     """Time the kernel for each (K, V) register-LUT choice in ``luts`` (None = default) and
-    each producer-warpgroup count in ``pws`` (None = default) on the same data; FA4-bf16 /
-    unfused / +rotations once (default decode) when ``baselines``."""
+    each producer-warpgroup count in ``pws`` (None = default) on the same data, or for each
+    (lut, producer_wgs, cluster_share) in ``variants`` when given; FA4-bf16 / unfused /
+    +rotations once (default decode) when ``baselines``."""
     from flash_attn.cute.interface import flash_attn_func
     gen = torch.Generator().manual_seed(kb * 10 + vb)
     lens = [seqlen] * batch
@@ -132,10 +135,10 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
                                     torch.bfloat16)
     qb = q.view(batch, seqlen, hq, d)
     kb4, vb4 = k16.view(batch, seqlen, hkv, d), v16.view(batch, seqlen, hkv, d)
-    ours_lut = lambda lut, pw: (lambda: prefill_cuda(  # noqa
+    ours_lut = lambda lut, pw, cs=1: (lambda: prefill_cuda(  # noqa
         q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook, codec.v_codebook, codec.k_signs,
         codec.v_signs, seqlen, scale, causal, -1, -1, False, False, register_lut=lut,
-        producer_wgs=pw))
+        producer_wgs=pw, cluster_share=cs))
     ours_rot = lambda: prefill_cuda(q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook,  # noqa
                                     codec.v_codebook, codec.k_signs, codec.v_signs, seqlen,
                                     scale, causal, -1, -1, True, True)
@@ -155,14 +158,17 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
     t_unf = bench_fn(unfused) if baselines else float("nan")
     flops = 4 * batch * seqlen * seqlen * hq * d / (2 if causal else 1)
     tf = lambda t: flops / t / 1e9  # noqa  (ms -> TFLOP/s)
-    for lut, pw in [(lut, pw) for lut in luts for pw in pws]:
-        ours = ours_lut(lut, pw)
+    if variants is None:
+        variants = [(lut, pw, 1) for lut in luts for pw in pws]
+    for lut, pw, cs in variants:
+        ours = ours_lut(lut, pw, cs)
         # agreement with FA4 on the same (dequantized) data, as a sanity check of the timing
         o1 = ours()[0].view(batch, seqlen, hq, d).double()
         agree = float((o1 - o2).norm() / o2.norm())
         t_ours = bench_fn(ours)
         name = (f"K{kb}V{vb} B{batch} S{seqlen} {'causal' if causal else 'full'} bs{block_size} "
-                f"lut={lut_tag(lut)}" + (f" pw={pw}" if pw else ""))
+                f"lut={lut_tag(lut)}" + (f" pw={pw}" if pw else "")
+                + (f" cs={cs}" if cs != 1 else ""))
         log(f"BENCH {name}: ours {t_ours:.3f} ms ({tf(t_ours):.0f} TF/s), +rotations "
             f"{t_rot:.3f} ms, FA4-bf16 {t_fa4:.3f} ms ({tf(t_fa4):.0f} TF/s), unfused "
             f"{t_unf:.3f} ms | ours/FA4 speed {t_fa4 / t_ours:.3f}x, vs unfused "
@@ -282,8 +288,56 @@ def main_producer_wgs(budget_s=200.0):
                 f.write(",".join(str(x).replace(",", ";") for x in r) + "\n")
 
 
+def main_cluster_share(budget_s=95.0):
+    """Step 5 (docs/prefill-sm90-notes.md): cluster_share=2 (2-CTA clusters, query heads 2j,
+    2j+1 share every decoded K/V tile through DSMEM) vs the shipped default (producer_wgs=2,
+    cluster_share=1) vs the step-3 baseline (producer_wgs=1) vs FA4-bf16, same data, same
+    bench call. Every timed cluster build is first checked against the float64 reference
+    (NaN-poisoned output/LSE; varlen odd lengths, several m_blocks, paged). Headline first;
+    stages past ``budget_s`` are skipped (logged) so the call ends inside its limit."""
+    t_start = time.time()
+    log(torch.cuda.get_device_name(), torch.__version__)
+    ql, kl = [1, 17, 300], [40, 17, 1000]
+    d = (None, None)
+    variants = ((d, 1, 1), (d, 2, 1), (d, 2, 2))  # baseline, default, cluster pair
+    plan = [  # (kb, vb, checks: (causal, block_size)..., bench masks)
+        (4, 4, ((False, 16), (True, 128)), (False, True)),
+        (2, 2, ((True, 16),), (False,)),
+        (8, 8, ((False, 128),), (False,)),
+        (4, 8, ((True, 16),), (False,)),
+    ]
+    for j, (kb, vb, checks, masks) in enumerate(plan):
+        for causal, bs in checks:
+            if time.time() - t_start > budget_s:
+                log(f"SKIP check K{kb}V{vb} causal={causal} (budget)")
+                continue
+            guarded(check, f"K{kb}V{vb} d128 g4 {'causal' if causal else 'full'} bs{bs}", ql,
+                    kl, 8, 2, 128, kb, vb, bs, causal, seed=80 + 3 * j + int(causal), pw=2,
+                    cs=2)
+        for causal in masks:
+            if time.time() - t_start > budget_s:
+                log(f"SKIP bench K{kb}V{vb} causal={causal} (budget)")
+                continue
+            guarded(bench, kb, vb, 8192, causal, baselines=False, variants=variants)
+        if j == 0 and time.time() - t_start <= budget_s:  # GQA 2, long, rows seeing no key
+            guarded(check, "K4V4 d128 g2 full bs256 long", [700, 1], [2000, 3], 8, 4, 128, 4,
+                    4, 256, False, seed=95, pw=2, cs=2)
+            guarded(check, "K2V2 d128 g2 causal bs128 (sq>sk)", [1, 17, 300], [1, 9, 1000], 4,
+                    2, 128, 2, 2, 128, True, seed=96, pw=2, cs=2)
+    log(f"total {time.time() - t_start:.0f}s")
+    log("\n=== summary ===")
+    for r in ROWS:
+        log(" | ".join(str(x) for x in r))
+    if OUT_DIR:
+        with open(os.path.join(OUT_DIR, "prefill_cs_probe.csv"), "w") as f:
+            for r in ROWS:
+                f.write(",".join(str(x).replace(",", ";") for x in r) + "\n")
+
+
 if __name__ == "__main__":
     if "--producer-wgs" in sys.argv:
         main_producer_wgs()
+    elif "--cluster-share" in sys.argv:
+        main_cluster_share()
     else:
         main()

@@ -44,6 +44,7 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cute.nvgpu import cpasync
 from cutlass.utils import LayoutEnum
 from cutlass import pipeline
+from cutlass.pipeline import PipelineAsync as PipelineAsyncOg
 from cutlass.pipeline import pipeline_init_arrive, pipeline_init_wait
 from cutlass.cute import FastDivmodDivisorV2
 
@@ -57,7 +58,7 @@ from flash_attn.cute.flash_fwd_sm90 import FlashAttentionForwardSm90
 from flash_attn.cute.mask import AttentionMask
 from flash_attn.cute.seqlen_info import SeqlenInfoQK
 from flash_attn.cute.tile_scheduler import (SchedulingMode, SingleTileVarlenScheduler,
-                                            TileSchedulerArguments)
+                                            TileSchedulerArguments, WorkTileInfo)
 from flash_attn.cute.utils import AuxData
 
 from . import dequant as dq
@@ -108,6 +109,13 @@ class PrefillSm90Config:
     # 65536), else setmaxnreg.inc never returns (the kernel hangs).
     consumer_regs: int = 224
     producer_regs: int = 56
+    # CTAs per cluster sharing each decoded K/V tile (step 5). 1 = every CTA decodes whole
+    # tiles; 2 = a cluster of the two CTAs of query heads 2j, 2j+1 (same KV head, m_block and
+    # batch, hence the same n_blocks): CTA rank r decodes rows 64r..64r+63 of every K/V tile
+    # (two producer threads per row, half a row each) and stores them into both CTAs' shared
+    # memory (own + peer through DSMEM), halving the decode work per CTA. D=128,
+    # producer_wgs=2 and an even GQA ratio only (ClusterPairPipeline has the barrier protocol).
+    cluster_share: int = 1
 
     @property
     def num_threads(self) -> int:
@@ -120,6 +128,15 @@ class PrefillSm90Config:
         if (256 * self.consumer_regs + PRODUCER_THREADS * self.producer_wgs * self.producer_regs
                 > budget):
             raise ValueError(f"register split exceeds the CTA's launch allocation ({budget})")
+        if self.cluster_share not in (1, 2):
+            raise ValueError(f"cluster_share must be 1 or 2, got {self.cluster_share}")
+        if self.cluster_share == 2 and (self.head_dim != 128 or self.producer_wgs != 2
+                                        or self.qhead_per_kvhead % 2):
+            raise NotImplementedError(
+                f"PrefillSm90: cluster_share=2 is implemented for head_dim 128 with "
+                f"producer_wgs=2 and an even query-heads-per-KV-head ratio, got head_dim "
+                f"{self.head_dim}, producer_wgs {self.producer_wgs}, ratio "
+                f"{self.qhead_per_kvhead}")
         for side, bits, reg in (("k", self.k_bits, self.k_register_lut),
                                 ("v", self.v_bits, self.v_register_lut)):
             if reg and bits not in (2, 4):
@@ -132,7 +149,8 @@ class PrefillSm90Config:
         lut = "".join(("r" if reg else "s") for reg in (self.k_register_lut, self.v_register_lut))
         return (f"prefill_sm90_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
                 f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}_lut{lut}"
-                f"_pw{self.producer_wgs}")
+                f"_pw{self.producer_wgs}" + (f"_cs{self.cluster_share}"
+                                             if self.cluster_share != 1 else ""))
 
     def k_row_bytes(self) -> int:
         return self.head_dim * self.k_bits // 8
@@ -210,13 +228,16 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 local: bool, has_window_left: bool, has_window_right: bool,
                 k_register_lut: Optional[bool] = None,
                 v_register_lut: Optional[bool] = None,
-                producer_wgs: Optional[int] = None) -> PrefillSm90Config:
+                producer_wgs: Optional[int] = None,
+                cluster_share: int = 1) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
     (None: ``default_register_lut``) select register-LUT decode for a 2- or 4-bit side; 8-bit
     sides always use the shared-memory LUT (the flag is ignored for them). ``producer_wgs``
-    (None: ``default_producer_wgs``) picks one K+V producer warpgroup or one per side."""
+    (None: ``default_producer_wgs``) picks one K+V producer warpgroup or one per side.
+    ``cluster_share`` = 2 opts into the 2-CTA cluster that shares decoded tiles (step 5,
+    unmeasured: never the default)."""
     if producer_wgs is None:
         producer_wgs = default_producer_wgs(head_dim, k_bits, v_bits, local)
     if producer_wgs not in REGISTER_SPLIT:
@@ -238,7 +259,7 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 k_register_lut=bool(k_register_lut) and k_bits != 8,
                 v_register_lut=bool(v_register_lut) and v_bits != 8,
                 producer_wgs=producer_wgs, consumer_regs=REGISTER_SPLIT[producer_wgs][0],
-                producer_regs=REGISTER_SPLIT[producer_wgs][1])
+                producer_regs=REGISTER_SPLIT[producer_wgs][1], cluster_share=cluster_share)
     for slots in (2, 1):
         for rep in (32, 16, 8, 4, 2, 1):
             cfg = PrefillSm90Config(
@@ -248,6 +269,111 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
             if cfg.smem_bytes() <= SMEM_CAPACITY and (slots == 1 or rep >= 8):
                 return cfg
     raise NotImplementedError(f"PrefillSm90: no shared-memory fit for {base}")
+
+
+CLUSTER_PAIR_ROWS = 64  # K/V rows of each tile one CTA of a cluster pair decodes
+
+
+def cluster_pair_arrivals(num_mma_threads: int = 256) -> tuple[int, int]:
+    """(full, empty) mbarrier arrival counts of ClusterPairPipeline: one elected lane per
+    producer warp of a side (4) and per consumer warp (8), from both CTAs of the pair."""
+    warp = 32
+    return 2 * PRODUCER_THREADS // warp, 2 * num_mma_threads // warp
+
+
+def cluster_pair_part_py(rank: int, tidx: int, bits: int, head_dim: int = 128,
+                         tile_n: int = 128) -> tuple[int, list[tuple[int, int]]]:
+    """Python twin of the cluster_share=2 producer's index math (``load_tq`` / ``_issue`` /
+    ``_decode``) for the CPU emulation in tests/compile/test_compile_prefill.py: the tile row
+    producer thread ``tidx`` of CTA ``rank`` decodes, and per 8-element output chunk the byte
+    offset of its codes within the packed row and the byte offset of the chunk in the
+    swizzled bf16 tile (the same offset is stored in both CTAs' tiles)."""
+    row = rank * CLUSTER_PAIR_ROWS + tidx % CLUSTER_PAIR_ROWS
+    half = tidx // CLUSTER_PAIR_ROWS
+    nchunks = head_dim * bits // 8 // 16 // 2
+    out_per_in = 16 // bits
+    parts = []
+    for c in range(nchunks):
+        for k in range(out_per_in):
+            # half's offset folded into the code base in the kernel; 8 codes = ``bits`` bytes
+            code_byte = half * nchunks * 16 + c * 16 + k * bits
+            # (the kernel folds half * tile_n * 128, the half's swizzle-atom column, into the
+            # tile base address; nchunks * out_per_in = 8 chunks = one 64-column atom column)
+            off = half * tile_n * 128 + dq.swizzled_offset_py(row, c * out_per_in + k, tile_n)
+            parts.append((code_byte, off))
+    return row, parts
+
+
+@dataclass(frozen=True)
+class ClusterPairPipeline(pipeline_custom.PipelineAsync):
+    """K or V stage pipeline shared by the two CTAs of a cluster pair (cluster_share=2).
+
+    Every stage is written by both CTAs' producers (each writes its 64 rows into both CTAs'
+    shared memory) and read by both CTAs' consumers, so:
+    * full[s] of each CTA completes after 8 arrivals: one elected lane per producer warp of
+      this CTA and of the peer, each after its threads' stores (own + peer smem) and a
+      ``fence.proxy.async.shared::cluster`` (generic-proxy stores -> the consumers' wgmma
+      async-proxy reads), release at cluster scope; consumers wait with acquire at cluster
+      scope (the arrivals come from two CTAs);
+    * empty[s] of each CTA completes after 16 arrivals: one elected lane per consumer warp of
+      both CTAs (each consumer warp releases on its own and on the peer's barrier), so a
+      producer overwrites stage s (in both CTAs) only after both CTAs' consumers released it.
+    Created with producer group = 8 and consumer group = 16 (the arrival counts above)."""
+
+    @staticmethod
+    def create(*args, **kwargs):
+        obj = PipelineAsyncOg.create(*args, **kwargs)
+        object.__setattr__(obj, "__class__", ClusterPairPipeline)
+        return obj
+
+    @staticmethod
+    def _peer_barrier(addr: Int32) -> Int32:
+        return dq.mapa_shared(addr, dq.cluster_cta_rank() ^ 1)
+
+    def producer_acquire(self, state, try_acquire_token=None, *, loc=None, ip=None):
+        dq.mbarrier_wait_cluster(dq.smem_addr(self.sync_object_empty.get_barrier(state.index)),
+                                 state.phase)
+
+    def producer_commit(self, state, *, loc=None, ip=None):
+        # every thread fenced its own stores before this; the warp converges, one lane
+        # releases for all 32 (bar.warp.sync orders the warp's prior memory operations)
+        cute.arch.sync_warp()
+        with cute.arch.elect_one():
+            bar = dq.smem_addr(self.sync_object_full.get_barrier(state.index))
+            dq.mbarrier_arrive_cluster_local(bar)
+            dq.mbarrier_arrive_cluster_remote(self._peer_barrier(bar))
+
+    def consumer_try_wait(self, state, *, loc=None, ip=None):
+        return None  # consumer_wait always runs the cluster-scope wait loop
+
+    def consumer_wait(self, state, try_wait_token=None, *, loc=None, ip=None):
+        dq.mbarrier_wait_cluster(dq.smem_addr(self.sync_object_full.get_barrier(state.index)),
+                                 state.phase)
+
+    def consumer_release(self, state, *, loc=None, ip=None):
+        # called by all 32 lanes of a consumer warp after its wgmma reads of the stage retired
+        with cute.arch.elect_one():
+            bar = dq.smem_addr(self.sync_object_empty.get_barrier(state.index))
+            dq.mbarrier_arrive_cluster_local(bar)
+            dq.mbarrier_arrive_cluster_remote(self._peer_barrier(bar))
+
+
+class ClusterPairVarlenScheduler(SingleTileVarlenScheduler):
+    """FA4's varlen single-tile scheduler over query-head PAIRS, for cluster_share=2: the
+    params are built with num_head = Hq / 2 and the grid's x is doubled, so CTAs 2c and 2c+1
+    (one cluster of 2 along x) decode the same flat tile c = (m_block, head pair p, batch) and
+    take heads 2p + (x % 2). Both heads share a KV head (even GQA ratio), so both CTAs see the
+    same seqlens, n_block range and validity."""
+
+    @cute.jit
+    def _decode_work_tile(self) -> WorkTileInfo:
+        d = self.params.decoder
+        block, head_pair, batch_idx, _, _, _, is_valid = d.decode(
+            self._tile_idx // 2, Int32(0), Int32(0))
+        is_valid = is_valid and self._is_first_block
+        head_idx = head_pair * 2 + self._tile_idx % 2
+        return WorkTileInfo(
+            (Int32(block), Int32(head_idx), Int32(batch_idx), Int32(0)), is_valid)
 
 
 class PrefillSm90(FlashAttentionForwardSm90):
@@ -261,6 +387,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
             intra_wg_overlap=True, mma_pv_is_rs=True, paged_kv_non_tma=True)
         assert cfg.tile_n == PRODUCER_THREADS, "one K/V row per producer thread"
         self.cfg = cfg
+        # cluster of 2 CTAs along the grid's x (pairs of query heads), see cluster_share
+        self.cluster_shape_mn = (cfg.cluster_share, 1)
 
     # ------------------------------------------------------------------ shared memory
     def _get_shared_storage_cls(self):
@@ -353,10 +481,11 @@ class PrefillSm90(FlashAttentionForwardSm90):
         tma_atom_O, tma_tensor_O = cpasync.make_tiled_tma_atom(
             cpasync.CopyBulkTensorTileS2GOp(), mO_tma, self.sO_layout,
             (self.tile_m, self.tile_hdimv))
-        TileScheduler = SingleTileVarlenScheduler
+        cs = self.cfg.cluster_share
+        TileScheduler = SingleTileVarlenScheduler if cs == 1 else ClusterPairVarlenScheduler
         tile_sched_args = TileSchedulerArguments(
             cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m),
-            cute.size(mQ.shape[2]),
+            cute.size(mQ.shape[2]) // cs,  # cluster_share=2: head pairs
             cute.size(mCuSeqlensQ.shape[0] - 1),
             1,  # num_splits
             mKC.shape[1] * mPageTable.shape[1],
@@ -375,6 +504,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
         # load_tq handles exactly one work tile per CTA (no tile loop)
         assert tile_sched_params.scheduling_mode == SchedulingMode.STATIC
         grid_dim = TileScheduler.get_grid_shape(tile_sched_params)
+        if const_expr(cs == 2):
+            grid_dim = (grid_dim[0] * 2, grid_dim[1], grid_dim[2])
         softmax_scale_log2, softmax_scale = fa_utils.compute_softmax_scale_log2(
             softmax_scale, None)
         window_size_left = Int32(window_size_left) if window_size_left is not None else None
@@ -387,7 +518,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
             self.sV_layout, self.sO_layout, self.gmem_tiled_copy_O, tiled_mma_qk,
             tiled_mma_pv, tile_sched_params, TileScheduler, SharedStorage,
         ).launch(grid=grid_dim, block=[self.num_threads, 1, 1], stream=stream,
-                 min_blocks_per_mp=1)
+                 min_blocks_per_mp=1,
+                 cluster=[cs, 1, 1] if const_expr(cs == 2) else None)
 
     # ------------------------------------------------------------------ kernel entry
     @cute.kernel
@@ -440,14 +572,27 @@ class PrefillSm90(FlashAttentionForwardSm90):
             tx_count=self.tma_copy_bytes["Q"], defer_sync=True)
         # K/V tiles are written with plain st.shared by all 128 producer threads: each
         # thread fences its own stores and arrives (PipelineAsync, no transaction count).
-        pipeline_k = pipeline_custom.PipelineAsync.create(
-            barrier_storage=storage.mbar_ptr_K.data_ptr(), num_stages=self.num_stages,
-            producer_group=producer_threads, consumer_group=mma_warps,
-            elect_one_release=True, syncwarp_before_release=False, defer_sync=True)
-        pipeline_v = pipeline_custom.PipelineAsync.create(
-            barrier_storage=storage.mbar_ptr_V.data_ptr(), num_stages=self.num_stages,
-            producer_group=producer_threads, consumer_group=mma_warps,
-            elect_one_release=True, syncwarp_before_release=False, defer_sync=True)
+        if const_expr(self.cfg.cluster_share == 1):
+            pipeline_k = pipeline_custom.PipelineAsync.create(
+                barrier_storage=storage.mbar_ptr_K.data_ptr(), num_stages=self.num_stages,
+                producer_group=producer_threads, consumer_group=mma_warps,
+                elect_one_release=True, syncwarp_before_release=False, defer_sync=True)
+            pipeline_v = pipeline_custom.PipelineAsync.create(
+                barrier_storage=storage.mbar_ptr_V.data_ptr(), num_stages=self.num_stages,
+                producer_group=producer_threads, consumer_group=mma_warps,
+                elect_one_release=True, syncwarp_before_release=False, defer_sync=True)
+        else:
+            # arrival counts of ClusterPairPipeline: full = 4 producer warps x 2 CTAs,
+            # empty = 8 consumer warps x 2 CTAs
+            full_arrivals, empty_arrivals = cluster_pair_arrivals(self.num_mma_threads)
+            pair_producers = ThreadCooperativeGroup(full_arrivals)
+            pair_consumers = ThreadCooperativeGroup(empty_arrivals)
+            pipeline_k = ClusterPairPipeline.create(
+                barrier_storage=storage.mbar_ptr_K.data_ptr(), num_stages=self.num_stages,
+                producer_group=pair_producers, consumer_group=pair_consumers, defer_sync=True)
+            pipeline_v = ClusterPairPipeline.create(
+                barrier_storage=storage.mbar_ptr_V.data_ptr(), num_stages=self.num_stages,
+                producer_group=pair_producers, consumer_group=pair_consumers, defer_sync=True)
         pipeline_init_arrive(cluster_shape_mn=self.cluster_shape_mn, is_relaxed=True)
 
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
@@ -498,14 +643,25 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 cute.arch.setmaxregister_decrease(self.num_producer_regs)
                 tidx, _, _ = cute.arch.thread_idx()
                 producer(tidx, block_info, SeqlenInfoCls, TileSchedulerCls, True, False)
+                self._cluster_exit_barrier()
             elif warp_idx >= 12:
                 cute.arch.setmaxregister_decrease(self.num_producer_regs)
                 tidx, _, _ = cute.arch.thread_idx()
                 producer(tidx - 384, block_info, SeqlenInfoCls, TileSchedulerCls, False, True)
+                self._cluster_exit_barrier()
             else:
                 cute.arch.setmaxregister_increase(self.num_mma_regs)
                 tidx, _, _ = cute.arch.thread_idx()
                 consumer(tidx - 128, *consumer_args)
+                self._cluster_exit_barrier()
+
+    def _cluster_exit_barrier(self):
+        """cluster_share=2: no CTA may exit while its peer can still store into its shared
+        memory or arrive on its barriers (DSMEM of an exited CTA is undefined): every thread of
+        both CTAs arrives (release) after its last remote operation and waits for all."""
+        if const_expr(self.cfg.cluster_share == 2):
+            cute.arch.cluster_arrive(aligned=False)
+            cute.arch.cluster_wait()
 
     # ------------------------------------------------------------------ producer
     @cute.jit
@@ -582,6 +738,21 @@ class PrefillSm90(FlashAttentionForwardSm90):
         page_divmod = FastDivmodDivisorV2(page_size)
         kc_base = mKC.iterator.toint()
         vc_base = mVC.iterator.toint()
+
+        # Which part of every K/V tile this thread decodes: cluster_share=1: row tidx, all of
+        # it; 2: row 64*rank + tidx % 64 and half h = tidx // 64 of its code bytes, which is
+        # swizzle-atom column h of the bf16 tile. The half's constant offsets are folded into
+        # the code bases and the tile bases here (no extra live register in the 48-register
+        # producer); _decode maps each tile address into the peer CTA with mapa.
+        row = tidx
+        if const_expr(cfg.cluster_share == 2):
+            row = dq.cluster_cta_rank() * CLUSTER_PAIR_ROWS + tidx % CLUSTER_PAIR_ROWS
+            half = tidx // CLUSTER_PAIR_ROWS
+            kc_base = kc_base + Int64(half * (self._chunks(kbytes) * 16))
+            vc_base = vc_base + Int64(half * (self._chunks(vbytes) * 16))
+            half_col = half * (tile_n * 128)  # bytes of one 64-column swizzle-atom column
+            sK_addr = sK_addr + half_col
+            sV_addr = sV_addr + half_col
         kn_base = mKN.iterator.toint()
         vn_base = mVN.iterator.toint()
 
@@ -613,8 +784,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
 
             # Prologue: blocks 0 .. slots-1 (K then V), then Q by TMA.
             ctx = _ProducerCtx(
-                tidx=tidx, n_first=n_first, n_count=n_count, seqlen_k=seqlen_k,
-                batch_idx=batch_idx, head_kv=head_kv, page_size=page_size,
+                tidx=tidx, row=row, n_first=n_first, n_count=n_count,
+                seqlen_k=seqlen_k, batch_idx=batch_idx, head_kv=head_kv, page_size=page_size,
                 page_divmod=page_divmod, num_heads_kv=num_heads_kv, mPageTable=mPageTable,
                 kc_base=kc_base, vc_base=vc_base, kn_base=kn_base, vn_base=vn_base,
                 stage_k_row=stage_k_row, stage_v_row=stage_v_row, slot_bytes=slot_bytes,
@@ -648,7 +819,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
                     pipeline_k.producer_acquire(kv_producer_state)
                     self._decode(ctx, i, True, nk0,
                                  sK_addr + kv_producer_state.index * tile_bytes)
-                    cute.arch.fence_view_async_shared()
+                    self._fence_tile_stores()
                     pipeline_k.producer_commit(kv_producer_state)
                     if const_expr(slots == 2):
                         nk0 = nk1
@@ -660,7 +831,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
                     pipeline_v.producer_acquire(kv_producer_state)
                     self._decode(ctx, i, False, nv0,
                                  sV_addr + kv_producer_state.index * tile_bytes)
-                    cute.arch.fence_view_async_shared()
+                    self._fence_tile_stores()
                     pipeline_v.producer_commit(kv_producer_state)
                     if const_expr(slots == 2):
                         nv0 = nv1
@@ -671,6 +842,19 @@ class PrefillSm90(FlashAttentionForwardSm90):
             # drain the (empty) trailing groups before the thread exits
             cute.arch.cp_async_wait_group(0)
 
+    def _fence_tile_stores(self):
+        """Make this thread's generic-proxy tile stores visible to the async proxy (wgmma)
+        before the full-barrier arrive; cluster_share=2 also covers its stores into the peer
+        CTA's shared memory."""
+        if const_expr(self.cfg.cluster_share == 2):
+            dq.fence_proxy_async_cluster()
+        else:
+            cute.arch.fence_view_async_shared()
+
+    def _chunks(self, nbytes: int) -> int:
+        """16-byte code chunks of a row that one producer thread handles."""
+        return nbytes // 16 // self.cfg.cluster_share
+
     # The two producer steps are plain Python (traced inline, fully unrolled, branch-free:
     # rows past seqlen_k are predicated off instead of branched around).
     def _issue(self, ctx: "_ProducerCtx", i: Int32, is_k: bool) -> Int32:
@@ -678,7 +862,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
         commit the group (possibly empty); return the row's norm as bf16x2 (0 if the row is
         past seqlen_k or block #i does not exist)."""
         cfg = self.cfg
-        token = (ctx.n_first - i) * self.tile_n + ctx.tidx
+        token = (ctx.n_first - i) * self.tile_n + ctx.row
         valid = Int32((i < ctx.n_count) & (token < ctx.seqlen_k))
         token = token * valid  # invalid rows look up page-table entry 0 (always in bounds)
         page_idx, page_off = divmod(token, ctx.page_divmod)
@@ -689,7 +873,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
         src = (ctx.kc_base if is_k else ctx.vc_base) + row * nbytes
         dst = (ctx.stage_k_row if is_k else ctx.stage_v_row) + (i % cfg.stage_slots) * ctx.slot_bytes
         src_bytes = valid * 16
-        for c in range(nbytes // 16):
+        nchunks = self._chunks(nbytes)  # (cluster_share=2: the half's offset is in the base)
+        for c in range(nchunks):
             dq.cp_async_16(dst + c * self.tile_n * 16, src + c * 16, src_bytes)
         norm2 = dq.ld_global_bf16_pair((ctx.kn_base if is_k else ctx.vn_base) + row * 2, valid)
         cute.arch.cp_async_commit_group()
@@ -697,7 +882,9 @@ class PrefillSm90(FlashAttentionForwardSm90):
 
     def _decode(self, ctx: "_ProducerCtx", i: Int32, is_k: bool, norm2: Int32,
                 tile_addr: Int32) -> None:
-        """Staged codes of block #i (one side) -> this thread's row of the swizzled bf16 tile."""
+        """Staged codes of block #i (one side) -> this thread's row of the swizzled bf16
+        tile (cluster_share=2: half row, ``tile_addr`` already at its atom column; also
+        stored at the same offset in the peer CTA's tile)."""
         cfg = self.cfg
         bits = cfg.k_bits if is_k else cfg.v_bits
         reps = cfg.k_lut_replicas if is_k else cfg.v_lut_replicas
@@ -709,7 +896,11 @@ class PrefillSm90(FlashAttentionForwardSm90):
         if register_lut:  # this row's scaled codebook as prmt byte planes
             planes = dq.load_row_planes(ctx.lutk_addr if is_k else ctx.lutv_addr, bits, norm2)
         out_per_in = 16 // bits  # 8-element output chunks per 16 B of codes
-        for c in range(nbytes // 16):
+        nchunks = self._chunks(nbytes)
+        peer_tile_addr = tile_addr
+        if cfg.cluster_share == 2:
+            peer_tile_addr = dq.mapa_shared(tile_addr, dq.cluster_cta_rank() ^ 1)
+        for c in range(nchunks):
             words = dq.ld_shared_v4(src + c * self.tile_n * 16)
             outs = []
             for w in words:
@@ -719,9 +910,13 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 else:
                     outs.extend(dq.decode_word(w, lut_lane, norm2, bits, reps))
             for k in range(out_per_in):
-                dq.st_shared_v4(
-                    tile_addr + dq.swizzled_offset(ctx.tidx, c * out_per_in + k, self.tile_n),
-                    outs[4 * k], outs[4 * k + 1], outs[4 * k + 2], outs[4 * k + 3])
+                # (cluster_share=2: chunk within the half; the half's column is in tile_addr)
+                off = dq.swizzled_offset(ctx.row, c * out_per_in + k, self.tile_n)
+                dq.st_shared_v4(tile_addr + off, outs[4 * k], outs[4 * k + 1], outs[4 * k + 2],
+                                outs[4 * k + 3])
+                if const_expr(cfg.cluster_share == 2):
+                    dq.st_cluster_v4(peer_tile_addr + off, outs[4 * k], outs[4 * k + 1],
+                                     outs[4 * k + 2], outs[4 * k + 3])
 
 
 @dataclass
@@ -729,6 +924,7 @@ class _ProducerCtx:
     """Per-work-tile values the producer steps share (a bag of DSL values, not a kernel arg)."""
 
     tidx: object
+    row: object  # tile row this thread decodes (tidx unless cluster_share=2)
     n_first: object
     n_count: object
     seqlen_k: object
@@ -805,6 +1001,11 @@ def shipped_configs() -> list[PrefillSm90Config]:
         cfg = make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=pw)
         if cfg not in out:
             out.append(cfg)
+    # the opt-in 2-CTA cluster that shares decoded tiles (step 5, unmeasured): the probe's
+    # headline K4V4 full (shared-memory LUT on both sides) and a causal register-LUT build
+    for kb, vb, causal in ((4, 4, False), (2, 2, True)):
+        out.append(make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=2,
+                               cluster_share=2))
     return out
 
 
@@ -812,7 +1013,8 @@ def _variant(cfg: PrefillSm90Config) -> str:
     mask = "causal" if cfg.causal else ("local" if cfg.local else "full")
     lut = "".join(("r" if reg else "s") for reg in (cfg.k_register_lut, cfg.v_register_lut))
     pw = f"-pw{cfg.producer_wgs}" if cfg.producer_wgs != 1 else ""
-    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}{pw}"
+    cs = f"-cs{cfg.cluster_share}" if cfg.cluster_share != 1 else ""
+    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}{pw}{cs}"
 
 
 def register_configs(register) -> None:

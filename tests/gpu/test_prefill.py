@@ -16,7 +16,7 @@ BITS = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
 
 def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
          qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, register_lut=(None, None),
-         producer_wgs=None):
+         producer_wgs=None, cluster_share=1):
     from fa4_tq.kernels.prefill import prefill_cuda
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
@@ -32,7 +32,7 @@ def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
     kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device="cuda")
     klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
     out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=register_lut,
-                            producer_wgs=producer_wgs)
+                            producer_wgs=producer_wgs, cluster_share=cluster_share)
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     assert out.dtype == qdtype and lse.dtype == torch.float32
     assert rel_error(out, ref_o) <= 1e-2
@@ -111,3 +111,28 @@ def test_unsupported_cases_raise_before_launch():
         prefill_cuda(*args, backend="sm80")
     with pytest.raises(NotImplementedError, match="head_dim 256"):
         prefill_cuda(*args, backend="auto")
+
+
+# ----------------------------------------------------------------- cluster_share=2 (step 5)
+# Opt-in 2-CTA clusters (query heads 2j, 2j+1 share each decoded K/V tile through DSMEM).
+# Varlen batches with several m_blocks per sequence, GQA 4 and 2, paged (bs 16 and 128).
+
+@pytest.mark.parametrize("kb,vb", [(4, 4), (2, 2), (8, 8), (4, 8)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cluster_share_pairs(kb, vb, causal):
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 16 if causal else 128, causal,
+         seed=70 + kb * 10 + vb, producer_wgs=2, cluster_share=2)
+
+
+def test_cluster_share_gqa2_long_and_rows_that_see_no_key():
+    _run([700, 1], [2000, 3], 8, 4, 128, 4, 4, 256, False, seed=91, producer_wgs=2,
+         cluster_share=2)
+    _run([1, 17, 300], [1, 9, 1000], 4, 2, 128, 2, 2, 128, True, seed=92, producer_wgs=2,
+         cluster_share=2)
+
+
+def test_cluster_share_unsupported_raises_before_launch():
+    """Odd GQA ratio (a head pair would span two KV heads), one producer warpgroup, D=64."""
+    for hq, hkv, d, pw in ((3, 1, 128, 2), (4, 4, 128, 2), (8, 2, 128, 1), (8, 2, 64, 2)):
+        with pytest.raises(NotImplementedError, match="cluster_share=2"):
+            _run([5], [9], hq, hkv, d, 4, 4, 16, False, producer_wgs=pw, cluster_share=2)
