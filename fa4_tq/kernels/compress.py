@@ -43,6 +43,20 @@ docs/compress-notes.md):
   CTAs, registers capped for 3 CTAs per SM; 4-bit and mixed 4/2-bit sides only.
 The float64 norm correction n / sqrt(sum c[code]^2) is evaluated once per iteration for
 both sides (even lanes K, odd lanes V).
+
+Summation order (why CompressConfig.sum_chains keeps the result reference-exact): the format
+fixes the operations (float64 squares, float64 sums, sqrt.rn, one float32 / bf16 rounding),
+not the order of the float64 additions; codec/quantizer.py says the result is independent of
+it except with probability ~2^-29 per vector. The kernels never used the reference's order
+(torch's vectorized sum): one lane sums its elements, then a shuffle butterfly sums the
+lanes. Every term is exact (the square of a float32 is exact in float64; so is a squared
+codebook entry), so any order gives the exact sum within (D - 1) * 2^-53 relative (worst
+case), and float32(sqrt(.)) / the norm correction can only differ when the exact value lies
+that close to a float32 (or bf16) rounding boundary. Special values do not depend on the
+order either (terms are >= 0 or NaN; float64 cannot overflow on squares of float32).
+sum_chains = 2 / 4 only changes which float64 additions happen (r % 4 partial sums, pairwise
+total), so it keeps exactly that guarantee. CPU emulation of sum_chains 1 / 2 / 4 against
+the reference: docs/compress-notes.md (H7), microbench/compress_probe.py --emulate-sum-order.
 """
 
 from __future__ import annotations
@@ -116,6 +130,13 @@ COMPRESS_VARIANTS = {
     "binary": dict(algo="binary"),
     "lut": dict(algo="lut"),
     "lut-wide": dict(algo="lut", chunks=4, num_threads=128, min_ctas_per_sm=3),
+    # Opt-in candidates (H7, compile-checked, never measured; "auto" never picks them):
+    # 4 independent float64 partial sums per thread (CompressConfig.sum_chains) and/or the
+    # next vector's loads issued before this one's math (CompressConfig.prefetch).
+    "lut-s4": dict(algo="lut", sum_chains=4),
+    "lut-pf": dict(algo="lut", prefetch=True),
+    "lut-pf-s4": dict(algo="lut", prefetch=True, sum_chains=4),
+    "lut-wide-s4": dict(algo="lut", chunks=4, num_threads=128, min_ctas_per_sm=3, sum_chains=4),
 }
 # Grid-table cells per bit width: cell k covers u = y / n in about
 # [(k - G/2 - 0.5) / S, (k - G/2 + 0.5) / S] with S = G/2 - 2, so |u| <= 1 never leaves the
@@ -431,6 +452,14 @@ def _group_sum_f64(v: Float64, log_lanes: cutlass.Constexpr) -> Float64:
     return v
 
 
+def _chain_total(parts: list) -> Float64:
+    """Sum of the partial sums of a chained float64 accumulation, pairwise in chain order
+    ((c0 + c1) + (c2 + c3)); one chain is returned as it is."""
+    while len(parts) > 1:
+        parts = [_add_f64(parts[2 * i], parts[2 * i + 1]) for i in range(len(parts) // 2)]
+    return parts[0]
+
+
 @cute.jit
 def _sign_mask(signs: cute.Tensor, geo: cutlass.Constexpr, lane: Int32) -> Uint32:
     """Bit r = 1 iff the sign of this lane's register r is negative."""
@@ -462,6 +491,16 @@ class CompressConfig:
     # > 0: launch bound (nvvm.minctasm) that caps ptxas's registers at
     # 65536 / (min_ctas_per_sm * num_threads); 0: no bound
     min_ctas_per_sm: int = 0
+    # Independent float64 partial sums per thread for sum y^2 and sum c[code]^2 (element r
+    # goes to partial sum r % sum_chains, combined pairwise at the end): 1 = one dependent
+    # DFMA / DADD chain of 16-32 links per side. Opt-in (not yet measured); see
+    # "Summation order" in the module doc for why the result stays reference-exact.
+    sum_chains: int = 1
+    # Software-pipelined loads: the next iteration's key / value words and slot are loaded
+    # before this iteration's math, so the global-load latency overlaps it instead of
+    # starting after the previous iteration's stores (+2 * 4 * chunks + 2 registers for
+    # 16-bit inputs). Opt-in (not yet measured).
+    prefetch: bool = False
 
     def __post_init__(self):
         if self.head_dim not in _SUPPORTED_HEAD_DIMS:
@@ -476,6 +515,8 @@ class CompressConfig:
         for b in (self.k_bits, self.v_bits):
             if self.algo == "lut" and b in _LUT_CELLS and _LUT_CELLS[b] % self.num_threads:
                 raise ValueError(f"compress: algo='lut' needs num_threads dividing {_LUT_CELLS[b]}")
+        if self.sum_chains not in (1, 2, 4):
+            raise ValueError(f"compress: sum_chains must be 1, 2 or 4, got {self.sum_chains}")
         if self.chunks not in (2, 4):
             raise ValueError(f"compress: chunks must be 2 or 4, got {self.chunks}")
         if self.num_threads % 32 or self.num_threads % _Geometry(self.head_dim, self.chunks).lanes:
@@ -486,6 +527,10 @@ class CompressConfig:
         alg = "" if self.algo == "binary" else f"_{self.algo}"
         if self.chunks != _CHUNKS:
             alg += f"_e{8 * self.chunks}t{self.num_threads}m{self.min_ctas_per_sm}"
+        if self.sum_chains != 1:
+            alg += f"_s{self.sum_chains}"
+        if self.prefetch:
+            alg += "_pf"
 
         return f"compress_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_{self.in_dtype}{alg}"
 
@@ -531,6 +576,21 @@ class CompressStoreKernel:
         return words
 
     @cute.jit
+    def _load_vector(self, buf: cute.Tensor, tok: Int32, head: Int32, num_tokens: Int32,
+                     num_heads: Int32, key_base: Int64, val_base: Int64, slot_base: Int64,
+                     lane: Int32):
+        """prefetch: load vector (tok, head) into buf = [key words, value words, slot lo, hi];
+        past the end it loads the last token's (every lane keeps taking part, see kernel)."""
+        tc = Int64(cutlass.select_(tok < num_tokens, tok, num_tokens - 1))
+        pc = tc * Int64(num_heads) + Int64(head)
+        lo, hi = _ld_v2(slot_base + tc * 8)
+        words = self._load_side(key_base, pc, lane) + self._load_side(val_base, pc, lane)
+        for q in cutlass.range_constexpr(len(words)):
+            buf[q] = words[q]
+        buf[len(words)] = lo
+        buf[len(words) + 1] = hi
+
+    @cute.jit
     def _to_f32(self, words: list, smask: Uint32):
         """Input words -> float32 values with the rotation signs applied (exact)."""
         y = []
@@ -557,7 +617,8 @@ class CompressStoreKernel:
         t_mid = _mul_rn(sThr[nlev // 2 - 1], n)
         t_lo = _mul_rn(sThr[nlev // 4 - 1], n)
         t_hi = _mul_rn(sThr[3 * nlev // 4 - 1], n)
-        cs = Float64(0.0)
+        nch = self.cfg.sum_chains
+        cs = [Float64(0.0)] * nch
         out = []
         for k in cutlass.range_constexpr(self.geo.chunks):
             words = [Uint32(0), Uint32(0)]
@@ -571,11 +632,11 @@ class CompressStoreKernel:
                     cand = code + (nlev >> (s + 1))
                     t = _mul_rn(sThr[cand - 1], n)
                     code = Int32(cutlass.select_(t < yr, cand, code))
-                cs = _add_f64(cs, sCb2[code])
+                cs[i % nch] = _add_f64(cs[i % nch], sCb2[code])
                 sh = (bits * i) % 32
                 words[(bits * i) // 32] = words[(bits * i) // 32] | (Uint32(code) << Uint32(sh))
             out.extend(words if const_expr(bits == 8) else words[:1])
-        return out, cs
+        return out, _chain_total(cs)
 
     @cute.jit
     def _codes_count(self, y: list, n: Float32, sThr: cute.Tensor, sCb2: cute.Tensor):
@@ -584,7 +645,8 @@ class CompressStoreKernel:
         t0 = _mul_rn(sThr[0], n)
         t1 = _mul_rn(sThr[1], n)
         t2 = _mul_rn(sThr[2], n)
-        cs = Float64(0.0)
+        nch = self.cfg.sum_chains
+        cs = [Float64(0.0)] * nch
         out = []
         for k in cutlass.range_constexpr(self.geo.chunks):
             word = Uint32(0)
@@ -593,10 +655,10 @@ class CompressStoreKernel:
                 p1 = t1 < yr
                 code = _inc_if_lt(Uint32(cutlass.select_(p1, Uint32(2), Uint32(0))),
                                   Float32(cutlass.select_(p1, t2, t0)), yr)
-                cs = _add_f64(cs, sCb2[Int32(code)])
+                cs[i % nch] = _add_f64(cs[i % nch], sCb2[Int32(code)])
                 word = word + (code << Uint32(2 * i))
             out.append(word)
-        return out, cs
+        return out, _chain_total(cs)
 
     @cute.jit
     def _codes_lut(self, y: list, n: Float32, scale: Float32, lut_off: Uint32,
@@ -610,7 +672,8 @@ class CompressStoreKernel:
         magic = Float32(_LUT_MAGIC + G // 2)
         thr_addr = Int32(sThr.iterator.toint())
         cb2_addr = Int32(sCb2.iterator.toint())
-        cs = Float64(0.0)
+        nch = self.cfg.sum_chains
+        cs = [Float64(0.0)] * nch
         out = []
         for k in cutlass.range_constexpr(self.geo.chunks):
             words = [Uint32(0), Uint32(0)]
@@ -629,7 +692,8 @@ class CompressStoreKernel:
                     c4 = _lds_u8(Int32(kb | lut_off))
                     t = _mul_rn(_lds_f32(Int32(c4) + thr_addr), n)
                     code4 = _inc_if_lt(c4, t, yr, 4)
-                    cs = _add_f64(cs, _lds_f64(Int32(code4 << Uint32(1)) + cb2_addr))
+                    cs[i % nch] = _add_f64(cs[i % nch],
+                                           _lds_f64(Int32(code4 << Uint32(1)) + cb2_addr))
                     if const_expr(sh == 0):
                         field = code4 >> Uint32(2)
                     else:
@@ -638,12 +702,12 @@ class CompressStoreKernel:
                     tb, c = _lds_v2(Int32((kb << Uint32(3)) + lut_off))
                     t = _mul_rn(_bits_to_f32(tb), n)
                     code = _inc_if_lt(c, t, yr)
-                    cs = _add_f64(cs, sCb2[Int32(code)])
+                    cs[i % nch] = _add_f64(cs[i % nch], sCb2[Int32(code)])
                     field = code << Uint32(sh)
                 # fields do not overlap: + is |, and lets ptxas use one LEA / IMAD
                 words[(bits * i) // 32] = words[(bits * i) // 32] + field
             out.extend(words if const_expr(bits == 8) else words[:1])
-        return out, cs
+        return out, _chain_total(cs)
 
     @cute.jit
     def _quantize(self, words: list, smask: Uint32, sThr: cute.Tensor, sCb2: cute.Tensor,
@@ -655,11 +719,12 @@ class CompressStoreKernel:
         y = self._to_f32(words, smask)
         _wht(y, geo, lane, lut)
         inv = Float32(_inv_sqrt_f32(self.cfg.head_dim))
-        ss = Float64(0.0)
+        nch = self.cfg.sum_chains
+        ss = [Float64(0.0)] * nch
         for r in cutlass.range_constexpr(self.geo.elems):
             y[r] = _mul_rn(y[r], inv)
-            ss = _sq_acc_f64(ss, y[r])
-        ss = _group_sum_f64(ss, geo.log_lanes)
+            ss[r % nch] = _sq_acc_f64(ss[r % nch], y[r])
+        ss = _group_sum_f64(_chain_total(ss), geo.log_lanes)
         n = _sqrt_to_f32(ss)
         if const_expr(not lut):
             w, cs = self._codes_binary(y, n, sThr, sCb2, bits)
@@ -870,18 +935,39 @@ class CompressStoreKernel:
         kn_base = _addr(mKNorm)
         vn_base = _addr(mVNorm)
         slot_base = _addr(mSlot)
+        # prefetch: register buffer of the next vector's [key words, value words, slot lo, hi]
+        nside = self.geo.chunks * 4 * (self.in_bytes // 2)  # 32-bit input words per side
+        pf = cute.make_rmem_tensor(cute.make_layout(2 * nside + 2), Uint32)
+        if const_expr(cfg.prefetch):
+            self._load_vector(pf, tok, head, num_tokens, num_heads, key_base, val_base,
+                              slot_base, lane)
         for it in cutlass.range(iters):
             valid = tok < num_tokens
-            # Past the end: compute on a real vector and store nothing, so that every lane
-            # takes part in every shuffle (no divergent control flow in the loop).
-            tc = Int64(cutlass.select_(valid, tok, num_tokens - 1))
-            pc = tc * Int64(num_heads) + Int64(head)
-            lo, hi = _ld_v2(slot_base + tc * 8)
+            cur_head = head
+            if const_expr(cfg.prefetch):
+                buf = [pf[q] for q in range(2 * nside + 2)]
+                kw = buf[:nside]
+                vw = buf[nside:2 * nside]
+                lo = buf[2 * nside]
+                hi = buf[2 * nside + 1]
+                # advance first, then start the next vector's loads before this one's math
+                head = head + step_head
+                wrap = head >= num_heads
+                head = Int32(cutlass.select_(wrap, head - num_heads, head))
+                tok = tok + step_tok + Int32(cutlass.select_(wrap, Int32(1), Int32(0)))
+                self._load_vector(pf, tok, head, num_tokens, num_heads, key_base, val_base,
+                                  slot_base, lane)
+            else:
+                # Past the end: compute on a real vector and store nothing, so that every
+                # lane takes part in every shuffle (no divergent control flow in the loop).
+                tc = Int64(cutlass.select_(valid, tok, num_tokens - 1))
+                pc = tc * Int64(num_heads) + Int64(head)
+                lo, hi = _ld_v2(slot_base + tc * 8)
+                kw = self._load_side(key_base, pc, lane)
+                vw = self._load_side(val_base, pc, lane)
             slot = Int64(lo) | (Int64(hi) << Int64(32))
-            kw = self._load_side(key_base, pc, lane)
-            vw = self._load_side(val_base, pc, lane)
             ok = valid & (slot >= 0) & (slot < num_slots)
-            row = slot * Int64(num_heads) + head
+            row = slot * Int64(num_heads) + cur_head
             kpacked, kn, kcs = self._quantize(kw, kmask, sKThr, sKCb2, k_off, k_ok, lut_one,
                                               cfg.k_bits, lane)
             self._store_codes(kc_base, row, kpacked, cfg.k_bits, lane, ok)
@@ -896,10 +982,11 @@ class CompressStoreKernel:
                                           Float64(cutlass.select_(odd, vcs, kcs)))
             norm_base = Int64(cutlass.select_(odd, vn_base, kn_base))
             _st_b16(norm_base + row * 2, nbits, ok & (lane < 2))
-            head = head + step_head
-            wrap = head >= num_heads
-            head = Int32(cutlass.select_(wrap, head - num_heads, head))
-            tok = tok + step_tok + Int32(cutlass.select_(wrap, Int32(1), Int32(0)))
+            if const_expr(not cfg.prefetch):
+                head = head + step_head
+                wrap = head >= num_heads
+                head = Int32(cutlass.select_(wrap, head - num_heads, head))
+                tok = tok + step_tok + Int32(cutlass.select_(wrap, Int32(1), Int32(0)))
 
 
 # =============================================================================== dequantize
@@ -1154,6 +1241,23 @@ def lut_wide_supported(k_bits: int, v_bits: int) -> bool:
     return 8 not in (k_bits, v_bits) and 4 in (k_bits, v_bits)
 
 
+def variant_supported(algo: str, k_bits: int, v_bits: int, in_dtype: str = "bfloat16") -> bool:
+    """Variant ``algo`` compiles for these sides without spills at its occupancy (sm_90a,
+    checked on the CPU): wide variants as lut_wide_supported; prefetch needs <= 128
+    registers at 256 threads (two CTAs per SM): 16-bit inputs only (float32 doubles the
+    buffer: 8 B spill), no 8-bit side (140 registers, or spills under a launch bound), and
+    K2V2 only without sum_chains (164)."""
+    fields = COMPRESS_VARIANTS[algo]
+    if fields.get("chunks", _CHUNKS) != _CHUNKS and not lut_wide_supported(k_bits, v_bits):
+        return False
+    if fields.get("prefetch", False):
+        if 8 in (k_bits, v_bits) or in_dtype == "float32":
+            return False
+        if fields.get("sum_chains", 1) > 1 and (k_bits, v_bits) == (2, 2):
+            return False
+    return True
+
+
 def compress_config(head_dim: int, k_bits: int, v_bits: int, in_dtype: str,
                     algo: str) -> CompressConfig:
     """The CompressConfig of variant ``algo`` (a COMPRESS_VARIANTS name) for these sides."""
@@ -1165,6 +1269,10 @@ def compress_config(head_dim: int, k_bits: int, v_bits: int, in_dtype: str,
         raise ValueError(f"compress_store: algo='lut-wide' does not support K{k_bits}V{v_bits} "
                          "(8-bit sides or both sides 2-bit spill registers at its 170-register "
                          "cap); use 'lut' or 'binary'")
+    if not variant_supported(algo, k_bits, v_bits, in_dtype):
+        raise ValueError(f"compress_store: algo={algo!r} does not support K{k_bits}V{v_bits} "
+                         f"with {in_dtype} inputs (it needs more registers than its occupancy "
+                         "allows: see variant_supported); use 'lut' or 'binary'")
     return CompressConfig(head_dim, k_bits, v_bits, in_dtype, **fields)
 
 
@@ -1242,6 +1350,9 @@ def shipped_configs() -> list:
         cfgs += [CompressConfig(d, b, b, "bfloat16", algo=algo)
                  for d in _SUPPORTED_HEAD_DIMS for b in _SUPPORTED_BITS]
     cfgs += [compress_config(d, kb, vb, dt, "lut-wide") for d, kb, vb, dt in sorted(_WIDE_DEFAULT)]
+    # opt-in H7 candidates, one config each (CI budget): prefetch + chains, wide + chains
+    cfgs += [compress_config(128, 4, 4, "bfloat16", "lut-pf-s4"),
+             compress_config(128, 4, 4, "bfloat16", "lut-wide-s4")]
     for algo in _COMPRESS_ALGOS:
         cfgs += [CompressConfig(128, 4, 2, "bfloat16", algo=algo),
                  CompressConfig(128, 8, 4, "bfloat16", algo=algo),
@@ -1266,7 +1377,9 @@ def compile_configs():
 def _variant(cfg) -> str:
     if isinstance(cfg, CompressConfig):
         wide = "" if cfg.chunks == _CHUNKS else "-wide"
-        return cfg.in_dtype + ("" if cfg.algo == "binary" else f"-{cfg.algo}") + wide
+        extra = ("-pf" if cfg.prefetch else "") + \
+            (f"-s{cfg.sum_chains}" if cfg.sum_chains != 1 else "")
+        return cfg.in_dtype + ("" if cfg.algo == "binary" else f"-{cfg.algo}") + wide + extra
     return cfg.out_dtype + ("-unrotate" if cfg.unrotate else "")
 
 

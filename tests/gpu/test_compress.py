@@ -333,3 +333,69 @@ def test_compile_cache_reused(algo):
     n = len(compress._COMPILED)
     _run_compress(key, value, cache, _slots(8, 64, gen), codec)
     assert len(compress._COMPILED) == n
+
+
+# ------------------------------------------------------------------ H7 opt-in candidates
+# compress_store variants that no default picks yet (COMPRESS_VARIANTS; compile-checked on
+# the CPU, not measured): float64 partial sums (sum_chains=4) and/or software-pipelined
+# loads (prefetch). Tested here on their own so that the ALGOS fixture above (every test x
+# every variant) does not grow.
+CANDIDATES = ("lut-s4", "lut-pf", "lut-pf-s4", "lut-wide-s4")
+CANDIDATE_CASES = [(128, 4, 4, "bfloat16", 150), (128, 4, 4, "bfloat16", 9000),
+                   (64, 4, 4, "bfloat16", 150), (256, 4, 4, "bfloat16", 150),
+                   (128, 2, 2, "bfloat16", 150), (128, 4, 2, "bfloat16", 9000),
+                   (128, 2, 4, "bfloat16", 150), (128, 8, 8, "bfloat16", 150),
+                   (64, 8, 2, "float16", 150), (128, 4, 4, "float16", 150),
+                   (128, 4, 4, "float32", 150), (128, 4, 4, "bfloat16", 1)]
+
+
+def _candidate(monkeypatch, cand, kb, vb, dtype="bfloat16"):
+    from fa4_tq.kernels import compress
+
+    if not compress.variant_supported(cand, kb, vb, dtype):
+        pytest.skip(f"{cand} has no K{kb}V{vb} {dtype} (test_compress_store_candidate_rejects)")
+    monkeypatch.setattr(compress, "DEFAULT_COMPRESS_ALGO", cand)
+
+
+@pytest.mark.parametrize("cand", CANDIDATES)
+@pytest.mark.parametrize("d,kb,vb,dtype,t", CANDIDATE_CASES, ids=lambda x: str(x))
+def test_compress_store_candidate_bit_exact(d, kb, vb, dtype, t, cand, monkeypatch):
+    """t=9000 x 8 heads: several grid-stride passes (prefetch carries loads across
+    iterations); t=1: one vector, the prefetch of the next one reads the clamped last token."""
+    _skip_without_cuda()
+    _candidate(monkeypatch, cand, kb, vb, dtype)
+    gen = torch.Generator().manual_seed(17 * d + 3 * kb + vb + t)
+    custom = t == 9000  # a calibrated-looking table on the long runs
+    codec = _codec(d, kb, vb, seed=d + kb + t, custom=custom)
+    h = 8 if t > 150 else 3
+    bs = 16
+    nb = -(-t // bs) + 3
+    cache = _random_cache(nb, bs, h, d, kb, vb, gen)
+    key, value = _inputs(t, h, d, getattr(torch, dtype), gen)
+    slots = _slots(t, nb * bs, gen)
+    got, ref = _run_compress(key, value, cache, slots, codec)
+    _assert_same_cache(got, ref)
+
+
+@pytest.mark.parametrize("cand", CANDIDATES)
+@pytest.mark.parametrize("kb,vb", [(4, 4), (8, 8), (2, 4)])
+def test_compress_store_candidate_edge_vectors(kb, vb, cand, monkeypatch):
+    """Edge vectors of test_compress_store_lut_edge_vectors (binary fallback for tiny /
+    huge norms, one-hot, denormals, exact zeros) through the candidates (float32 inputs,
+    so the prefetch variants skip: they take 16-bit inputs only)."""
+    _skip_without_cuda()
+    _candidate(monkeypatch, cand, kb, vb, "float32")
+    test_compress_store_lut_edge_vectors(kb, vb, cand)  # the op runs DEFAULT_COMPRESS_ALGO
+
+
+@pytest.mark.parametrize("cand,kb,vb,dtype", [("lut-pf", 8, 8, "bfloat16"),
+                                              ("lut-pf-s4", 2, 2, "bfloat16"),
+                                              ("lut-pf", 4, 4, "float32"),
+                                              ("lut-wide-s4", 2, 2, "bfloat16"),
+                                              ("lut-wide-s4", 8, 4, "bfloat16")])
+def test_compress_store_candidate_rejects(cand, kb, vb, dtype):
+    """Unsupported (variant, widths, input dtype) raise ValueError before any launch."""
+    from fa4_tq.kernels import compress
+
+    with pytest.raises(ValueError, match=cand):
+        compress.compress_config(128, kb, vb, dtype, cand)
