@@ -252,9 +252,9 @@ class DecodeConfig:
 #: per warp): DecodeConfig field overrides of the shipped config, checked and timed by
 #: microbench/decode_probe.py and tests/gpu/test_decode.py; not used unless passed as
 #: ``config``. Why these (docs/decode-notes.md §7): "early" takes the first tile's DRAM
-#: latency off the B=1 critical path; "ring" keeps 3 tiles per warp in flight instead of
-#: 1 (K4V4: 4 warps x 2 CTAs, 98 KB smem each, 166 regs; K2V2: 4 warps x 3 CTAs, 30 KB,
-#: 167 regs; 0 spills on sm_90a).
+#: latency off the B=1 critical path; "btla" the per-tile block-table wait and division;
+#: "ring" keeps 3 tiles per warp in flight instead of 1 (K4V4: 4 warps x 2 CTAs, 98 KB
+#: smem, 168 regs; K2V2: 4 warps x 3 CTAs, 30 KB, 156 regs; 0 spills on sm_90a).
 SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
     4: {"early": dict(early_prefetch=True),
         "btla": dict(table_lookahead=True),
@@ -643,20 +643,18 @@ class TQDecodeSplitK:
                   kbuf: cute.Tensor, vbuf: cute.Tensor, nbuf: cute.Tensor):
         """Issue every global load of one 16-token tile into register buffers: K rows g and
         g+8 (this thread's segment), V tokens 2c, 2c+1, 2c+8, 2c+9, and the 4 norms."""
-        self.load_tile_at(tile, mBT[b, tile * 16 // mKc.shape[1]], mKc, mVc, mKn, mVn, h, g,
-                          c, kbuf, vbuf, nbuf)
+        self.load_tile_at(mBT[b, tile * 16 // mKc.shape[1]], (tile * 16) % mKc.shape[1], mKc,
+                          mVc, mKn, mVn, h, g, c, kbuf, vbuf, nbuf)
 
     @cute.jit
-    def load_tile_at(self, tile: Int32, phys: Int32, mKc: cute.Tensor, mVc: cute.Tensor,
+    def load_tile_at(self, phys: Int32, r0: Int32, mKc: cute.Tensor, mVc: cute.Tensor,
                      mKn: cute.Tensor, mVn: cute.Tensor, h: Int32, g: Int32, c: Int32,
                      kbuf: cute.Tensor, vbuf: cute.Tensor, nbuf: cute.Tensor):
-        """load_tile with the tile's physical block ``phys`` already read."""
+        """load_tile with the tile's physical block ``phys`` already read and its first
+        token's row ``r0`` in that block."""
         D = self.D
         KW = max(1, D * self.kb // 128)
         VW = max(1, D * self.vb // 256)
-        bs = mKc.shape[1]
-        t0 = tile * 16
-        r0 = t0 % bs
         for rr in cutlass.range_constexpr(2):
             a = (mKc.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h, c * (D * self.kb // 32)),
                                              mKc.layout)).toint()
@@ -835,7 +833,7 @@ class TQDecodeSplitK:
                     acc_o[j, i, r] = res[r]
 
     @cute.jit
-    def issue_tile_async(self, tile: Int32, phys: Int32, stage: Int32, mKc: cute.Tensor,
+    def issue_tile_async(self, phys: Int32, r0: Int32, stage: Int32, mKc: cute.Tensor,
                          mVc: cute.Tensor, mKn: cute.Tensor, mVn: cute.Tensor, h: Int32,
                          g: Int32, c: Int32, lane: Int32, nring: cute.Tensor,
                          slot: cutlass.Constexpr[int]):
@@ -850,8 +848,6 @@ class TQDecodeSplitK:
         D = self.D
         kseg, vseg = cfg.k_seg_bytes, cfg.v_seg_bytes
         kpiece, vpiece = min(16, kseg), min(16, vseg)
-        bs = mKc.shape[1]
-        r0 = (tile * 16) % bs
         for rr in cutlass.range_constexpr(2):
             a = (mKc.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h, c * kseg),
                                              mKc.layout)).toint()
@@ -893,11 +889,26 @@ class TQDecodeSplitK:
                     vt[tt * (vseg // 4) + p * (vpiece // 4) + w] = words[w]
 
     @cute.jit
+    def walk_step(self, walk: cute.Tensor, bs: Int32):
+        """Advance walk = (block index, row in block) of a warp's tile by one step of
+        ``streams`` tiles without a division (walk[2], walk[3] = that step's whole blocks
+        and remaining rows, divided once per CTA): the per-tile signed division by the
+        runtime block size is ~28 SASS instructions with an I2F/MUFU.RCP/F2I chain."""
+        r = walk[1] + walk[3]
+        blk = walk[0] + walk[2]
+        if r >= bs:
+            r = r - bs
+            blk = blk + 1
+        walk[0] = blk
+        walk[1] = r
+
+    @cute.jit
     def prefetch_prologue(self, t_begin: Int32, t_end: Int32, stream: Int32, ring: Int32,
                           mBT: cute.Tensor, mKc: cute.Tensor, mVc: cute.Tensor,
                           mKn: cute.Tensor, mVn: cute.Tensor, b: Int32, h: Int32, g: Int32,
                           c: Int32, lane: Int32, kbuf: cute.Tensor, vbuf: cute.Tensor,
-                          nbuf: cute.Tensor, nring: cute.Tensor, physn: cute.Tensor):
+                          nbuf: cute.Tensor, nring: cute.Tensor, physn: cute.Tensor,
+                          walk: cute.Tensor):
         """Issue the loads of this warp's first tile (register prefetch) or first S-1 tiles
         (smem ring; then also the block-table entry of tile S-1, read one tile before its
         codes are issued so the address never waits for it)."""
@@ -907,23 +918,31 @@ class TQDecodeSplitK:
             if first < t_end:
                 self.load_tile(first, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf, vbuf, nbuf)
             if const_expr(self.cfg.table_lookahead):
-                nt = first + self.streams
-                physn[0] = Int32(0)
-                if nt < t_end:
-                    physn[0] = mBT[b, nt * 16 // mKc.shape[1]]
+                self.start_walk(first + self.streams, t_end, mBT, b, mKc.shape[1], physn, walk)
         else:
             bs = mKc.shape[1]
             for s in cutlass.range_constexpr(S - 1):
                 tile = first + s * self.streams
                 if tile < t_end:
-                    self.issue_tile_async(tile, mBT[b, tile * 16 // bs],
+                    self.issue_tile_async(mBT[b, tile * 16 // bs], (tile * 16) % bs,
                                           ring + s * self.cfg.ring_stage_bytes, mKc, mVc, mKn,
                                           mVn, h, g, c, lane, nring, s)
                 ptx.cp_async_commit()
-            nt = first + (S - 1) * self.streams
-            physn[0] = Int32(0)
-            if nt < t_end:
-                physn[0] = mBT[b, nt * 16 // bs]
+            self.start_walk(first + (S - 1) * self.streams, t_end, mBT, b, bs, physn, walk)
+
+    @cute.jit
+    def start_walk(self, nt: Int32, t_end: Int32, mBT: cute.Tensor, b: Int32, bs: Int32,
+                   physn: cute.Tensor, walk: cute.Tensor):
+        """walk = (block index, row) of tile ``nt`` (the next one the loop issues) and the
+        step of ``streams`` tiles; physn[0] = its physical block (read now, used one tile
+        later)."""
+        walk[0] = nt * 16 // bs
+        walk[1] = (nt * 16) % bs
+        walk[2] = self.streams * 16 // bs
+        walk[3] = (self.streams * 16) % bs
+        physn[0] = Int32(0)
+        if nt < t_end:
+            physn[0] = mBT[b, walk[0]]
 
     # ------------------------------------------------------------------ kernel
     @cute.kernel
@@ -966,6 +985,7 @@ class TQDecodeSplitK:
         ring = sbase + self.cfg.ring_offset + warp * (max(S, 1) * self.cfg.ring_stage_bytes)
         nring = cute.make_rmem_tensor((max(S, 1), 4), Uint32)
         physn = cute.make_rmem_tensor((1,), Int32)
+        walk = cute.make_rmem_tensor((4,), Int32)  # block-index walk (walk_step)
         qf = cute.make_rmem_tensor((NTW, D // 8), Uint32)
         rng = cute.make_rmem_tensor((5,), Int32)
         if const_expr(self.cfg.early_prefetch):
@@ -974,7 +994,7 @@ class TQDecodeSplitK:
             # per SM slot, that latency is on the op's critical path)
             self.split_range(rng, mSeq, b, split, num_splits, window_left, window_right)
             self.prefetch_prologue(rng[3], rng[4], stream, ring, mBT, mKc, mVc, mKn, mVn, b,
-                                   h, g, c, lane, kbuf, vbuf, nbuf, nring, physn)
+                                   h, g, c, lane, kbuf, vbuf, nbuf, nring, physn, walk)
             self.load_q(qf, mQ, mKs, b, h, grp, lane, g, c)
         else:
             self.load_q(qf, mQ, mKs, b, h, grp, lane, g, c)
@@ -1018,7 +1038,7 @@ class TQDecodeSplitK:
 
         if const_expr(self.cfg.prefetch and not self.cfg.early_prefetch):
             self.prefetch_prologue(t_begin, t_end, stream, ring, mBT, mKc, mVc, mKn, mVn, b,
-                                   h, g, c, lane, kbuf, vbuf, nbuf, nring, physn)
+                                   h, g, c, lane, kbuf, vbuf, nbuf, nring, physn, walk)
 
         if const_expr(S > 0):
             # the loop is unrolled by S so every ring stage and norm slot index is static
@@ -1031,12 +1051,13 @@ class TQDecodeSplitK:
                     if tile < t_end:
                         nxt = tile + (S - 1) * self.streams
                         if nxt < t_end:
-                            self.issue_tile_async(nxt, physn[0], ring + ((u + S - 1) % S) * SB,
-                                                  mKc, mVc, mKn, mVn, h, g, c, lane, nring,
-                                                  (u + S - 1) % S)
+                            self.issue_tile_async(physn[0], walk[1],
+                                                  ring + ((u + S - 1) % S) * SB, mKc, mVc, mKn,
+                                                  mVn, h, g, c, lane, nring, (u + S - 1) % S)
+                            self.walk_step(walk, bs)
                             nn = nxt + self.streams
                             if nn < t_end:
-                                physn[0] = mBT[b, nn * 16 // bs]
+                                physn[0] = mBT[b, walk[0]]
                         ptx.cp_async_commit()
                         ptx.cp_async_wait(S - 1)
                         self.read_stage(ring + u * SB, lane, kbuf, vbuf)
@@ -1063,11 +1084,12 @@ class TQDecodeSplitK:
                         if const_expr(self.cfg.table_lookahead):
                             # the block-table entry was read one tile ago: the code loads
                             # are issued without waiting for it
-                            self.load_tile_at(nxt, physn[0], mKc, mVc, mKn, mVn, h, g, c,
-                                              kbuf, vbuf, nbuf)
+                            self.load_tile_at(physn[0], walk[1], mKc, mVc, mKn, mVn, h, g,
+                                              c, kbuf, vbuf, nbuf)
+                            self.walk_step(walk, mKc.shape[1])
                             nn = nxt + self.streams
                             if nn < t_end:
-                                physn[0] = mBT[b, nn * 16 // mKc.shape[1]]
+                                physn[0] = mBT[b, walk[0]]
                         else:
                             self.load_tile(nxt, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf,
                                            vbuf, nbuf)

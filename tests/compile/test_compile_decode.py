@@ -51,11 +51,25 @@ def test_decode_config_geometry():
 
 
 # ---------------------------------------------------------------------------- smem ring
-def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table):
+def _start_walk(nt, streams, bs):
+    """TQDecodeSplitK.start_walk: (block, row) of tile nt and the per-step (blocks, rows)."""
+    return [nt * 16 // bs, (nt * 16) % bs, streams * 16 // bs, (streams * 16) % bs]
+
+
+def _walk_step(walk, bs):
+    """TQDecodeSplitK.walk_step (no division)."""
+    r, blk = walk[1] + walk[3], walk[0] + walk[2]
+    if r >= bs:
+        r, blk = r - bs, blk + 1
+    walk[0], walk[1] = blk, r
+
+
+def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table, bs):
     """The smem ring's control flow (TQDecodeSplitK.prefetch_prologue + the unrolled loop of
-    the kernel, same arithmetic) on one thread, with cp.async groups modelled exactly:
-    ``cp.async.wait_group n`` completes all but the newest n committed groups. Returns the
-    tiles in the order they were computed; raises on any hazard."""
+    the kernel, same arithmetic, incl. the division-free block walk) on one thread, with
+    cp.async groups modelled exactly: ``cp.async.wait_group n`` completes all but the newest
+    n committed groups. Returns the tiles in the order they were computed; raises on any
+    hazard or wrong address."""
     stage = [None] * S          # tile whose bytes were issued into each stage
     landed = [False] * S
     norm_slot = [None] * S
@@ -63,8 +77,9 @@ def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table):
     pending = []                # copies issued since the last commit
     computed = []
 
-    def issue(tile, phys, s):
-        assert phys == block_table[tile * 16 // 16], "block-table entry of the wrong tile"
+    def issue(tile, phys, r0, s):
+        assert phys == block_table[tile * 16 // bs], "block-table entry of the wrong tile"
+        assert r0 == (tile * 16) % bs, "row in block of the wrong tile"
         assert stage[s] is None, f"stage {s} overwritten before tile {stage[s]} was read"
         stage[s], landed[s] = tile, False
         norm_slot[s] = tile
@@ -83,20 +98,22 @@ def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table):
     for s in range(S - 1):
         tile = first + s * streams
         if tile < t_end:
-            issue(tile, block_table[tile], s)
+            issue(tile, block_table[tile * 16 // bs], (tile * 16) % bs, s)
         commit()
     nt = first + (S - 1) * streams
-    physn = block_table[nt] if nt < t_end else 0
+    walk = _start_walk(nt, streams, bs)
+    physn = block_table[walk[0]] if nt < t_end else 0
     for base in range(first, t_end, S * streams):
         for u in range(S):
             tile = base + u * streams
             if tile < t_end:
                 nxt = tile + (S - 1) * streams
                 if nxt < t_end:
-                    issue(nxt, physn, (u + S - 1) % S)
+                    issue(nxt, physn, walk[1], (u + S - 1) % S)
+                    _walk_step(walk, bs)
                     nn = nxt + streams
                     if nn < t_end:
-                        physn = block_table[nn]
+                        physn = block_table[walk[0]]
                 commit()
                 wait(S - 1)
                 assert stage[u] == tile and landed[u], (tile, u, stage, landed)
@@ -108,23 +125,64 @@ def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table):
     return computed
 
 
+def _emulate_lookahead_loads(t_begin, t_end, stream, streams, block_table, bs):
+    """The register prefetch with table_lookahead (prologue + loop): the (block, row) each
+    load_tile_at call gets, in order."""
+    loads = []
+    first = t_begin + stream
+    if first < t_end:
+        loads.append((first, block_table[first * 16 // bs], (first * 16) % bs))
+    walk = _start_walk(first + streams, streams, bs)
+    physn = block_table[walk[0]] if first + streams < t_end else 0
+    for tile in range(first, t_end, streams):
+        nxt = tile + streams
+        if nxt < t_end:
+            loads.append((nxt, physn, walk[1]))
+            _walk_step(walk, bs)
+            if nxt + streams < t_end:
+                physn = block_table[walk[0]]
+    return loads
+
+
 @pytest.mark.compile
 def test_smem_ring_schedule_matches_tile_order():
     """Every tile of the split is computed exactly once, in the register-prefetch order,
     from a stage that holds its bytes and has landed; stages are never overwritten unread;
-    the block-table entry used for an address is that tile's (bs = 16)."""
+    the block-table entry and row used for an address are that tile's, for block sizes
+    16..128 (the walk replaces the per-tile division)."""
     import random
 
     rnd = random.Random(0)
     for S in (2, 3, 4):
         for streams in (1, 2, 4, 8):
             for _ in range(60):
+                bs = rnd.choice([16, 32, 48, 64, 80, 128])
                 t_begin = rnd.randrange(0, 40)
                 t_end = t_begin + rnd.choice([0, 1, 2, 3, 5, 7, 8, 13, 64, 97])
-                bt = [rnd.randrange(1000) for _ in range(t_end + 1)]
+                bt = [rnd.randrange(1000) for _ in range(t_end * 16 // bs + 2)]
                 for stream in range(streams):
-                    got = _emulate_ring_schedule(t_begin, t_end, stream, streams, S, bt)
+                    got = _emulate_ring_schedule(t_begin, t_end, stream, streams, S, bt, bs)
                     assert got == list(range(t_begin + stream, t_end, streams))
+
+
+@pytest.mark.compile
+def test_table_lookahead_addresses():
+    """table_lookahead: every tile of the warp is loaded once, in order, with its own
+    physical block and row."""
+    import random
+
+    rnd = random.Random(1)
+    for streams in (1, 2, 4, 8):
+        for _ in range(200):
+            bs = rnd.choice([16, 32, 48, 64, 80, 128])
+            t_begin = rnd.randrange(0, 40)
+            t_end = t_begin + rnd.choice([0, 1, 2, 3, 5, 7, 8, 13, 64, 97])
+            bt = [rnd.randrange(1000) for _ in range(t_end * 16 // bs + 2)]
+            for stream in range(streams):
+                loads = _emulate_lookahead_loads(t_begin, t_end, stream, streams, bt, bs)
+                assert [t for t, _, _ in loads] == list(range(t_begin + stream, t_end, streams))
+                for t, phys, r0 in loads:
+                    assert phys == bt[t * 16 // bs] and r0 == (t * 16) % bs
 
 
 @pytest.mark.compile
