@@ -480,3 +480,23 @@ def mbarrier_wait_cluster(mbar: Int32, phase: Int32, *, loc=None, ip=None) -> No
                     "@!p bra TQ_WAIT;\n}", "r,r",
                     has_side_effects=True, is_align_stack=False,
                     asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
+@dsl_user_op
+def mbarrier_arrive_cta_scope(mbar: Int32, *, loc=None, ip=None) -> None:
+    """Arrive (PTX default: release at CTA scope) on an mbarrier of this CTA."""
+    llvm.inline_asm(None, [_i32(mbar, loc, ip)], "mbarrier.arrive.shared::cta.b64 _, [$0];",
+                    "r", has_side_effects=True, is_align_stack=False,
+                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
+@dsl_user_op
+def mbarrier_arrive_remote_cta_scope(mbar_cluster: Int32, *, loc=None, ip=None) -> None:
+    """Arrive (PTX default: release at CTA scope) on the peer CTA's mbarrier at shared::cluster
+    address ``mbar_cluster``: CUTLASS's consumer-release-to-remote-producer form (its
+    PipelineTmaAsync), which needs no GPU-scope MEMBAR (release.cluster compiles to
+    MEMBAR.ALL.GPU on sm_90)."""
+    llvm.inline_asm(None, [_i32(mbar_cluster, loc, ip)],
+                    "mbarrier.arrive.shared::cluster.b64 _, [$0];", "r",
+                    has_side_effects=True, is_align_stack=False,
+                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)

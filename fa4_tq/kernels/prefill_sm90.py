@@ -25,6 +25,11 @@ Design (see docs/prefill-sm90-notes.md for the measured history):
   the loop above for its side only (512 threads; WG1-2 stay FA4's consumers, so FA4's
   thread-index-derived roles hold). One producer warp per scheduler was latency bound; two
   hide each other's load/LUT latencies (H100: +7% K4V4 .. +17% K2V2).
+* ``cluster_share=2`` (opt-in, unmeasured; D=128, producer_wgs=2, even GQA ratio): 2-CTA
+  clusters of the query heads 2j, 2j+1 (same KV head and n_blocks); each CTA decodes 64 rows
+  of every K/V tile and stores them into both CTAs' tiles (DSMEM), so decode work per CTA
+  halves; ``ClusterPairPipeline`` (cluster-scope barriers over both CTAs' producers and
+  consumers) and ``ClusterPairVarlenScheduler`` (head-pair tiles) implement it.
 * Q is loaded by TMA (FA4's path), O stored by TMA; varlen Q (cu_seqlens_q) only.
 
 The class keeps FA4's configuration machinery (tile sizes, smem layouts, tiled MMAs, masks,
@@ -313,12 +318,14 @@ class ClusterPairPipeline(pipeline_custom.PipelineAsync):
     * full[s] of each CTA completes after 8 arrivals: one elected lane per producer warp of
       this CTA and of the peer, each after its threads' stores (own + peer smem) and a
       ``fence.proxy.async.shared::cluster`` (generic-proxy stores -> the consumers' wgmma
-      async-proxy reads), release at cluster scope; consumers wait with acquire at cluster
-      scope (the arrivals come from two CTAs);
+      async-proxy reads); release at cluster scope on the peer's barrier, CTA scope on its
+      own; consumers wait with acquire at cluster scope (the arrivals come from two CTAs);
     * empty[s] of each CTA completes after 16 arrivals: one elected lane per consumer warp of
-      both CTAs (each consumer warp releases on its own and on the peer's barrier), so a
-      producer overwrites stage s (in both CTAs) only after both CTAs' consumers released it.
-    Created with producer group = 8 and consumer group = 16 (the arrival counts above)."""
+      both CTAs (each consumer warp releases on its own and on the peer's barrier, CTA-scope
+      arrives as CUTLASS releases to remote producers), so a producer overwrites stage s (in
+      both CTAs) only after both CTAs' consumers released it.
+    Created with producer group = 8 and consumer group = 16 (the arrival counts above,
+    ``cluster_pair_arrivals``)."""
 
     @staticmethod
     def create(*args, **kwargs):
@@ -336,12 +343,14 @@ class ClusterPairPipeline(pipeline_custom.PipelineAsync):
 
     def producer_commit(self, state, *, loc=None, ip=None):
         # every thread fenced its own stores before this; the warp converges, one lane
-        # releases for all 32 (bar.warp.sync orders the warp's prior memory operations)
+        # releases for all 32 (bar.warp.sync orders the warp's prior memory operations).
+        # The peer's consumers read this warp's DSMEM stores: release at cluster scope there;
+        # this CTA's consumers only need CTA scope (FA4's own producer arrive).
         cute.arch.sync_warp()
         with cute.arch.elect_one():
             bar = dq.smem_addr(self.sync_object_full.get_barrier(state.index))
-            dq.mbarrier_arrive_cluster_local(bar)
             dq.mbarrier_arrive_cluster_remote(self._peer_barrier(bar))
+            dq.mbarrier_arrive_cta_scope(bar)
 
     def consumer_try_wait(self, state, *, loc=None, ip=None):
         return None  # consumer_wait always runs the cluster-scope wait loop
@@ -352,10 +361,13 @@ class ClusterPairPipeline(pipeline_custom.PipelineAsync):
 
     def consumer_release(self, state, *, loc=None, ip=None):
         # called by all 32 lanes of a consumer warp after its wgmma reads of the stage retired
+        # (a WAR hand-off, no data): CTA-scope arrives on both CTAs' empty barriers, as
+        # CUTLASS's PipelineTmaAsync releases to remote producers. release.cluster here would
+        # put MEMBAR.ALL.GPU twice per stage into the consumer warps' softmax (seen in SASS).
         with cute.arch.elect_one():
             bar = dq.smem_addr(self.sync_object_empty.get_barrier(state.index))
-            dq.mbarrier_arrive_cluster_local(bar)
-            dq.mbarrier_arrive_cluster_remote(self._peer_barrier(bar))
+            dq.mbarrier_arrive_cta_scope(bar)
+            dq.mbarrier_arrive_remote_cta_scope(self._peer_barrier(bar))
 
 
 class ClusterPairVarlenScheduler(SingleTileVarlenScheduler):
