@@ -193,6 +193,18 @@ def guarded(fn, *a, **k):
         faulthandler.cancel_dump_traceback_later()
 
 
+def summary(t_start: float, csv_name: str) -> None:
+    """Print every row collected in ROWS; also write them to $OUT/<csv_name> when $OUT is set."""
+    log(f"total {time.time() - t_start:.0f}s")
+    log("\n=== summary ===")
+    for r in ROWS:
+        log(" | ".join(str(x) for x in r))
+    if OUT_DIR:
+        with open(os.path.join(OUT_DIR, csv_name), "w") as f:
+            for r in ROWS:
+                f.write(",".join(str(x).replace(",", ";") for x in r) + "\n")
+
+
 def main():
     quick = "--quick" in sys.argv
     t_start = time.time()
@@ -234,14 +246,7 @@ def main():
     if not quick:
         guarded(bench, 2, 2, 8192, True, baselines=False)
         guarded(bench, 4, 4, 16384, False, baselines=False)
-    log(f"total {time.time() - t_start:.0f}s")
-    log("\n=== summary ===")
-    for r in ROWS:
-        log(" | ".join(str(x) for x in r))
-    if OUT_DIR:
-        with open(os.path.join(OUT_DIR, "prefill_probe.csv"), "w") as f:
-            for r in ROWS:
-                f.write(",".join(str(x).replace(",", ";") for x in r) + "\n")
+    summary(t_start, "prefill_probe.csv")
 
 
 
@@ -278,14 +283,7 @@ def main_producer_wgs(budget_s=200.0):
         guarded(check, "K4V4 d128 g4 causal bs16", ql, kl, 8, 2, 128, 4, 4, 16, True, seed=60,
                 lut=(True, True), pw=2)
         guarded(bench, 4, 4, 8192, False, luts=((True, True),), baselines=False, pws=(2,))
-    log(f"total {time.time() - t_start:.0f}s")
-    log("\n=== summary ===")
-    for r in ROWS:
-        log(" | ".join(str(x) for x in r))
-    if OUT_DIR:
-        with open(os.path.join(OUT_DIR, "prefill_pw_probe.csv"), "w") as f:
-            for r in ROWS:
-                f.write(",".join(str(x).replace(",", ";") for x in r) + "\n")
+    summary(t_start, "prefill_pw_probe.csv")
 
 
 def main_cluster_share(budget_s=95.0):
@@ -324,14 +322,7 @@ def main_cluster_share(budget_s=95.0):
                     4, 256, False, seed=95, pw=2, cs=2)
             guarded(check, "K2V2 d128 g2 causal bs128 (sq>sk)", [1, 17, 300], [1, 9, 1000], 4,
                     2, 128, 2, 2, 128, True, seed=96, pw=2, cs=2)
-    log(f"total {time.time() - t_start:.0f}s")
-    log("\n=== summary ===")
-    for r in ROWS:
-        log(" | ".join(str(x) for x in r))
-    if OUT_DIR:
-        with open(os.path.join(OUT_DIR, "prefill_cs_probe.csv"), "w") as f:
-            for r in ROWS:
-                f.write(",".join(str(x).replace(",", ";") for x in r) + "\n")
+    summary(t_start, "prefill_cs_probe.csv")
 
 
 if __name__ == "__main__":
