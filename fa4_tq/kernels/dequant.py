@@ -213,18 +213,20 @@ def build_entry_words(mCodebook: cute.Tensor, addr: Int32, bits: int, tidx: Int3
     st_shared_b32(addr + i * 4, cvt_bf16x2(Float32(mCodebook[2 * i]), Float32(mCodebook[2 * i + 1])))
 
 
-def load_row_planes(addr: Int32, bits: int, norm2: Int32):
+def load_row_planes(addr: Int32, bits: int, norm2: Int32, mul=mul_bf16x2):
     """The row's scaled codebook as prmt byte planes (one broadcast LDS per 4 words).
 
     Entries are scaled first (``mul.rn.bf16x2`` by the norm, the same two roundings as the
     shared-memory LUT path: bf16(codebook) then bf16(x * norm)), then split:
     4-bit -> 8 registers (lo bytes of entries 0-3, 4-7, 8-11, 12-15; hi bytes likewise),
-    2-bit -> 2 registers (lo bytes of entries 0-3; hi bytes of entries 0-3)."""
+    2-bit -> 2 registers (lo bytes of entries 0-3; hi bytes of entries 0-3).
+    ``mul``: the bf16x2 norm multiply (sm_80 passes
+    ``mul_bf16x2_fma``, same rounding)."""
     if bits == 4:
         words = list(ld_shared_v4(addr)) + list(ld_shared_v4(addr + 16))
     else:
         words = list(ld_shared_v2(addr))
-    s = [mul_bf16x2(w, norm2) for w in words]
+    s = [mul(w, norm2) for w in words]
     lo = [prmt(s[2 * i], s[2 * i + 1], 0x6420) for i in range(len(s) // 2)]
     hi = [prmt(s[2 * i], s[2 * i + 1], 0x7531) for i in range(len(s) // 2)]
     return lo + hi
@@ -286,26 +288,28 @@ def decode2_reg(w: Int32, planes, *, loc=None, ip=None):
 
 
 # --------------------------------------------------------------------------- decode
-def decode_word(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: int):
+def decode_word(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: int,
+                mul=mul_bf16x2):
     """Decode one 32-bit word of packed codes into bf16x2 words scaled by the norm.
 
     ``lut_lane`` = table base + (lane % replicas) * entry bytes. Returns a list of
     4 words (4-bit: 8 values), 8 words (2-bit: 16 values) or 2 words (8-bit: 4 values),
-    element order preserved (low half = lower element index)."""
+    element order preserved (low half = lower element index). ``mul``: the bf16x2 norm
+    multiply (sm_80 passes ``mul_bf16x2_fma``, same rounding)."""
     out = []
     if bits == 4:
         for i in range(4):
             v = ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane))
-            out.append(mul_bf16x2(v, norm2))
+            out.append(mul(v, norm2))
     elif bits == 2:
         for i in range(4):
             v0, v1 = ld_shared_v2(byte_times(w, i, 8 * replicas, lut_lane))
-            out.append(mul_bf16x2(v0, norm2))
-            out.append(mul_bf16x2(v1, norm2))
+            out.append(mul(v0, norm2))
+            out.append(mul(v1, norm2))
     else:
         vals = [ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane)) for i in range(4)]
         for i in range(2):
-            out.append(mul_bf16x2(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2))
+            out.append(mul(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2))
     return out
 
 
@@ -364,33 +368,12 @@ def ld_global_words_pred(gmem: Int64, n: int, pred: Int32, *, loc=None, ip=None)
 
 def decode_word_sm80(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: int):
     """``decode_word`` (shared-memory byte LUT) with the sm_80 norm multiply."""
-    out = []
-    if bits == 4:
-        for i in range(4):
-            v = ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane))
-            out.append(mul_bf16x2_fma(v, norm2))
-    elif bits == 2:
-        for i in range(4):
-            v0, v1 = ld_shared_v2(byte_times(w, i, 8 * replicas, lut_lane))
-            out.append(mul_bf16x2_fma(v0, norm2))
-            out.append(mul_bf16x2_fma(v1, norm2))
-    else:
-        vals = [ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane)) for i in range(4)]
-        for i in range(2):
-            out.append(mul_bf16x2_fma(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2))
-    return out
+    return decode_word(w, lut_lane, norm2, bits, replicas, mul=mul_bf16x2_fma)
 
 
 def load_row_planes_sm80(addr: Int32, bits: int, norm2: Int32):
     """``load_row_planes`` with the sm_80 norm multiply (same two roundings)."""
-    if bits == 4:
-        words = list(ld_shared_v4(addr)) + list(ld_shared_v4(addr + 16))
-    else:
-        words = list(ld_shared_v2(addr))
-    s = [mul_bf16x2_fma(w, norm2) for w in words]
-    lo = [prmt(s[2 * i], s[2 * i + 1], 0x6420) for i in range(len(s) // 2)]
-    hi = [prmt(s[2 * i], s[2 * i + 1], 0x7531) for i in range(len(s) // 2)]
-    return lo + hi
+    return load_row_planes(addr, bits, norm2, mul=mul_bf16x2_fma)
 
 
 @dsl_user_op

@@ -19,6 +19,7 @@ decode path, producer warpgroups, register split, cluster sharing); the first ca
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 
@@ -79,6 +80,34 @@ def _compile(kernel_cls, cfg, args):
         _to_cute(out, 16), _to_cute(lse, 4), scale, _to_cute(cu_q, 4, 0),
         _to_cute(seqused_k, 4, 0), _to_cute(bt, 4, 1), wl, wr, stream,
         options="--enable-tvm-ffi")
+
+
+def build_fake_compile(kernel, cfg):
+    """(compile_fn, args) compiling ``kernel`` (a PrefillSm90 / PrefillSm80 instance for
+    ``cfg``) from fake tensors, no GPU: the compile-only harness's twin of ``_compile``'s
+    arguments (all sizes and strides symbolic, like ``to_cute_tensor`` of the real call)."""
+    import cutlass.cute as cute
+    from cutlass import BFloat16, Float32 as F32, Int16, Int32 as I32, Uint8
+    from .compile import fake_stream, fake_tensor
+    args = (
+        kernel,
+        fake_tensor(BFloat16, (None,) * 3),  # q
+        fake_tensor(Uint8, (None,) * 4), fake_tensor(Uint8, (None,) * 4),  # k/v codes
+        fake_tensor(Int16, (None,) * 3, align_bytes=4),  # k/v norms (bf16 bits)
+        fake_tensor(Int16, (None,) * 3, align_bytes=4),
+        fake_tensor(F32, (None,), leading_dim=0, align_bytes=4),  # k/v codebooks
+        fake_tensor(F32, (None,), leading_dim=0, align_bytes=4),
+        fake_tensor(BFloat16, (None,) * 3),  # out
+        fake_tensor(F32, (None,) * 2, align_bytes=4),  # lse
+        1.0 / cfg.head_dim ** 0.5,
+        fake_tensor(I32, (None,), leading_dim=0, align_bytes=4),  # cu_seqlens_q
+        fake_tensor(I32, (None,), leading_dim=0, align_bytes=4),  # seqused_k
+        fake_tensor(I32, (None, None), leading_dim=1, align_bytes=4),  # block_table
+        I32(0) if cfg.has_window_left else None,
+        I32(0) if cfg.has_window_right else None,
+        fake_stream(),
+    )
+    return partial(cute.compile, options="--enable-tvm-ffi"), args
 
 
 def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table, seqused_k,

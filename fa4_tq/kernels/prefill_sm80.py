@@ -690,28 +690,9 @@ class _LoadCtx:
 # --------------------------------------------------------------------------- compile-only
 def build_compile(cfg: PrefillSm80Config):
     """(compile_fn, args) compiling ``cfg`` from fake tensors (no GPU), for the compile-only
-    harness (fa4_tq/kernels/compile.py); same argument kinds as the real call."""
-    from .compile import fake_stream, fake_tensor
-    bf16, u8, i16, f32, i32 = (cutlass.BFloat16, cutlass.Uint8, cutlass.Int16, cutlass.Float32,
-                               cutlass.Int32)
-    args = (
-        PrefillSm80(cfg),
-        fake_tensor(bf16, (None,) * 3),  # q
-        fake_tensor(u8, (None,) * 4), fake_tensor(u8, (None,) * 4),  # k/v codes
-        fake_tensor(i16, (None,) * 3, align_bytes=4), fake_tensor(i16, (None,) * 3, align_bytes=4),
-        fake_tensor(f32, (None,), leading_dim=0, align_bytes=4),
-        fake_tensor(f32, (None,), leading_dim=0, align_bytes=4),
-        fake_tensor(bf16, (None,) * 3),  # out
-        fake_tensor(f32, (None,) * 2, align_bytes=4),  # lse
-        1.0 / cfg.head_dim ** 0.5,
-        fake_tensor(i32, (None,), leading_dim=0, align_bytes=4),  # cu_seqlens_q
-        fake_tensor(i32, (None,), leading_dim=0, align_bytes=4),  # seqused_k
-        fake_tensor(i32, (None, None), leading_dim=1, align_bytes=4),  # block_table
-        Int32(0) if cfg.has_window_left else None,
-        Int32(0) if cfg.has_window_right else None,
-        fake_stream(),
-    )
-    return partial(cute.compile, options="--enable-tvm-ffi"), args
+    harness (fa4_tq/kernels/compile.py); the argument kinds are the dispatcher's."""
+    from .prefill import build_fake_compile
+    return build_fake_compile(PrefillSm80(cfg), cfg)
 
 
 def shipped_configs() -> list[PrefillSm80Config]:
@@ -751,10 +732,3 @@ def register_configs(register) -> None:
         register(KernelConfig("prefill", cfg.k_bits, cfg.v_bits, cfg.head_dim,
                               _variant(cfg), partial(build_compile, cfg)))
 
-
-def compile_configs():
-    """(name, thunk) pairs; each thunk compiles one shipped config on the CPU (fake tensors)."""
-    def thunk(cfg):
-        fn, args = build_compile(cfg)
-        return fn(*args)
-    return [(cfg.name, partial(thunk, cfg)) for cfg in shipped_configs()]

@@ -827,32 +827,30 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 # groups in flight, in issue order: K(i), V(i), ..., K(i+slots-1),
                 # V(i+slots-1) (only this warpgroup's sides)
                 if const_expr(do_k):
-                    cute.arch.cp_async_wait_group(groups_in_flight - 1)
-                    pipeline_k.producer_acquire(kv_producer_state)
-                    self._decode(ctx, i, True, nk0,
-                                 sK_addr + kv_producer_state.index * tile_bytes)
-                    self._fence_tile_stores()
-                    pipeline_k.producer_commit(kv_producer_state)
-                    if const_expr(slots == 2):
-                        nk0 = nk1
-                        nk1 = self._issue(ctx, i + 2, True)
-                    else:
-                        nk0 = self._issue(ctx, i + 1, True)
+                    nk0, nk1 = self._produce_tile(ctx, i, True, pipeline_k, kv_producer_state,
+                                                  sK_addr, tile_bytes, groups_in_flight, nk0,
+                                                  nk1)
                 if const_expr(do_v):
-                    cute.arch.cp_async_wait_group(groups_in_flight - 1)
-                    pipeline_v.producer_acquire(kv_producer_state)
-                    self._decode(ctx, i, False, nv0,
-                                 sV_addr + kv_producer_state.index * tile_bytes)
-                    self._fence_tile_stores()
-                    pipeline_v.producer_commit(kv_producer_state)
-                    if const_expr(slots == 2):
-                        nv0 = nv1
-                        nv1 = self._issue(ctx, i + 2, False)
-                    else:
-                        nv0 = self._issue(ctx, i + 1, False)
+                    nv0, nv1 = self._produce_tile(ctx, i, False, pipeline_v, kv_producer_state,
+                                                  sV_addr, tile_bytes, groups_in_flight, nv0,
+                                                  nv1)
                 kv_producer_state.advance()
             # drain the (empty) trailing groups before the thread exits
             cute.arch.cp_async_wait_group(0)
+
+    def _produce_tile(self, ctx: "_ProducerCtx", i: Int32, is_k: bool, pipe, state, s_addr,
+                      tile_bytes: int, groups_in_flight: int, n0: Int32, n1: Int32):
+        """One side's step for block #i: wait for its staged codes, acquire the stage, decode
+        into it, fence, commit; then stage block #i + slots. Returns the norms of the next
+        (n0, n1) blocks (n1 unused with one staging slot)."""
+        cute.arch.cp_async_wait_group(groups_in_flight - 1)
+        pipe.producer_acquire(state)
+        self._decode(ctx, i, is_k, n0, s_addr + state.index * tile_bytes)
+        self._fence_tile_stores()
+        pipe.producer_commit(state)
+        if const_expr(self.cfg.stage_slots == 2):
+            return n1, self._issue(ctx, i + 2, is_k)
+        return self._issue(ctx, i + 1, is_k), n1
 
     def _fence_tile_stores(self):
         """Make this thread's generic-proxy tile stores visible to the async proxy (wgmma)
@@ -962,29 +960,9 @@ class _ProducerCtx:
 # --------------------------------------------------------------------------- compile-only
 def build_compile(cfg: PrefillSm90Config):
     """(compile_fn, args) compiling ``cfg`` from fake tensors (no GPU), for the compile-only
-    harness (fa4_tq/kernels/compile.py). All sizes and strides symbolic, like the real call's
-    ``to_cute_tensor`` (fa4_tq/kernels/prefill.py)."""
-    from .compile import fake_stream, fake_tensor
-    bf16, u8, i16, f32, i32 = (cutlass.BFloat16, cutlass.Uint8, cutlass.Int16, cutlass.Float32,
-                               cutlass.Int32)
-    args = (
-        PrefillSm90(cfg),
-        fake_tensor(bf16, (None,) * 3),  # q
-        fake_tensor(u8, (None,) * 4), fake_tensor(u8, (None,) * 4),  # k/v codes
-        fake_tensor(i16, (None,) * 3, align_bytes=4), fake_tensor(i16, (None,) * 3, align_bytes=4),
-        fake_tensor(f32, (None,), leading_dim=0, align_bytes=4),
-        fake_tensor(f32, (None,), leading_dim=0, align_bytes=4),
-        fake_tensor(bf16, (None,) * 3),  # out
-        fake_tensor(f32, (None,) * 2, align_bytes=4),  # lse
-        1.0 / cfg.head_dim ** 0.5,
-        fake_tensor(i32, (None,), leading_dim=0, align_bytes=4),  # cu_seqlens_q
-        fake_tensor(i32, (None,), leading_dim=0, align_bytes=4),  # seqused_k
-        fake_tensor(i32, (None, None), leading_dim=1, align_bytes=4),  # block_table
-        Int32(0) if cfg.has_window_left else None,
-        Int32(0) if cfg.has_window_right else None,
-        fake_stream(),
-    )
-    return partial(cute.compile, options="--enable-tvm-ffi"), args
+    harness (fa4_tq/kernels/compile.py); the argument kinds are the dispatcher's."""
+    from .prefill import build_fake_compile
+    return build_fake_compile(PrefillSm90(cfg), cfg)
 
 
 def shipped_configs() -> list[PrefillSm90Config]:
@@ -1036,10 +1014,3 @@ def register_configs(register) -> None:
         register(KernelConfig("prefill", cfg.k_bits, cfg.v_bits, cfg.head_dim, _variant(cfg),
                               partial(build_compile, cfg)))
 
-
-def compile_configs():
-    """(name, thunk) pairs; each thunk compiles one shipped config on the CPU (fake tensors)."""
-    def thunk(cfg):
-        fn, args = build_compile(cfg)
-        return fn(*args)
-    return [(cfg.name, partial(thunk, cfg)) for cfg in shipped_configs()]
