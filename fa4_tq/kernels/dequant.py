@@ -483,3 +483,35 @@ def mbarrier_arrive_remote_cta_scope(mbar_cluster: Int32, *, loc=None, ip=None) 
                     "mbarrier.arrive.shared::cluster.b64 _, [$0];", "r",
                     has_side_effects=True, is_align_stack=False,
                     asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
+@dsl_user_op
+def cluster_pair_send_half(tidx: Int32, full_bar: Int32, src0: Int32, src1: Int32,
+                           peer_rank: Int32, nbytes: int, expect_bytes: int, *, loc=None,
+                           ip=None) -> None:
+    """Thread ``tidx`` == 0 only (predicated, no branch): arrive on this CTA's full barrier
+    ``full_bar`` announcing ``expect_bytes`` that the peer CTA's bulk copies will deliver
+    (``mbarrier.arrive.expect_tx``; this arrive also releases this CTA's own tile stores to its
+    consumers), then copy the two ``nbytes`` regions at ``src0`` / ``src1`` (this CTA's rows of
+    the tile) to the same offsets in the peer CTA's shared memory with
+    ``cp.async.bulk.shared::cluster.shared::cta``, completing ``nbytes`` each on the peer's
+    copy of the full barrier. The bulk copy is an async-proxy write signalled through the
+    mbarrier (as a TMA load is), so the peer's wgmma may read it after a plain wait, and the
+    writer needs no GPU-scope fence. The caller has made its tile stores visible to the async
+    proxy (fence.proxy.async.shared::cta per thread, then a barrier) before this."""
+    llvm.inline_asm(
+        None, [_i32(tidx, loc, ip), _i32(full_bar, loc, ip), _i32(src0, loc, ip),
+               _i32(src1, loc, ip), _i32(peer_rank, loc, ip)],
+        "{\n.reg .pred p;\n.reg .b32 pb, d0, d1;\n"
+        "setp.eq.u32 p, $0, 0;\n"
+        f"@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [$1], {expect_bytes};\n"
+        "@p mapa.shared::cluster.u32 pb, $1, $4;\n"
+        "@p mapa.shared::cluster.u32 d0, $2, $4;\n"
+        "@p mapa.shared::cluster.u32 d1, $3, $4;\n"
+        "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes "
+        f"[d0], [$2], {nbytes}, [pb];\n"
+        "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes "
+        f"[d1], [$3], {nbytes}, [pb];\n}}",
+        "r,r,r,r,r", has_side_effects=True, is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+

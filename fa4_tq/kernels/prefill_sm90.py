@@ -27,9 +27,10 @@ Design (see docs/prefill-sm90-notes.md for the measured history):
   hide each other's load/LUT latencies (H100: +7% K4V4 .. +17% K2V2).
 * ``cluster_share=2`` (opt-in, unmeasured; D=128, producer_wgs=2, even GQA ratio): 2-CTA
   clusters of the query heads 2j, 2j+1 (same KV head and n_blocks); each CTA decodes 64 rows
-  of every K/V tile and stores them into both CTAs' tiles (DSMEM), so decode work per CTA
-  halves; ``ClusterPairPipeline`` (cluster-scope barriers over both CTAs' producers and
-  consumers) and ``ClusterPairVarlenScheduler`` (head-pair tiles) implement it.
+  of every K/V tile into its own tile and bulk-copies them (cp.async.bulk shared::cta ->
+  shared::cluster, completing bytes on the peer's full barrier) into the peer's, so decode
+  work per CTA halves; ``ClusterPairPipeline`` (the barrier protocol over both CTAs'
+  producers and consumers) and ``ClusterPairVarlenScheduler`` (head-pair tiles) implement it.
 * Q is loaded by TMA (FA4's path), O stored by TMA; varlen Q (cu_seqlens_q) only.
 
 The class keeps FA4's configuration machinery (tile sizes, smem layouts, tiled MMAs, masks,
@@ -117,10 +118,18 @@ class PrefillSm90Config:
     # CTAs per cluster sharing each decoded K/V tile (step 5). 1 = every CTA decodes whole
     # tiles; 2 = a cluster of the two CTAs of query heads 2j, 2j+1 (same KV head, m_block and
     # batch, hence the same n_blocks): CTA rank r decodes rows 64r..64r+63 of every K/V tile
-    # (two producer threads per row, half a row each) and stores them into both CTAs' shared
-    # memory (own + peer through DSMEM), halving the decode work per CTA. D=128,
+    # (two producer threads per row, half a row each) into its own shared memory and copies
+    # them to the peer (bulk copy over DSMEM), halving the decode work per CTA. D=128,
     # producer_wgs=2 and an even GQA ratio only (ClusterPairPipeline has the barrier protocol).
     cluster_share: int = 1
+    # cluster_share=2: which sides travel between the CTAs ("kv", "k" or "v"); an unshared side
+    # is decoded whole by each CTA (cluster_share=1 behaviour for that side). Sharing halves a
+    # side's decode work per CTA but sends 16 KB per tile over DSMEM (notes, step 5).
+    cluster_sides: str = "kv"
+
+    def shares(self, is_k: bool) -> bool:
+        """Whether the K (is_k) or V side is split between the CTAs of a cluster pair."""
+        return self.cluster_share == 2 and ("k" if is_k else "v") in self.cluster_sides
 
     @property
     def num_threads(self) -> int:
@@ -135,6 +144,10 @@ class PrefillSm90Config:
             raise ValueError(f"register split exceeds the CTA's launch allocation ({budget})")
         if self.cluster_share not in (1, 2):
             raise ValueError(f"cluster_share must be 1 or 2, got {self.cluster_share}")
+        if self.cluster_sides not in ("kv", "k", "v") or (self.cluster_share == 1
+                                                          and self.cluster_sides != "kv"):
+            raise ValueError(f"cluster_sides must be 'kv', 'k' or 'v' (and 'kv' without "
+                             f"cluster_share=2), got {self.cluster_sides!r}")
         if self.cluster_share == 2 and (self.head_dim != 128 or self.producer_wgs != 2
                                         or self.qhead_per_kvhead % 2):
             raise NotImplementedError(
@@ -154,8 +167,13 @@ class PrefillSm90Config:
         lut = "".join(("r" if reg else "s") for reg in (self.k_register_lut, self.v_register_lut))
         return (f"prefill_sm90_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
                 f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}_lut{lut}"
-                f"_pw{self.producer_wgs}" + (f"_cs{self.cluster_share}"
-                                             if self.cluster_share != 1 else ""))
+                f"_pw{self.producer_wgs}" + self._cs_tag("_"))
+
+    def _cs_tag(self, sep: str) -> str:
+        if self.cluster_share == 1:
+            return ""
+        return f"{sep}cs{self.cluster_share}" + ("" if self.cluster_sides == "kv"
+                                                  else self.cluster_sides)
 
     def k_row_bytes(self) -> int:
         return self.head_dim * self.k_bits // 8
@@ -217,7 +235,17 @@ REGISTER_SPLIT = {1: (224, 56), 2: (208, 48)}
 # Hkv=8 D=128, kernel alone, ours/FA4-bf16 1 WG -> 2 WGs, full / causal): K4V4 0.631 -> 0.676
 # / 0.624 -> 0.684, K2V2 0.646 -> 0.759 / 0.688 -> 0.753, K8V8 0.443 -> 0.514 / 0.463 ->
 # 0.535, K4V8 0.481 -> 0.550 / 0.524 -> 0.602.
-TWO_PRODUCER_WGS_MEASURED = frozenset({(4, 4), (2, 2), (8, 8), (4, 8)})
+# Session 3 (B=1 S=8K full, same data): K4V2 0.725, K2V4 0.752, K8V4 0.496 with two producer
+# WGs, the best of their measured variants (K8V4 then ships cluster sharing on top).
+TWO_PRODUCER_WGS_MEASURED = frozenset({(4, 4), (2, 2), (8, 8), (4, 8), (4, 2), (2, 4), (8, 4)})
+
+# (k_bits, v_bits) -> cluster_sides where 2-CTA cluster sharing (step 5, bulk-copy design) was
+# measured faster than producer_wgs=2 alone by more than the ~2% run-to-run spread, with its
+# output bit-identical to the cluster_share=1 kernel (H100, 2026-11-23 session 3; B=1 S=8K
+# Hq=32 Hkv=8 D=128 bs128, kernel alone, ours/FA4-bf16, pw2 -> shipped): K8V8 full 0.496 ->
+# 0.569, causal 0.542 -> 0.614 ("kv"); K4V8 full 0.607 -> 0.649 ("kv"); K8V4 full 0.496 ->
+# 0.581 ("k"). K4V4 / K2V2 / K4V2 / K2V4 measured flat or slower with every side choice.
+CLUSTER_SHARE_MEASURED = {(8, 8): "kv", (4, 8): "kv", (8, 4): "k"}
 
 
 def default_producer_wgs(head_dim: int, k_bits: int, v_bits: int, local: bool) -> int:
@@ -229,22 +257,40 @@ def default_producer_wgs(head_dim: int, k_bits: int, v_bits: int, local: bool) -
     return 1
 
 
+def default_cluster_share(head_dim: int, k_bits: int, v_bits: int, local: bool,
+                          qhead_per_kvhead: int, producer_wgs: int) -> tuple[int, str]:
+    """(cluster_share, cluster_sides): (2, sides) for the pairs in CLUSTER_SHARE_MEASURED where
+    the cluster pair exists (D=128, two producer warpgroups, even GQA ratio, no sliding
+    window: windows were never timed with it), else (1, "kv")."""
+    sides = CLUSTER_SHARE_MEASURED.get((k_bits, v_bits))
+    if (sides and head_dim == 128 and not local and producer_wgs == 2
+            and qhead_per_kvhead % 2 == 0):
+        return 2, sides
+    return 1, "kv"
+
+
 def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
                 local: bool, has_window_left: bool, has_window_right: bool,
                 k_register_lut: Optional[bool] = None,
                 v_register_lut: Optional[bool] = None,
                 producer_wgs: Optional[int] = None,
-                cluster_share: int = 1) -> PrefillSm90Config:
+                cluster_share: Optional[int] = None,
+                cluster_sides: Optional[str] = None) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
     (None: ``default_register_lut``) select register-LUT decode for a 2- or 4-bit side; 8-bit
     sides always use the shared-memory LUT (the flag is ignored for them). ``producer_wgs``
     (None: ``default_producer_wgs``) picks one K+V producer warpgroup or one per side.
-    ``cluster_share`` = 2 opts into the 2-CTA cluster that shares decoded tiles (step 5,
-    unmeasured: never the default)."""
+    ``cluster_share`` / ``cluster_sides`` (None: ``default_cluster_share``) choose the 2-CTA
+    cluster that shares decoded tiles (step 5) and which sides it shares."""
     if producer_wgs is None:
         producer_wgs = default_producer_wgs(head_dim, k_bits, v_bits, local)
+    if cluster_share is None:
+        cluster_share, default_sides = default_cluster_share(
+            head_dim, k_bits, v_bits, local, qhead_per_kvhead, producer_wgs)
+        cluster_sides = cluster_sides or default_sides
+    cluster_sides = cluster_sides or "kv"
     if producer_wgs not in REGISTER_SPLIT:
         raise ValueError(f"PrefillSm90: producer_wgs must be 1 or 2, got {producer_wgs}")
     k_default, v_default = default_register_lut(k_bits, v_bits)
@@ -264,7 +310,8 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 k_register_lut=bool(k_register_lut) and k_bits != 8,
                 v_register_lut=bool(v_register_lut) and v_bits != 8,
                 producer_wgs=producer_wgs, consumer_regs=REGISTER_SPLIT[producer_wgs][0],
-                producer_regs=REGISTER_SPLIT[producer_wgs][1], cluster_share=cluster_share)
+                producer_regs=REGISTER_SPLIT[producer_wgs][1], cluster_share=cluster_share,
+                cluster_sides=cluster_sides)
     for slots in (2, 1):
         for rep in (32, 16, 8, 4, 2, 1):
             cfg = PrefillSm90Config(
@@ -280,10 +327,17 @@ CLUSTER_PAIR_ROWS = 64  # K/V rows of each tile one CTA of a cluster pair decode
 
 
 def cluster_pair_arrivals(num_mma_threads: int = 256) -> tuple[int, int]:
-    """(full, empty) mbarrier arrival counts of ClusterPairPipeline: one elected lane per
-    producer warp of a side (4) and per consumer warp (8), from both CTAs of the pair."""
+    """(full, empty) mbarrier arrival counts of ClusterPairPipeline: full = one arrive.expect_tx
+    by this CTA's producer side (its own rows; the peer's rows complete the transaction
+    bytes), empty = one elected lane per consumer warp (8) of both CTAs of the pair."""
     warp = 32
-    return 2 * PRODUCER_THREADS // warp, 2 * num_mma_threads // warp
+    return 1, 2 * num_mma_threads // warp
+
+
+def cluster_pair_half_bytes(head_dim: int = 128, tile_n: int = 128) -> int:
+    """Bytes of one CTA's 64 rows of a bf16 K/V tile, i.e. what each CTA sends its peer per
+    tile and side (two swizzle-atom columns of 64 rows x 128 B)."""
+    return CLUSTER_PAIR_ROWS * head_dim * 2
 
 
 def cluster_pair_part_py(rank: int, tidx: int, bits: int, head_dim: int = 128,
@@ -313,19 +367,24 @@ def cluster_pair_part_py(rank: int, tidx: int, bits: int, head_dim: int = 128,
 class ClusterPairPipeline(pipeline_custom.PipelineAsync):
     """K or V stage pipeline shared by the two CTAs of a cluster pair (cluster_share=2).
 
-    Every stage is written by both CTAs' producers (each writes its 64 rows into both CTAs'
-    shared memory) and read by both CTAs' consumers, so:
-    * full[s] of each CTA completes after 8 arrivals: one elected lane per producer warp of
-      this CTA and of the peer, each after its threads' stores (own + peer smem) and a
-      ``fence.proxy.async.shared::cluster`` (generic-proxy stores -> the consumers' wgmma
-      async-proxy reads); release at cluster scope on the peer's barrier, CTA scope on its
-      own; consumers wait with acquire at cluster scope (the arrivals come from two CTAs);
-    * empty[s] of each CTA completes after 16 arrivals: one elected lane per consumer warp of
-      both CTAs (each consumer warp releases on its own and on the peer's barrier, CTA-scope
-      arrives as CUTLASS releases to remote producers), so a producer overwrites stage s (in
-      both CTAs) only after both CTAs' consumers released it.
-    Created with producer group = 8 and consumer group = 16 (the arrival counts above,
-    ``cluster_pair_arrivals``)."""
+    Each CTA's producer side decodes its 64 rows of every tile into its own stage only; the
+    rows reach the peer by a shared::cta -> shared::cluster bulk copy (async proxy, completes
+    transaction bytes on the peer's full barrier, like a multicast TMA load):
+    * full[s] (per CTA) expects 1 arrival: after the side's 128 threads stored and fenced
+      (fence.proxy.async.shared::cta + named barrier), thread 0 does
+      ``mbarrier.arrive.expect_tx`` of the peer's 16 KB on its own full[s] (the arrive
+      releases this CTA's rows to its consumers) and issues the two 8 KB bulk copies of its
+      rows into the peer, which complete_tx on the peer's full[s]. Consumers wait with FA4's
+      plain (CTA-scope) wait, as for TMA data.
+    * empty[s] (per CTA) expects 16 arrivals: one elected lane per consumer warp of both CTAs
+      (each consumer warp releases its own and the peer's empty[s], CTA-scope arrives as
+      CUTLASS releases to remote producers), so a producer overwrites stage s — its rows in
+      its own CTA, and through the copy in the peer — only after both CTAs' consumers
+      released it; the copy of round k has completed by then (the peer's consumers waited on
+      it), so its source rows are free too.
+    No GPU-scope MEMBAR in either role (the first build stored to the peer with
+    st.shared::cluster and needed fence.proxy.async.shared::cluster + release.cluster per
+    thread and tile, MEMBAR.ALL.GPU in SASS)."""
 
     @staticmethod
     def create(*args, **kwargs):
@@ -338,26 +397,24 @@ class ClusterPairPipeline(pipeline_custom.PipelineAsync):
         return dq.mapa_shared(addr, dq.cluster_cta_rank() ^ 1)
 
     def producer_acquire(self, state, try_acquire_token=None, *, loc=None, ip=None):
+        # acquire at cluster scope: half of the releases come from the peer's consumers
         dq.mbarrier_wait_cluster(dq.smem_addr(self.sync_object_empty.get_barrier(state.index)),
                                  state.phase)
 
     def producer_commit(self, state, *, loc=None, ip=None):
-        # every thread fenced its own stores before this; the warp converges, one lane
-        # releases for all 32 (bar.warp.sync orders the warp's prior memory operations).
-        # The peer's consumers read this warp's DSMEM stores: release at cluster scope there;
-        # this CTA's consumers only need CTA scope (FA4's own producer arrive).
-        cute.arch.sync_warp()
-        with cute.arch.elect_one():
-            bar = dq.smem_addr(self.sync_object_full.get_barrier(state.index))
-            dq.mbarrier_arrive_cluster_remote(self._peer_barrier(bar))
-            dq.mbarrier_arrive_cta_scope(bar)
+        raise NotImplementedError("ClusterPairPipeline: producers commit with share_commit")
 
-    def consumer_try_wait(self, state, *, loc=None, ip=None):
-        return None  # consumer_wait always runs the cluster-scope wait loop
-
-    def consumer_wait(self, state, try_wait_token=None, *, loc=None, ip=None):
-        dq.mbarrier_wait_cluster(dq.smem_addr(self.sync_object_full.get_barrier(state.index)),
-                                 state.phase)
+    def share_commit(self, state, tidx: Int32, tile_addr: Int32, rank: Int32, barrier_id: int,
+                     tile_n: int, head_dim: int):
+        """Called by all 128 threads of a producer side after storing their part of this
+        CTA's rows of stage ``state.index`` (``tile_addr`` = the stage's tile base)."""
+        cute.arch.fence_view_async_shared()  # own st.shared -> async proxy (copy and wgmma)
+        cute.arch.barrier(barrier_id=barrier_id, number_of_threads=PRODUCER_THREADS)
+        half = cluster_pair_half_bytes(head_dim, tile_n) // 2  # per swizzle-atom column
+        src0 = tile_addr + rank * half
+        dq.cluster_pair_send_half(
+            tidx, dq.smem_addr(self.sync_object_full.get_barrier(state.index)), src0,
+            src0 + tile_n * 128, rank ^ 1, half, 2 * half)
 
     def consumer_release(self, state, *, loc=None, ip=None):
         # called by all 32 lanes of a consumer warp after its wgmma reads of the stage retired
@@ -376,6 +433,15 @@ class ClusterPairVarlenScheduler(SingleTileVarlenScheduler):
     (one cluster of 2 along x) decode the same flat tile c = (m_block, head pair p, batch) and
     take heads 2p + (x % 2). Both heads share a KV head (even GQA ratio), so both CTAs see the
     same seqlens, n_block range and validity."""
+
+    @staticmethod
+    @cute.jit
+    def create(params, ctx=None, *, loc=None, ip=None) -> "ClusterPairVarlenScheduler":
+        # FA4's create() constructs SingleTileVarlenScheduler by name, which would drop this
+        # subclass's _decode_work_tile (seen on the device: only head pairs 0..Hq/4-1 ran)
+        assert ctx is None, "STATIC scheduling only"
+        tile_idx, split_idx, _ = cute.arch.block_idx()
+        return ClusterPairVarlenScheduler(params, tile_idx, split_idx, loc=loc, ip=ip)
 
     @cute.jit
     def _decode_work_tile(self) -> WorkTileInfo:
@@ -584,27 +650,23 @@ class PrefillSm90(FlashAttentionForwardSm90):
             tx_count=self.tma_copy_bytes["Q"], defer_sync=True)
         # K/V tiles are written with plain st.shared by all 128 producer threads: each
         # thread fences its own stores and arrives (PipelineAsync, no transaction count).
-        if const_expr(self.cfg.cluster_share == 1):
-            pipeline_k = pipeline_custom.PipelineAsync.create(
-                barrier_storage=storage.mbar_ptr_K.data_ptr(), num_stages=self.num_stages,
-                producer_group=producer_threads, consumer_group=mma_warps,
-                elect_one_release=True, syncwarp_before_release=False, defer_sync=True)
-            pipeline_v = pipeline_custom.PipelineAsync.create(
-                barrier_storage=storage.mbar_ptr_V.data_ptr(), num_stages=self.num_stages,
-                producer_group=producer_threads, consumer_group=mma_warps,
-                elect_one_release=True, syncwarp_before_release=False, defer_sync=True)
-        else:
-            # arrival counts of ClusterPairPipeline: full = 4 producer warps x 2 CTAs,
-            # empty = 8 consumer warps x 2 CTAs
-            full_arrivals, empty_arrivals = cluster_pair_arrivals(self.num_mma_threads)
-            pair_producers = ThreadCooperativeGroup(full_arrivals)
-            pair_consumers = ThreadCooperativeGroup(empty_arrivals)
-            pipeline_k = ClusterPairPipeline.create(
-                barrier_storage=storage.mbar_ptr_K.data_ptr(), num_stages=self.num_stages,
-                producer_group=pair_producers, consumer_group=pair_consumers, defer_sync=True)
-            pipeline_v = ClusterPairPipeline.create(
-                barrier_storage=storage.mbar_ptr_V.data_ptr(), num_stages=self.num_stages,
-                producer_group=pair_producers, consumer_group=pair_consumers, defer_sync=True)
+        # A side shared between the CTAs of a cluster pair uses ClusterPairPipeline instead
+        # (full = 1 arrive.expect_tx + the peer's copied bytes, empty = 8 consumer warps x 2).
+        full_arrivals, empty_arrivals = cluster_pair_arrivals(self.num_mma_threads)
+        pipes = []
+        for shared, mbar in ((self.cfg.shares(True), storage.mbar_ptr_K),
+                             (self.cfg.shares(False), storage.mbar_ptr_V)):
+            if const_expr(shared):
+                pipes.append(ClusterPairPipeline.create(
+                    barrier_storage=mbar.data_ptr(), num_stages=self.num_stages,
+                    producer_group=ThreadCooperativeGroup(full_arrivals),
+                    consumer_group=ThreadCooperativeGroup(empty_arrivals), defer_sync=True))
+            else:
+                pipes.append(pipeline_custom.PipelineAsync.create(
+                    barrier_storage=mbar.data_ptr(), num_stages=self.num_stages,
+                    producer_group=producer_threads, consumer_group=mma_warps,
+                    elect_one_release=True, syncwarp_before_release=False, defer_sync=True))
+        pipeline_k, pipeline_v = pipes
         pipeline_init_arrive(cluster_shape_mn=self.cluster_shape_mn, is_relaxed=True)
 
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
@@ -756,15 +818,19 @@ class PrefillSm90(FlashAttentionForwardSm90):
         # swizzle-atom column h of the bf16 tile. The half's constant offsets are folded into
         # the code bases and the tile bases here (no extra live register in the 48-register
         # producer); _decode maps each tile address into the peer CTA with mapa.
+        # (cluster_share=2 needs producer_wgs=2: this warpgroup decodes exactly one side, and
+        # only a shared side is split; cluster_sides picks which.)
         row = tidx
-        if const_expr(cfg.cluster_share == 2):
+        if const_expr(cfg.shares(do_k) and not (do_k and do_v)):
             row = dq.cluster_cta_rank() * CLUSTER_PAIR_ROWS + tidx % CLUSTER_PAIR_ROWS
             half = tidx // CLUSTER_PAIR_ROWS
-            kc_base = kc_base + Int64(half * (self._chunks(kbytes) * 16))
-            vc_base = vc_base + Int64(half * (self._chunks(vbytes) * 16))
             half_col = half * (tile_n * 128)  # bytes of one 64-column swizzle-atom column
-            sK_addr = sK_addr + half_col
-            sV_addr = sV_addr + half_col
+            if const_expr(do_k):
+                kc_base = kc_base + Int64(half * (self._chunks(kbytes, True) * 16))
+                sK_addr = sK_addr + half_col
+            else:
+                vc_base = vc_base + Int64(half * (self._chunks(vbytes, False) * 16))
+                sV_addr = sV_addr + half_col
         kn_base = mKN.iterator.toint()
         vn_base = mVN.iterator.toint()
 
@@ -841,29 +907,31 @@ class PrefillSm90(FlashAttentionForwardSm90):
     def _produce_tile(self, ctx: "_ProducerCtx", i: Int32, is_k: bool, pipe, state, s_addr,
                       tile_bytes: int, groups_in_flight: int, n0: Int32, n1: Int32):
         """One side's step for block #i: wait for its staged codes, acquire the stage, decode
-        into it, fence, commit; then stage block #i + slots. Returns the norms of the next
-        (n0, n1) blocks (n1 unused with one staging slot)."""
+        into it, fence, commit (cluster_share=2: and send this CTA's rows to the peer); then
+        stage block #i + slots. Returns the norms of the next (n0, n1) blocks (n1 unused with
+        one staging slot)."""
         cute.arch.cp_async_wait_group(groups_in_flight - 1)
         pipe.producer_acquire(state)
-        self._decode(ctx, i, is_k, n0, s_addr + state.index * tile_bytes)
-        self._fence_tile_stores()
-        pipe.producer_commit(state)
+        tile_addr = s_addr + state.index * tile_bytes
+        self._decode(ctx, i, is_k, n0, tile_addr)
+        if const_expr(self.cfg.shares(is_k)):
+            # s_addr carries this thread's atom column (see load_tq): recover the tile base
+            # from tidx instead of keeping another register live
+            base = tile_addr - (ctx.tidx // CLUSTER_PAIR_ROWS) * (self.tile_n * 128)
+            pipe.share_commit(state, ctx.tidx, base, dq.cluster_cta_rank(),
+                              LUT_BARRIER_ID + (0 if is_k else 1), self.tile_n, self.tile_hdim)
+        else:
+            # this thread's generic-proxy tile stores -> the async proxy (wgmma) before the arrive
+            cute.arch.fence_view_async_shared()
+            pipe.producer_commit(state)
         if const_expr(self.cfg.stage_slots == 2):
             return n1, self._issue(ctx, i + 2, is_k)
         return self._issue(ctx, i + 1, is_k), n1
 
-    def _fence_tile_stores(self):
-        """Make this thread's generic-proxy tile stores visible to the async proxy (wgmma)
-        before the full-barrier arrive; cluster_share=2 also covers its stores into the peer
-        CTA's shared memory."""
-        if const_expr(self.cfg.cluster_share == 2):
-            dq.fence_proxy_async_cluster()
-        else:
-            cute.arch.fence_view_async_shared()
-
-    def _chunks(self, nbytes: int) -> int:
-        """16-byte code chunks of a row that one producer thread handles."""
-        return nbytes // 16 // self.cfg.cluster_share
+    def _chunks(self, nbytes: int, is_k: bool) -> int:
+        """16-byte code chunks of a row that one producer thread handles (half of them on a
+        side shared between the CTAs of a cluster pair)."""
+        return nbytes // 16 // (2 if self.cfg.shares(is_k) else 1)
 
     # The two producer steps are plain Python (traced inline, fully unrolled, branch-free:
     # rows past seqlen_k are predicated off instead of branched around).
@@ -883,7 +951,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
         src = (ctx.kc_base if is_k else ctx.vc_base) + row * nbytes
         dst = (ctx.stage_k_row if is_k else ctx.stage_v_row) + (i % cfg.stage_slots) * ctx.slot_bytes
         src_bytes = valid * 16
-        nchunks = self._chunks(nbytes)  # (cluster_share=2: the half's offset is in the base)
+        nchunks = self._chunks(nbytes, is_k)  # (shared side: the half's offset is in the base)
         for c in range(nchunks):
             dq.cp_async_16(dst + c * self.tile_n * 16, src + c * 16, src_bytes)
         norm2 = dq.ld_global_bf16_pair((ctx.kn_base if is_k else ctx.vn_base) + row * 2, valid)
@@ -893,8 +961,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
     def _decode(self, ctx: "_ProducerCtx", i: Int32, is_k: bool, norm2: Int32,
                 tile_addr: Int32) -> None:
         """Staged codes of block #i (one side) -> this thread's row of the swizzled bf16
-        tile (cluster_share=2: half row, ``tile_addr`` already at its atom column; also
-        stored at the same offset in the peer CTA's tile)."""
+        tile (cluster_share=2: half row, ``tile_addr`` already at its atom column; the
+        pipeline's share_commit copies this CTA's rows to the peer)."""
         cfg = self.cfg
         bits = cfg.k_bits if is_k else cfg.v_bits
         reps = cfg.k_lut_replicas if is_k else cfg.v_lut_replicas
@@ -906,10 +974,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
         if register_lut:  # this row's scaled codebook as prmt byte planes
             planes = dq.load_row_planes(ctx.lutk_addr if is_k else ctx.lutv_addr, bits, norm2)
         out_per_in = 16 // bits  # 8-element output chunks per 16 B of codes
-        nchunks = self._chunks(nbytes)
-        peer_tile_addr = tile_addr
-        if cfg.cluster_share == 2:
-            peer_tile_addr = dq.mapa_shared(tile_addr, dq.cluster_cta_rank() ^ 1)
+        nchunks = self._chunks(nbytes, is_k)
         for c in range(nchunks):
             words = dq.ld_shared_v4(src + c * self.tile_n * 16)
             outs = []
@@ -924,9 +989,6 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 off = dq.swizzled_offset(ctx.row, c * out_per_in + k, self.tile_n)
                 dq.st_shared_v4(tile_addr + off, outs[4 * k], outs[4 * k + 1], outs[4 * k + 2],
                                 outs[4 * k + 3])
-                if const_expr(cfg.cluster_share == 2):
-                    dq.st_cluster_v4(peer_tile_addr + off, outs[4 * k], outs[4 * k + 1],
-                                     outs[4 * k + 2], outs[4 * k + 3])
 
 
 @dataclass
@@ -1003,8 +1065,7 @@ def _variant(cfg: PrefillSm90Config) -> str:
     mask = "causal" if cfg.causal else ("local" if cfg.local else "full")
     lut = "".join(("r" if reg else "s") for reg in (cfg.k_register_lut, cfg.v_register_lut))
     pw = f"-pw{cfg.producer_wgs}" if cfg.producer_wgs != 1 else ""
-    cs = f"-cs{cfg.cluster_share}" if cfg.cluster_share != 1 else ""
-    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}{pw}{cs}"
+    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}{pw}{cfg._cs_tag('-')}"
 
 
 def register_configs(register) -> None:

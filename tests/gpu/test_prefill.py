@@ -16,7 +16,7 @@ BITS = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
 
 def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
          qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, register_lut=(None, None),
-         producer_wgs=None, cluster_share=1):
+         producer_wgs=None, cluster_share=None, cluster_sides=None):
     from fa4_tq.kernels.prefill import prefill_cuda
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
@@ -32,7 +32,8 @@ def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
     kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device="cuda")
     klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
     out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=register_lut,
-                            producer_wgs=producer_wgs, cluster_share=cluster_share)
+                            producer_wgs=producer_wgs, cluster_share=cluster_share,
+                            cluster_sides=cluster_sides)
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     assert out.dtype == qdtype and lse.dtype == torch.float32
     assert rel_error(out, ref_o) <= 1e-2
@@ -114,8 +115,9 @@ def test_unsupported_cases_raise_before_launch():
 
 
 # ----------------------------------------------------------------- cluster_share=2 (step 5)
-# Opt-in 2-CTA clusters (query heads 2j, 2j+1 share each decoded K/V tile through DSMEM).
-# Varlen batches with several m_blocks per sequence, GQA 4 and 2, paged (bs 16 and 128).
+# 2-CTA clusters (query heads 2j, 2j+1 share each decoded K/V tile: each CTA decodes 64 rows
+# and bulk-copies them into the peer). Default for K8V8/K4V8 (both sides) and K8V4 (K side);
+# opt-in elsewhere. Varlen batches with several m_blocks per sequence, GQA 4 and 2, paged.
 
 @pytest.mark.parametrize("kb,vb", [(4, 4), (2, 2), (8, 8), (4, 8)])
 @pytest.mark.parametrize("causal", [False, True])
@@ -129,6 +131,41 @@ def test_cluster_share_gqa2_long_and_rows_that_see_no_key():
          cluster_share=2)
     _run([1, 17, 300], [1, 9, 1000], 4, 2, 128, 2, 2, 128, True, seed=92, producer_wgs=2,
          cluster_share=2)
+
+
+@pytest.mark.parametrize("kb,vb,causal,sides", [
+    (4, 4, False, "k"), (4, 4, True, "v"), (8, 4, False, "k"), (2, 8, True, "v"),
+    (8, 8, True, "kv"), (4, 8, False, "kv"), (2, 2, True, "k"), (8, 2, False, "v")])
+def test_cluster_share_bit_identical_to_one_cta(kb, vb, causal, sides):
+    """Sharing changes which CTA decodes a row, not the decoded values or the MMA order: the
+    raw kernel output and LSE equal the cluster_share=1 kernel's bit for bit (varlen, several
+    m_blocks, paged, NaN-poisoned buffers); and the shared build passes the reference check."""
+    from fa4_tq.kernels.prefill import prefill_cuda
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("PrefillSm90 needs a Hopper GPU")
+    q_lens, k_lens, hq, hkv, bs = [1, 17, 300], [40, 17, 1000], 8, 2, 16 if causal else 128
+    g = torch.Generator().manual_seed(7 * kb + vb)
+    pb = random_paged_batch(k_lens, hkv, 128, kb, vb, bs, device="cuda", generator=g)
+    c = pb.cache
+    q = torch.randn(sum(q_lens), hq, 128, generator=g).to(torch.bfloat16).cuda()
+    cuq = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+    cuq[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
+    args = (q, *c.tensors(), cuq.cuda(), pb.block_table, pb.seqused_k, c.codec.k_codebook,
+            c.codec.v_codebook, c.codec.k_signs, c.codec.v_signs, max(q_lens),
+            0.9 / math.sqrt(128), causal, -1, -1, False, False)
+    raw = []
+    for cs, sd in ((1, "kv"), (2, sides)):
+        kout = torch.full((q.shape[0], hq, 128), float("nan"), dtype=torch.bfloat16,
+                          device="cuda")
+        klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
+        prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, producer_wgs=2, cluster_share=cs,
+                     cluster_sides=sd)
+        raw.append((kout, klse))
+    (o1, l1), (o2, l2) = raw
+    assert not bool(torch.isnan(o1).any()) and not bool(torch.isnan(l1).any())
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    _run(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal, seed=3 * kb + vb, producer_wgs=2,
+         cluster_share=2, cluster_sides=sides)
 
 
 def test_cluster_share_unsupported_raises_before_launch():
