@@ -414,45 +414,6 @@ def mapa_shared(addr: Int32, cta_rank: Int32, *, loc=None, ip=None) -> Int32:
 
 
 @dsl_user_op
-def st_cluster_v4(addr: Int32, a: Int32, b: Int32, c: Int32, d: Int32, *, loc=None,
-                  ip=None) -> None:
-    """16-byte store to a shared::cluster address (the peer CTA's shared memory)."""
-    llvm.inline_asm(None, [_i32(addr, loc, ip), _i32(a, loc, ip), _i32(b, loc, ip),
-                           _i32(c, loc, ip), _i32(d, loc, ip)],
-                    "st.shared::cluster.v4.b32 [$0], {$1, $2, $3, $4};", "r,r,r,r,r",
-                    has_side_effects=True, is_align_stack=False,
-                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
-
-
-@dsl_user_op
-def fence_proxy_async_cluster(*, loc=None, ip=None) -> None:
-    """Order this thread's generic-proxy shared::cluster stores (own and peer CTA) before
-    later async-proxy (wgmma) reads that a barrier hand-off makes dependent on them."""
-    llvm.inline_asm(None, [], "fence.proxy.async.shared::cluster;", "",
-                    has_side_effects=True, is_align_stack=False,
-                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
-
-
-@dsl_user_op
-def mbarrier_arrive_cluster_local(mbar: Int32, *, loc=None, ip=None) -> None:
-    """Arrive (release, cluster scope) on an mbarrier of this CTA."""
-    llvm.inline_asm(None, [_i32(mbar, loc, ip)],
-                    "mbarrier.arrive.release.cluster.shared::cta.b64 _, [$0];", "r",
-                    has_side_effects=True, is_align_stack=False,
-                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
-
-
-@dsl_user_op
-def mbarrier_arrive_cluster_remote(mbar_cluster: Int32, *, loc=None, ip=None) -> None:
-    """Arrive (release, cluster scope) on the mbarrier at shared::cluster address
-    ``mbar_cluster`` (a ``mapa`` image: the peer CTA's barrier)."""
-    llvm.inline_asm(None, [_i32(mbar_cluster, loc, ip)],
-                    "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [$0];", "r",
-                    has_side_effects=True, is_align_stack=False,
-                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
-
-
-@dsl_user_op
 def mbarrier_wait_cluster(mbar: Int32, phase: Int32, *, loc=None, ip=None) -> None:
     """Block until phase ``phase`` of this CTA's mbarrier completed, acquiring at cluster
     scope (its arrivals include the peer CTA's releases). Labels are local to the { } scope,

@@ -235,22 +235,28 @@ REGISTER_SPLIT = {1: (224, 56), 2: (208, 48)}
 # Hkv=8 D=128, kernel alone, ours/FA4-bf16 1 WG -> 2 WGs, full / causal): K4V4 0.631 -> 0.676
 # / 0.624 -> 0.684, K2V2 0.646 -> 0.759 / 0.688 -> 0.753, K8V8 0.443 -> 0.514 / 0.463 ->
 # 0.535, K4V8 0.481 -> 0.550 / 0.524 -> 0.602.
-# Session 3 (B=1 S=8K full, same data): K4V2 0.725, K2V4 0.752, K8V4 0.496 with two producer
-# WGs, the best of their measured variants (K8V4 then ships cluster sharing on top).
-TWO_PRODUCER_WGS_MEASURED = frozenset({(4, 4), (2, 2), (8, 8), (4, 8), (4, 2), (2, 4), (8, 4)})
+# Session 3 (B=1 S=8K, same call, 1 WG -> 2 WGs): K4V2 full 0.602 -> 0.680, K2V4 full 0.615
+# -> 0.737, K8V2 full 0.503 -> 0.586 / causal 0.542 -> 0.611, K2V8 full 0.517 -> 0.595 /
+# causal 0.567 -> 0.630; K8V4 0.496 with two (cluster sharing then ships on top for the
+# 8-bit-side pairs). All nine pairs now default to two at D=128.
+TWO_PRODUCER_WGS_MEASURED = frozenset({(4, 4), (2, 2), (8, 8), (4, 8), (4, 2), (2, 4), (8, 4),
+                                       (8, 2), (2, 8)})
 
 # (k_bits, v_bits) -> cluster_sides where 2-CTA cluster sharing (step 5, bulk-copy design) was
 # measured faster than producer_wgs=2 alone by more than the ~2% run-to-run spread, with its
 # output bit-identical to the cluster_share=1 kernel (H100, 2026-11-23 session 3; B=1 S=8K
 # Hq=32 Hkv=8 D=128 bs128, kernel alone, ours/FA4-bf16, pw2 -> shipped): K8V8 full 0.496 ->
 # 0.569, causal 0.542 -> 0.614 ("kv"); K4V8 full 0.607 -> 0.649 ("kv"); K8V4 full 0.496 ->
-# 0.581 ("k"). K4V4 / K2V2 / K4V2 / K2V4 measured flat or slower with every side choice.
-CLUSTER_SHARE_MEASURED = {(8, 8): "kv", (4, 8): "kv", (8, 4): "k"}
+# 0.581 ("k"); K8V2 full 0.586 -> 0.642, causal 0.611 -> 0.677 ("k"); K2V8 full 0.595 ->
+# 0.650, causal 0.630 -> 0.683 ("v"). Sharing pays where a side is 8-bit (its shared-memory
+# LUT decode is the heaviest); K4V4 / K2V2 / K4V2 / K2V4 measured flat or slower with every
+# side choice (the decode cost there does not scale with the decoded rows, notes step 5).
+CLUSTER_SHARE_MEASURED = {(8, 8): "kv", (4, 8): "kv", (8, 4): "k", (8, 2): "k", (2, 8): "v"}
 
 
 def default_producer_wgs(head_dim: int, k_bits: int, v_bits: int, local: bool) -> int:
     """2 where the device measured it faster (D=128, full and causal masks, the pairs in
-    TWO_PRODUCER_WGS_MEASURED), else 1: the other five pairs, D=64 and sliding windows are
+    TWO_PRODUCER_WGS_MEASURED: all nine), else 1: D=64 and sliding windows are
     compile-checked with 2 (0 spills) but neither timed nor run on a GPU with it."""
     if head_dim == 128 and not local and (k_bits, v_bits) in TWO_PRODUCER_WGS_MEASURED:
         return 2
