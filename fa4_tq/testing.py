@@ -91,3 +91,22 @@ def cu_seqlens(lens, device="cpu") -> torch.Tensor:
     cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor([int(x) for x in lens], dtype=torch.int32), 0)
     return cu.to(device)
+
+
+def random_prefill_args(q_lens, k_lens, hq: int, hkv: int, head_dim: int, k_bits: int,
+                        v_bits: int, block_size: int, causal: bool, *, generator,
+                        device="cuda", qdtype=torch.bfloat16, softmax_scale=None,
+                        window=(-1, -1), rotate: bool = True, unrotate: bool = True) -> tuple:
+    """Positional arguments of ``tqkv.prefill`` (and ``kernels.prefill.prefill_cuda``) for a
+    random varlen batch (q lengths ``q_lens``) over a fresh random paged cache (``k_lens``):
+    the paged batch first, then q, both from ``generator``."""
+    import math
+    pb = random_paged_batch(k_lens, hkv, head_dim, k_bits, v_bits, block_size, device=device,
+                            generator=generator)
+    c = pb.cache
+    q = torch.randn(sum(q_lens), hq, head_dim, generator=generator).to(qdtype).to(device)
+    scale = 0.9 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale
+    return (q, *c.tensors(), cu_seqlens(q_lens, device), pb.block_table, pb.seqused_k,
+            c.codec.k_codebook, c.codec.v_codebook, c.codec.k_signs, c.codec.v_signs,
+            max(q_lens), scale, causal, window[0], window[1], rotate, unrotate)
+

@@ -14,16 +14,11 @@ T0 = time.time()
 
 
 def raw_compare(tag, q_lens, k_lens, hq, hkv, kb, vb, bs, causal, seed, sides):
-    from fa4_tq.testing import random_paged_batch
-    g = torch.Generator().manual_seed(seed)
-    pb = random_paged_batch(k_lens, hkv, 128, kb, vb, bs, device="cuda", generator=g)
-    c = pb.cache
-    q = torch.randn(sum(q_lens), hq, 128, generator=g).to(torch.bfloat16).cuda()
-    cuq = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
-    cuq[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
-    args = (q, *c.tensors(), cuq.cuda(), pb.block_table, pb.seqused_k, c.codec.k_codebook,
-            c.codec.v_codebook, c.codec.k_signs, c.codec.v_signs, max(q_lens),
-            0.9 / math.sqrt(128), causal, -1, -1, False, False)
+    from fa4_tq.testing import random_prefill_args
+    args = random_prefill_args(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal,
+                               generator=torch.Generator().manual_seed(seed), rotate=False,
+                               unrotate=False)
+    q = args[0]
     res = []
     for cs, sd in [(1, "kv")] + [(2, s) for s in sides]:
         kout = torch.full((q.shape[0], hq, 128), float("nan"), dtype=torch.bfloat16, device="cuda")

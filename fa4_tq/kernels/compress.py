@@ -111,6 +111,9 @@ def default_compress_algo(k_bits: int, v_bits: int, head_dim: int = 128,
                           in_dtype: str = "bfloat16", num_vectors: int = 0,
                           sm_count: int = 132) -> str:
     """The measured-fastest variant for these sides and this many (token, head) vectors."""
+    if (head_dim, k_bits, v_bits, in_dtype) in _PREFETCH_DEFAULT and \
+            num_vectors >= _PREFETCH_MIN_VECTORS:
+        return "lut-pf"
     wide_vectors = 2 * sm_count * (128 // (head_dim // 32))  # 2 CTAs of 128 threads per SM
     if (head_dim, k_bits, v_bits, in_dtype) in _WIDE_DEFAULT and num_vectors >= wide_vectors:
         return "lut-wide"
@@ -121,6 +124,14 @@ def default_compress_algo(k_bits: int, v_bits: int, head_dim: int = 128,
 # in shipped_configs (compiled by tests/compile with 0 spills)
 _WIDE_DEFAULT = {(d, 4, 4, "bfloat16") for d in (64, 128, 256)} | {(128, 4, 2, "bfloat16"),
                                                                    (128, 2, 4, "bfloat16")}
+# Session 3 (H100, 2026-11-23 20:08 UTC, `microbench.compress_probe --candidates`, every
+# variant bit-exact; 64K tokens x Hkv 8 x D 128 bf16, fraction of copy bandwidth): "lut-pf"
+# (the next vector's loads issued before this one's math) K4V4 0.602 (lut-wide 0.514), K4V2
+# 0.604 (lut-wide 0.524), K2V2 0.574 (lut 0.497); at 4096 tokens it loses (K4V4 0.490 vs
+# lut-wide 0.540, K4V2 0.450 vs 0.502). -> "auto" picks it for these configs from 2^18
+# vectors (32K tokens x 8 heads); between 4K and 64K tokens the crossover is unmeasured.
+_PREFETCH_DEFAULT = {(128, 4, 4, "bfloat16"), (128, 4, 2, "bfloat16"), (128, 2, 2, "bfloat16")}
+_PREFETCH_MIN_VECTORS = 1 << 18
 _COMPRESS_ALGOS = ("binary", "lut")
 # Variant names accepted by compress_store_cuda(algo=...) / DEFAULT_COMPRESS_ALGO -> the
 # CompressConfig fields they set. "lut-wide": 32 elements per lane (D/32 lanes per vector:
@@ -130,7 +141,8 @@ COMPRESS_VARIANTS = {
     "binary": dict(algo="binary"),
     "lut": dict(algo="lut"),
     "lut-wide": dict(algo="lut", chunks=4, num_threads=128, min_ctas_per_sm=3),
-    # Opt-in candidates (H7, compile-checked, never measured; "auto" never picks them):
+    # H7 candidates (measured in session 3: "lut-pf" is "auto"'s choice for large 4/2-bit
+    # calls, see _PREFETCH_DEFAULT; the others lost to it and stay opt-in):
     # 4 independent float64 partial sums per thread (CompressConfig.sum_chains) and/or the
     # next vector's loads issued before this one's math (CompressConfig.prefetch).
     "lut-s4": dict(algo="lut", sum_chains=4),
@@ -1350,7 +1362,9 @@ def shipped_configs() -> list:
         cfgs += [CompressConfig(d, b, b, "bfloat16", algo=algo)
                  for d in _SUPPORTED_HEAD_DIMS for b in _SUPPORTED_BITS]
     cfgs += [compress_config(d, kb, vb, dt, "lut-wide") for d, kb, vb, dt in sorted(_WIDE_DEFAULT)]
-    # opt-in H7 candidates, one config each (CI budget): prefetch + chains, wide + chains
+    # "auto"'s prefetch choices, and the opt-in H7 candidates, one config each (CI budget)
+    cfgs += [compress_config(d, kb, vb, dt, "lut-pf") for d, kb, vb, dt in
+             sorted(_PREFETCH_DEFAULT)]
     cfgs += [compress_config(128, 4, 4, "bfloat16", "lut-pf-s4"),
              compress_config(128, 4, 4, "bfloat16", "lut-wide-s4")]
     for algo in _COMPRESS_ALGOS:

@@ -1052,18 +1052,19 @@ def shipped_configs() -> list[PrefillSm90Config]:
         cfg = make_config(128, kb, vb, 4, False, False, False, False, kr, vr)
         if cfg not in out:
             out.append(cfg)
-    # the producer-warpgroup count that is not the default (step 4): one K4V4 build with one
-    # producer WG (the probe's baseline), one K2V4 causal build with two (its 48-register
-    # producer once spilled the tile scheduler's state)
-    for kb, vb, causal, pw in ((4, 4, False, 1), (2, 4, True, 2)):
-        cfg = make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=pw)
+    # the producer-warpgroup count that is not the default (step 4): one producer WG, the
+    # probes' baseline (K4V4), and K8V8 without cluster sharing (step 5's baseline)
+    for kb, vb, causal, pw, cs in ((4, 4, False, 1, None), (8, 8, False, 2, 1)):
+        cfg = make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=pw,
+                          cluster_share=cs)
         if cfg not in out:
             out.append(cfg)
-    # the opt-in 2-CTA cluster that shares decoded tiles (step 5, unmeasured): the probe's
-    # headline K4V4 full (shared-memory LUT on both sides) and a causal register-LUT build
-    for kb, vb, causal in ((4, 4, False), (2, 2, True)):
+    # opt-in 2-CTA cluster sharing where it is not the default (step 5, measured flat): K4V4
+    # full (shared-memory LUT on both sides, both sides shared), K2V2 causal (register LUT),
+    # K4V4 causal sharing only K
+    for kb, vb, causal, sides in ((4, 4, False, "kv"), (2, 2, True, "kv"), (4, 4, True, "k")):
         out.append(make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=2,
-                               cluster_share=2))
+                               cluster_share=2, cluster_sides=sides))
     return out
 
 

@@ -65,10 +65,11 @@ def test_producer_wgs_knob():
     assert two.name.endswith("_pw2") and two.smem_bytes() == one.smem_bytes()
     default = P.make_config(128, 4, 4, 4, True, False, False, False)
     assert default.producer_wgs == P.default_producer_wgs(128, 4, 4, False) == 2
-    # unmeasured with two producer WGs: D=64, windows, the other bit-width pairs
+    # measured for all nine pairs at D=128; unmeasured with two: D=64 and windows
+    assert all(P.make_config(128, kb, vb, 4, False, False, False, False).producer_wgs == 2
+               for kb in (2, 4, 8) for vb in (2, 4, 8))
     assert P.make_config(64, 4, 4, 4, True, False, False, False).producer_wgs == 1
     assert P.make_config(128, 4, 4, 4, False, True, True, True).producer_wgs == 1
-    assert P.make_config(128, 2, 4, 4, False, False, False, False).producer_wgs == 1
 
 
 @pytest.mark.compile
@@ -101,13 +102,17 @@ def test_swizzled_offset_matches_fa4_smem_layout(d):
 
 # ----------------------------------------------------------------- cluster_share=2 (step 5)
 def test_cluster_share_knob():
-    cs1 = P.make_config(128, 4, 4, 4, False, False, False, False, producer_wgs=2)
+    cs1 = P.make_config(128, 4, 4, 4, False, False, False, False, producer_wgs=2,
+                        cluster_share=1)
     cs2 = P.make_config(128, 4, 4, 4, False, False, False, False, producer_wgs=2,
                         cluster_share=2)
-    assert cs1.cluster_share == 1  # opt-in only: the default build is unchanged
-    assert P.make_config(128, 4, 4, 4, False, False, False, False) == cs1
+    assert P.make_config(128, 4, 4, 4, False, False, False, False) == cs1  # K4V4: not shared
     assert cs1 != cs2 and hash(cs1) != hash(cs2) and cs2.name.endswith("_pw2_cs2")
     assert P._variant(cs2).endswith("-pw2-cs2")
+    k_only = P.make_config(128, 4, 4, 4, False, False, False, False, producer_wgs=2,
+                           cluster_share=2, cluster_sides="k")
+    assert k_only.name.endswith("_cs2k") and k_only.shares(True) and not k_only.shares(False)
+    assert cs2.shares(True) and cs2.shares(False) and not cs1.shares(True)
     for bad in (dict(producer_wgs=1), dict(head_dim=64)):
         kw = dict(head_dim=128, producer_wgs=2) | bad
         with pytest.raises(NotImplementedError, match="cluster_share=2"):
@@ -119,37 +124,85 @@ def test_cluster_share_knob():
     with pytest.raises(ValueError, match="cluster_share"):
         P.make_config(128, 4, 4, 4, False, False, False, False, producer_wgs=2,
                       cluster_share=4)
-    assert sum(c.cluster_share == 2 for c in P.shipped_configs()) == 2  # CI compile budget
+    for sides, cs in (("x", 2), ("k", 1)):
+        with pytest.raises(ValueError, match="cluster_sides"):
+            P.make_config(128, 4, 4, 4, False, False, False, False, producer_wgs=2,
+                          cluster_share=cs, cluster_sides=sides)
+
+
+def test_cluster_share_defaults():
+    """Sharing ships for the measured 8-bit-side pairs (CLUSTER_SHARE_MEASURED) and only where
+    the pair exists: D=128, two producer WGs, even GQA ratio, no sliding window."""
+    for (kb, vb), sides in P.CLUSTER_SHARE_MEASURED.items():
+        for causal in (False, True):
+            c = P.make_config(128, kb, vb, 4, causal, False, False, False)
+            assert (c.cluster_share, c.cluster_sides) == (2, sides)
+        for ratio, d, local, pw in ((1, 128, False, None), (3, 128, False, None),
+                                    (4, 64, False, None), (4, 128, True, None),
+                                    (4, 128, False, 1)):
+            c = P.make_config(d, kb, vb, ratio, False, local, local, local, producer_wgs=pw)
+            assert c.cluster_share == 1
+        assert P.make_config(128, kb, vb, 8, False, False, False, False).cluster_share == 2
+    for kb, vb in ((4, 4), (2, 2), (4, 2), (2, 4)):
+        assert P.make_config(128, kb, vb, 4, True, False, False, False).cluster_share == 1
+    shipped_cs2 = [c for c in P.shipped_configs() if c.cluster_share == 2]
+    assert {(c.k_bits, c.v_bits) for c in shipped_cs2} >= set(P.CLUSTER_SHARE_MEASURED)
+    assert len(shipped_cs2) <= 2 * len(P.CLUSTER_SHARE_MEASURED) + 4  # CI compile budget
+
+
+def test_cluster_pair_scheduler_overrides_create():
+    """FA4's SingleTileVarlenScheduler.create constructs SingleTileVarlenScheduler by name,
+    which silently dropped the subclass's head-pair _decode_work_tile on the GPU (only half of
+    the heads were computed): the subclass must override create as well."""
+    assert "create" in P.ClusterPairVarlenScheduler.__dict__
+    assert "_decode_work_tile" in P.ClusterPairVarlenScheduler.__dict__
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_cluster_pair_decode_covers_both_tiles_exactly_once(bits):
-    """Emulate the cluster_share=2 producers of both CTAs on one 128-row tile: every thread
-    takes its row / half-row codes (cluster_pair_part_py, the kernel's index math) and stores
-    each 8-element chunk at the same swizzled offset in its own and the peer's tile. Both
-    tiles must then hold every element exactly once, at the address FA4's layout reads it
-    (swizzled_offset_py, itself checked against FA4's layout above), i.e. the two CTAs
-    together decode each tile once and each CTA sees the whole tile."""
+    """Emulate the cluster_share=2 data flow on one 128-row tile: every producer thread of
+    CTA r stores its row / half-row chunks (cluster_pair_part_py, the kernel's index math) into
+    its OWN tile; then the bulk copies move CTA r's two byte ranges [h*16384 + r*8192, +8192)
+    (share_commit) into the same offsets of the peer. The local stores of CTA r must land
+    exactly inside those ranges (rows 64r..64r+63, each element once), and after the copies
+    both tiles must hold every element at the address FA4's layout reads it
+    (swizzled_offset_py, itself checked against FA4's layout above)."""
     import numpy as np
     d, rows = 128, 128
+    half = P.cluster_pair_half_bytes(d, rows) // 2  # bytes per swizzle-atom column slice
+    assert half == 8192
     rng = np.random.default_rng(bits)
     codes = rng.integers(0, 2 ** bits, size=(rows, d))  # code index stands in for the value
     tiles = np.full((2, rows * d), -1, dtype=np.int64)  # per CTA, one slot per bf16 element
     writes = np.zeros((2, rows * d), dtype=np.int64)
     decoded_rows = {0: set(), 1: set()}
     for rank in (0, 1):
+        ranges = [(h * rows * 128 + rank * half, h * rows * 128 + (rank + 1) * half)
+                  for h in (0, 1)]
         for tidx in range(P.PRODUCER_THREADS):
             row, parts = P.cluster_pair_part_py(rank, tidx, bits, d, rows)
             decoded_rows[rank].add(row)
             for code_byte, off in parts:
                 assert off % 16 == 0 and code_byte % bits == 0
+                assert any(a <= off and off + 16 <= b for a, b in ranges), (rank, tidx, off)
                 first = code_byte * 8 // bits  # element index of the chunk's first code
-                for cta in (rank, rank ^ 1):  # own tile, then the peer's through DSMEM
-                    for e in range(8):
-                        slot = off // 2 + e
-                        tiles[cta, slot] = codes[row, first + e]
-                        writes[cta, slot] += 1
+                for e in range(8):
+                    slot = off // 2 + e
+                    tiles[rank, slot] = codes[row, first + e]
+                    writes[rank, slot] += 1
+        # own rows complete before the copy: exactly the two ranges, each element once
+        in_ranges = np.zeros(rows * d, dtype=bool)
+        for a, b in ranges:
+            in_ranges[a // 2:b // 2] = True
+        assert (writes[rank][in_ranges] == 1).all() and (writes[rank][~in_ranges] == 0).all()
     assert decoded_rows[0] == set(range(64)) and decoded_rows[1] == set(range(64, 128))
+    for rank in (0, 1):  # the bulk copies into the peer
+        for h in (0, 1):
+            a = (h * rows * 128 + rank * half) // 2
+            b = a + half // 2
+            assert (writes[rank ^ 1, a:b] == 0).all()  # never written locally by the peer
+            tiles[rank ^ 1, a:b] = tiles[rank, a:b]
+            writes[rank ^ 1, a:b] += 1
     assert (writes == 1).all()
     for cta in (0, 1):
         for r in range(rows):
@@ -158,61 +211,82 @@ def test_cluster_pair_decode_covers_both_tiles_exactly_once(bits):
                 assert list(tiles[cta, base:base + 8]) == list(codes[r, 8 * j:8 * j + 8])
 
 
-def _simulate_cluster_pair_pipeline(n_blocks, stages, seed, remote_release=True):
-    """Random-interleaving model of one ClusterPairPipeline side (K or V) across the two CTAs:
-    mbarriers with arrival counts and phase parity (try_wait.parity P passes once the phase
-    of parity P completed), 4 producer warps and 8 consumer warps per CTA, each a sequence of
-    atomic steps in the kernel's order. Producer warp w of CTA r writes its slice
-    (r, w) of the stage into BOTH CTAs, then arrives on both full barriers; a consumer warp
-    reads all 8 slices of its own CTA's stage (read start and end are separate steps) and
-    arrives on its own and (remote_release) the peer's empty barrier. Returns a list of
-    violations (a stage overwritten while read, read before both halves were written) or
-    'deadlock'."""
+def _simulate_cluster_pair_pipeline(n_blocks, stages, seed, remote_release=True,
+                                    expect_tx=True):
+    """Random-interleaving model of one ClusterPairPipeline side (K or V) across the two CTAs.
+    mbarriers keep pending arrivals, a transaction count and the phase (a phase completes when
+    both are 0; try_wait.parity P passes once the phase of parity P completed). Per CTA: a
+    producer (after its own empty[s]: 4 warp slices stored into its OWN stage, then — the
+    named barrier — one arrive.expect_tx of the peer's bytes on its own full[s] and a bulk copy
+    issued), the bulk copies (async actors: read the source slices, write them into the peer's
+    stage, complete_tx on the peer's full[s]) and 8 consumer warps (wait own full[s], read all 8
+    slices of both CTAs, release own + (remote_release) the peer's empty[s]). Returns a list of
+    violations (stage overwritten while read, read before both halves landed, a copy reading a
+    source already overwritten) or 'deadlock'."""
     import random
     rnd = random.Random(seed)
     full_n, empty_n = P.cluster_pair_arrivals()
     if not remote_release:
         empty_n //= 2
-    bars = {}  # (cta, kind, stage) -> [pending, phase]
-    for cta in (0, 1):
-        for s in range(stages):
-            bars[(cta, "full", s)] = [full_n, 0]
-            bars[(cta, "empty", s)] = [empty_n, 0]
+    tx_bytes = P.cluster_pair_half_bytes()
+    full = {(c, s): [full_n, 0, 0] for c in (0, 1) for s in range(stages)}
+    empty = {(c, s): [empty_n, 0] for c in (0, 1) for s in range(stages)}
 
-    def arrive(key):
-        b = bars[key]
+    def settle(key):
+        b = full[key]
+        if b[0] == 0 and b[1] == 0:
+            b[0], b[2] = full_n, b[2] + 1
+
+    def arrive_empty(key):
+        b = empty[key]
         b[0] -= 1
         assert b[0] >= 0
         if b[0] == 0:
-            b[0] = full_n if key[1] == "full" else empty_n
-            b[1] += 1
+            b[0], b[1] = empty_n, b[1] + 1
 
-    def passed(key, parity):  # mbarrier.try_wait.parity
-        return (bars[key][1] % 2) != parity
-
-    stage = {(cta, s): {} for cta in (0, 1) for s in range(stages)}  # slice -> block
-    reading = {(cta, s): 0 for cta in (0, 1) for s in range(stages)}
+    stage = {(c, s): {} for c in (0, 1) for s in range(stages)}  # (cta, warp) -> block
+    reading = {(c, s): 0 for c in (0, 1) for s in range(stages)}
     bad = []
+    actors = []
 
-    def producer(cta, w):
+    def copy(cta, s, i):
+        src = {k: v for k, v in stage[(cta, s)].items() if k[0] == cta}
+        if any(v != i for v in src.values()):
+            bad.append(f"block {i}: CTA {cta}'s copy read a source already overwritten")
+        yield
+        peer = cta ^ 1
+        for w in range(4):
+            if reading[(peer, s)]:
+                bad.append(f"block {i}: copy from CTA {cta} overwrote stage {s} of CTA {peer} "
+                           f"during a read")
+            stage[(peer, s)][(cta, w)] = i
+            yield
+        full[(peer, s)][1] -= tx_bytes  # complete_tx
+        settle((peer, s))
+        yield
+
+    def producer(cta):
         for i in range(n_blocks):
             s, parity = i % stages, 1 - (i // stages) % 2  # producer state starts at phase 1
-            while not passed((cta, "empty", s), parity):
+            while empty[(cta, s)][1] % 2 == parity:
                 yield
-            for dst in (cta, cta ^ 1):
-                if reading[(dst, s)]:
-                    bad.append(f"block {i}: CTA {cta} warp {w} overwrote stage {s} of CTA "
-                               f"{dst} during a read")
-                stage[(dst, s)][(cta, w)] = i
+            for w in range(4):
+                if reading[(cta, s)]:
+                    bad.append(f"block {i}: CTA {cta} overwrote its stage {s} during a read")
+                stage[(cta, s)][(cta, w)] = i
                 yield
-            arrive((cta, "full", s))
-            arrive((cta ^ 1, "full", s))
+            b = full[(cta, s)]  # arrive.expect_tx by thread 0 after the named barrier
+            b[1] += tx_bytes if expect_tx else 0
+            b[0] -= 1
+            assert b[0] >= 0
+            settle((cta, s))
+            actors.append(copy(cta, s, i))
             yield
 
     def consumer(cta, w):
         for i in range(n_blocks):
             s, parity = i % stages, (i // stages) % 2
-            while not passed((cta, "full", s), parity):
+            while full[(cta, s)][2] % 2 == parity:
                 yield
             reading[(cta, s)] += 1
             want = {(r, pw): i for r in (0, 1) for pw in range(4)}
@@ -222,25 +296,25 @@ def _simulate_cluster_pair_pipeline(n_blocks, stages, seed, remote_release=True)
             if stage[(cta, s)] != want:
                 bad.append(f"block {i}: CTA {cta} stage {s} changed during the read")
             reading[(cta, s)] -= 1
-            arrive((cta, "empty", s))
+            arrive_empty((cta, s))
             if remote_release:
-                arrive((cta ^ 1, "empty", s))
+                arrive_empty((cta ^ 1, s))
             yield
 
-    actors = ([producer(c, w) for c in (0, 1) for w in range(4)]
-              + [consumer(c, w) for c in (0, 1) for w in range(8)])
+    actors += [producer(c) for c in (0, 1)] + [consumer(c, w) for c in (0, 1) for w in range(8)]
     stalled = 0
     while actors:
         a = rnd.choice(actors)
-        snapshot = (tuple(map(tuple, bars.values())), len(bad))
+        snapshot = (str(full), str(empty), str(stage), len(bad), len(actors))
         try:
             next(a)
         except StopIteration:
             actors.remove(a)
             stalled = 0
             continue
-        stalled = stalled + 1 if (tuple(map(tuple, bars.values())), len(bad)) == snapshot else 0
-        if stalled > 20000:
+        same = (str(full), str(empty), str(stage), len(bad), len(actors)) == snapshot
+        stalled = stalled + 1 if same else 0
+        if stalled > 5000:
             return bad + ["deadlock"]
     return bad
 
@@ -255,7 +329,14 @@ def test_cluster_pair_barrier_protocol(seed):
 
 def test_cluster_pair_barrier_protocol_needs_remote_release():
     """Negative control: with consumers releasing only their own CTA's empty barrier, the
-    model finds a producer overwriting a stage the peer CTA still reads."""
+    model finds a producer or a copy overwriting a stage the peer CTA still reads."""
     found = [_simulate_cluster_pair_pipeline(7, 2, seed, remote_release=False)
              for seed in range(20)]
+    assert any(found)
+
+
+def test_cluster_pair_barrier_protocol_needs_expect_tx():
+    """Negative control: without the transaction bytes on the full barrier, consumers read a
+    stage before the peer's copy landed (or the barrier never settles)."""
+    found = [_simulate_cluster_pair_pipeline(7, 2, seed, expect_tx=False) for seed in range(20)]
     assert any(found)

@@ -155,6 +155,27 @@ def test_compress_store_auto_default(t, expect):
     _assert_same_cache(got, ref)
 
 
+def test_compress_store_auto_default_prefetch():
+    """From 2^18 vectors "auto" picks lut-pf for K4V4/K4V2/K2V2 bf16 at D=128 (measured
+    fastest there); bit-exact."""
+    _skip_without_cuda()
+    from fa4_tq.kernels import compress
+
+    if compress.DEFAULT_COMPRESS_ALGO != "auto":
+        pytest.skip("DEFAULT_COMPRESS_ALGO is not 'auto'")
+    d, kb, vb, h, bs, t = 128, 4, 2, 8, 16, 33000
+    assert t * h >= compress._PREFETCH_MIN_VECTORS
+    assert compress.default_compress_algo(kb, vb, d, "bfloat16", t * h) == "lut-pf"
+    assert compress.default_compress_algo(8, 8, d, "bfloat16", t * h) != "lut-pf"
+    gen = torch.Generator().manual_seed(t)
+    codec = _codec(d, kb, vb, seed=4)
+    nb = t // bs + 64
+    cache = _random_cache(nb, bs, h, d, kb, vb, gen)
+    key, value = _inputs(t, h, d, torch.bfloat16, gen)
+    got, ref = _run_compress(key, value, cache, _slots(t, nb * bs, gen), codec)
+    _assert_same_cache(got, ref)
+
+
 def test_compress_store_out_of_range_slots_never_written(monkeypatch, algo):
     _skip_without_cuda()
     monkeypatch.setenv("FA4TQ_DEBUG_CHECKS", "0")

@@ -1,13 +1,12 @@
 """GPU correctness of tqkv.prefill (PrefillSm90) against the float64 reference over the same
 packed cache: fresh random inputs, NaN-poisoned kernel output/LSE buffers, rel. error <= 1e-2."""
 
-import math
 
 import pytest
 import torch
 
 from fa4_tq import reference
-from fa4_tq.testing import random_paged_batch, rel_error
+from fa4_tq.testing import random_prefill_args, rel_error
 
 pytestmark = pytest.mark.gpu
 
@@ -20,15 +19,10 @@ def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
     from fa4_tq.kernels.prefill import prefill_cuda
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
-    g = torch.Generator().manual_seed(seed)
-    pb = random_paged_batch(k_lens, hkv, d, kb, vb, block_size, device="cuda", generator=g)
-    c = pb.cache
-    q = torch.randn(sum(q_lens), hq, d, generator=g).to(qdtype).cuda()
-    cuq = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
-    cuq[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
-    args = (q, *c.tensors(), cuq.cuda(), pb.block_table, pb.seqused_k, c.codec.k_codebook,
-            c.codec.v_codebook, c.codec.k_signs, c.codec.v_signs, max(q_lens),
-            0.9 / math.sqrt(d), causal, wl, wr, rotate, unrotate)
+    args = random_prefill_args(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal,
+                               generator=torch.Generator().manual_seed(seed), qdtype=qdtype,
+                               window=(wl, wr), rotate=rotate, unrotate=unrotate)
+    q = args[0]
     kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device="cuda")
     klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
     out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=register_lut,
@@ -144,15 +138,10 @@ def test_cluster_share_bit_identical_to_one_cta(kb, vb, causal, sides):
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
     q_lens, k_lens, hq, hkv, bs = [1, 17, 300], [40, 17, 1000], 8, 2, 16 if causal else 128
-    g = torch.Generator().manual_seed(7 * kb + vb)
-    pb = random_paged_batch(k_lens, hkv, 128, kb, vb, bs, device="cuda", generator=g)
-    c = pb.cache
-    q = torch.randn(sum(q_lens), hq, 128, generator=g).to(torch.bfloat16).cuda()
-    cuq = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
-    cuq[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
-    args = (q, *c.tensors(), cuq.cuda(), pb.block_table, pb.seqused_k, c.codec.k_codebook,
-            c.codec.v_codebook, c.codec.k_signs, c.codec.v_signs, max(q_lens),
-            0.9 / math.sqrt(128), causal, -1, -1, False, False)
+    args = random_prefill_args(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal,
+                               generator=torch.Generator().manual_seed(7 * kb + vb),
+                               rotate=False, unrotate=False)
+    q = args[0]
     raw = []
     for cs, sd in ((1, "kv"), (2, sides)):
         kout = torch.full((q.shape[0], hq, 128), float("nan"), dtype=torch.bfloat16,
