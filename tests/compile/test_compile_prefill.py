@@ -250,12 +250,11 @@ def _simulate_cluster_pair_pipeline(n_blocks, stages, seed, remote_release=True,
     actors = []
 
     def copy(cta, s, i):
-        src = {k: v for k, v in stage[(cta, s)].items() if k[0] == cta}
-        if any(v != i for v in src.values()):
-            bad.append(f"block {i}: CTA {cta}'s copy read a source already overwritten")
-        yield
+        yield  # issued; runs later
         peer = cta ^ 1
-        for w in range(4):
+        for w in range(4):  # the copy reads its source slice by slice while writing the peer
+            if stage[(cta, s)][(cta, w)] != i:
+                bad.append(f"block {i}: CTA {cta}'s copy read a source already overwritten")
             if reading[(peer, s)]:
                 bad.append(f"block {i}: copy from CTA {cta} overwrote stage {s} of CTA {peer} "
                            f"during a read")
@@ -330,13 +329,14 @@ def test_cluster_pair_barrier_protocol(seed):
 def test_cluster_pair_barrier_protocol_needs_remote_release():
     """Negative control: with consumers releasing only their own CTA's empty barrier, the
     model finds a producer or a copy overwriting a stage the peer CTA still reads."""
-    found = [_simulate_cluster_pair_pipeline(7, 2, seed, remote_release=False)
-             for seed in range(20)]
-    assert any(found)
+    found = next(bad for seed in range(20)
+                 if (bad := _simulate_cluster_pair_pipeline(7, 2, seed, remote_release=False)))
+    assert any("overw" in b or "changed during" in b for b in found), found
 
 
 def test_cluster_pair_barrier_protocol_needs_expect_tx():
     """Negative control: without the transaction bytes on the full barrier, consumers read a
     stage before the peer's copy landed (or the barrier never settles)."""
-    found = [_simulate_cluster_pair_pipeline(7, 2, seed, expect_tx=False) for seed in range(20)]
-    assert any(found)
+    found = next(bad for seed in range(20)
+                 if (bad := _simulate_cluster_pair_pipeline(7, 2, seed, expect_tx=False)))
+    assert any(" read {" in b for b in found), found
