@@ -100,12 +100,13 @@ def check_case(case):
             o = torch.full_like(x["q"], float("nan"))
             lse = torch.full(ref_l.shape, float("nan"), device="cuda")
             cfg = None
-            if case.get("variant"):  # a candidate tuning: the shipped config with overrides
-                import dataclasses
-                cfg = dataclasses.replace(dec.DecodeConfig.for_problem(
-                    case["kb"], case["vb"], case["D"], case["G"], case["qlen"],
-                    "float16" if case.get("fp16") else "bfloat16",
-                    rotate_query=case.get("rotq", True)), **case["variant"])
+            if case.get("candidate"):  # an opt-in tuning: the shipped config + overrides
+                assert case["kb"] == case["vb"]
+                cfg = dec.candidate_config(case["kb"], case["D"], case["G"], case["qlen"],
+                                           case["candidate"],
+                                           "float16" if case.get("fp16") else "bfloat16",
+                                           rotate_query=case.get("rotq", True))
+                res["config"] = cfg.name
             dec.decode_cuda(*args, num_splits=case.get("splits", 0), out=o, lse=lse,
                             config=cfg)
         torch.cuda.synchronize()
@@ -198,29 +199,42 @@ def correctness_cases():
              qlen=1, bs=16, lens=[5003, 1], causal=True, wl=-1, wr=-1, splits=64, qscale=8.0),
     ]
     cases += extra
-    # candidate kernel variants (not shipped unless measured faster): same checks
-    for kb in CANDIDATE_BITS:
-        cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs16 candidate", kb=kb, vb=kb,
-                          D=128, G=4, Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True, wl=-1,
-                          wr=-1, variant=CANDIDATE))
-        cases.append(dict(name=f"K{kb}V{kb} D128 G4 q4 bs16 window33 splits=7 candidate",
-                          kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=4, bs=16, lens=mixed_b,
-                          causal=True, wl=33, wr=-1, splits=7, variant=CANDIDATE))
+    # opt-in speed candidates (decode.SPEED_CANDIDATES; not shipped unless measured faster):
+    # same checks; the ring also over many tiles per warp in one split (steady state of the
+    # unrolled ring loop) at a block size of 64
+    for kb, cands in CANDIDATE_NAMES.items():
+        for cname in cands:
+            cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs16 cand={cname}", kb=kb, vb=kb,
+                              D=128, G=4, Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True,
+                              wl=-1, wr=-1, candidate=cname))
+            if cname == "ring_early":  # both parts are checked alone below (device time)
+                continue
+            # (q_len 2: G x q_len <= 8 keeps the one-column-tile prefetching config)
+            cases.append(dict(name=f"K{kb}V{kb} D128 G4 q2 bs16 window33 splits=7 "
+                              f"cand={cname}", kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=2, bs=16,
+                              lens=mixed_b, causal=True, wl=33, wr=-1, splits=7,
+                              candidate=cname))
+            if cname == "ring":
+                cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs64 splits=1 cand={cname}",
+                                  kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=1, bs=64,
+                                  lens=[5003, 1, 37], causal=True, wl=-1, wr=-1, splits=1,
+                                  candidate=cname))
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases
 
 
-#: A candidate tuning (DecodeConfig field overrides) checked and timed next to the shipped
-#: one, for the bit widths in CANDIDATE_BITS; empty = none. The 2026-11-23 run checked
-#: prmt_index=True (K4V4): correct, 2-5 % slower, removed (docs/decode-notes.md).
-CANDIDATE: dict = {}
-CANDIDATE_BITS: tuple = ()
+#: Names of decode.SPEED_CANDIDATES per bit width, repeated here so that building the case
+#: list never imports cutlass (pytest collects tests/gpu next to the compile tests, which
+#: must configure CuTeDSL's environment before its first import); the compile test checks
+#: both agree.
+CANDIDATE_NAMES = {4: ("early", "btla", "ring", "ring_early"),
+                   2: ("early", "btla", "ring", "ring_early")}
 
 
 def config_key(case):
     return (case["kb"], case["vb"], case["D"], case["G"], case["qlen"], bool(case.get("fp16")),
-            case.get("rotq", True), tuple(sorted(case.get("variant", {}).items())))
+            case.get("rotq", True), case.get("candidate"))
 
 
 def run_checks(workers: int):
@@ -315,7 +329,8 @@ def old_path_decode(dec, q, kc, vc, kn, vn, bt, seq, codec, scale):
 
 
 def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
-          sweep=False, nopf=False, candidate=True):
+          sweep=False, nopf=False, candidates=("early", "btla", "ring", "ring_early"),
+          bits=(4, 2, 8), raw=True):
     from fa4_tq.kernels import decode as dec
     from fa4_tq.codec import TQCodec
     import torch.nn.functional as F
@@ -355,7 +370,7 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
             nblk = B * L // bs
             bt = torch.randperm(nblk, device="cuda").to(torch.int32).view(B, L // bs)
             seq = torch.full((B,), L, dtype=torch.int32, device="cuda")
-            for kb in (4, 2, 8):
+            for kb in bits:
                 codec = TQCodec(d, kb, kb, seed=0).to("cuda")
                 kc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
                                    device="cuda")
@@ -364,7 +379,7 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
                 kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
                 vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
                 packed = B * L * hkv * (2 * d * kb // 8 + 4)
-                for tag, rot in (("full", True), ("raw", False)):
+                for tag, rot in (("full", True), ("raw", False))[:2 if raw else 1]:
                     try:
                         fn = lambda: dec.decode_cuda(  # noqa: E731
                             q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
@@ -376,17 +391,19 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
                             row[f"K{kb}V{kb}_GBps"] = packed / us / 1e3
                     except Exception as exc:
                         row[f"K{kb}V{kb}_{tag}_err"] = repr(exc)[:300]
-                if candidate and kb in CANDIDATE_BITS:
+                for cname in candidates:  # opt-in tunings, same data, same run
+                    if cname not in dec.SPEED_CANDIDATES.get(kb, {}):
+                        continue
                     try:
-                        import dataclasses
-                        ccfg = dataclasses.replace(dec.DecodeConfig.for_problem(
-                            kb, kb, d, hq // hkv, 1), **CANDIDATE)
-                        row[f"K{kb}V{kb}_cand_us"] = gtime(lambda: dec.decode_cuda(
+                        ccfg = dec.candidate_config(kb, d, hq // hkv, 1, cname)
+                        row[f"K{kb}V{kb}_{cname}_us"] = gtime(lambda: dec.decode_cuda(
                             q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
                             codec.k_signs, codec.v_signs, scale, True, -1, -1, True, True,
                             num_splits=0, config=ccfg))
+                        row[f"K{kb}V{kb}_{cname}_splits"] = dec.choose_num_splits(
+                            B, hkv, L, ccfg)
                     except Exception as exc:
-                        row[f"K{kb}V{kb}_cand_err"] = repr(exc)[:300]
+                        row[f"K{kb}V{kb}_{cname}_err"] = repr(exc)[:300]
                 if old:
                     try:
                         row[f"K{kb}V{kb}_old_us"] = gtime(lambda: old_path_decode(
@@ -458,20 +475,111 @@ def _print_bench_row(r):
              f"sdpa={r.get('sdpa_us', float('nan')):7.1f}",
              f"fa4={r.get('fa4_us', float('nan')):7.1f}"]
     for kb in (4, 2, 8):
+        if not any(k.startswith(f"K{kb}V{kb}_") for k in r):
+            continue
         full = r.get(f"K{kb}V{kb}_full_us")
         if full is None:
             parts.append(f"K{kb}V{kb}=ERR")
             continue
         raw = r.get(f"K{kb}V{kb}_raw_us", float("nan"))
         old = r.get(f"K{kb}V{kb}_old_us", float("nan"))
-        cand = r.get(f"K{kb}V{kb}_cand_us", float("nan"))
         sp = f"{base / full:4.2f}x" if base else "?"
+        cands = " ".join(f"{k[len(f'K{kb}V{kb}_'):-3]}={v:6.1f}" for k, v in r.items()
+                         if k.startswith(f"K{kb}V{kb}_") and k.endswith("_us")
+                         and k[len(f"K{kb}V{kb}_"):-3] not in ("full", "raw", "old", "nopf",
+                                                                "split_sweep"))
         parts.append(f"K{kb}V{kb} full={full:6.1f} ({sp}, old {base / old if base else 0:4.2f}x)"
-                     f" raw={raw:6.1f} old={old:6.1f} cand={cand:6.1f}")
+                     f" raw={raw:6.1f} old={old:6.1f} {cands}")
     print(" | ".join(parts), flush=True)
     for k, v in r.items():
         if k.endswith("_err") or k.endswith("sweep_us"):
             print(f"    {k}: {v}")
+
+
+def split_sweep(results, lengths=(8192, 32768), batches=(1,)):
+    """Time the full op (both rotations, as shipped) at fixed split counts, shipped config
+    and the "early" candidate, K4V4 and K2V2, Hq=32 Hkv=8 D=128; then refit the heuristic:
+    for every (cta_overhead_tiles, min_tiles_per_cta) on a grid, the measured time of the
+    split count it would pick, summed over rows relative to each row's best. The split
+    counts timed are every pick of that grid plus a few around them, so each pick has a
+    measurement."""
+    from fa4_tq.kernels import decode as dec
+    from fa4_tq.codec import TQCodec
+
+    hq, hkv, d, bs = 32, 8, 128, 16
+    scale = 1.0 / math.sqrt(d)
+    grid = [(oh, mt) for oh in (8, 12, 16, 20, 24, 32) for mt in (8, 16, 24, 32, 48)]
+    rows = []
+    results["split_sweep"] = rows
+    for L in lengths:
+        for B in batches:
+            q = torch.randn(B, 1, hq, d, device="cuda", dtype=torch.bfloat16)
+            nblk = B * L // bs
+            bt = torch.randperm(nblk, device="cuda").to(torch.int32).view(B, L // bs)
+            seq = torch.full((B,), L, dtype=torch.int32, device="cuda")
+            for kb in (4, 2):
+                codec = TQCodec(d, kb, kb, seed=0).to("cuda")
+                kc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
+                                   device="cuda")
+                vc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
+                                   device="cuda")
+                kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                for cname in ("shipped", "early"):
+                    cfg = (dec.DecodeConfig.for_problem(kb, kb, d, hq // hkv, 1)
+                           if cname == "shipped" else dec.candidate_config(kb, d, hq // hkv, 1,
+                                                                           cname))
+                    picks = {dec.choose_num_splits(B, hkv, L, cfg, cta_overhead_tiles=oh,
+                                                   min_tiles_per_cta=mt) for oh, mt in grid}
+                    counts = sorted(picks | {max(1, p + e) for p in picks for e in (-4, 4)}
+                                    | {1, 8, 16, 32, 48, 64})
+                    meas = {}
+                    for ns in counts:
+                        try:
+                            meas[ns] = round(gtime(lambda: dec.decode_cuda(
+                                q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
+                                codec.k_signs, codec.v_signs, scale, True, -1, -1, True, True,
+                                num_splits=ns, config=cfg), reps=8), 1)
+                        except Exception as exc:
+                            meas[ns] = repr(exc)[:100]
+                    ok = {k: v for k, v in meas.items() if isinstance(v, float)}
+                    best = min(ok, key=ok.get) if ok else None
+                    row = dict(L=L, B=B, kv=f"K{kb}V{kb}", config=cname,
+                               shipped_pick=dec.choose_num_splits(B, hkv, L, cfg),
+                               best=best, us=meas,
+                               picks={f"{oh},{mt}": dec.choose_num_splits(
+                                   B, hkv, L, cfg, cta_overhead_tiles=oh, min_tiles_per_cta=mt)
+                                   for oh, mt in grid})
+                    rows.append(row)
+                    print(f"L={L} B={B} K{kb}V{kb} {cname}: heuristic {row['shipped_pick']} "
+                          f"-> {ok.get(row['shipped_pick'])} us; best {best} -> "
+                          f"{ok.get(best)} us; {meas}", flush=True)
+                del kc, vc, kn, vn
+            torch.cuda.empty_cache()
+    # refit: total (time at the grid point's pick / row best) over rows, per config
+    for cname in ("shipped", "early"):
+        score = {}
+        for oh, mt in grid:
+            tot = 0.0
+            for r in (r for r in rows if r["config"] == cname):
+                ok = {k: v for k, v in r["us"].items() if isinstance(v, float)}
+                pick = r["picks"][f"{oh},{mt}"]
+                if pick not in ok or not ok:
+                    tot = float("inf")
+                    break
+                tot += ok[pick] / min(ok.values())
+            score[(oh, mt)] = tot
+        fit = min(score, key=score.get)
+        cur = score.get((dec.CTA_OVERHEAD_TILES, dec.MIN_TILES_PER_CTA))
+        results[f"split_refit_{cname}"] = dict(best=fit, score=score[fit], current=cur)
+        print(f"refit ({cname}): cta_overhead_tiles={fit[0]} min_tiles_per_cta={fit[1]} "
+              f"sum(t/t_best)={score[fit]:.3f} (current {dec.CTA_OVERHEAD_TILES}/"
+              f"{dec.MIN_TILES_PER_CTA}: {cur:.3f}, {sum(1 for r in rows if r['config'] == cname)}"
+              f" rows)")
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "decode_split_sweep.json"), "w") as f:
+            json.dump(rows, f, indent=1, default=str)
 
 
 # --------------------------------------------------------------------------- main
@@ -485,7 +593,14 @@ def main():
     ap.add_argument("--no-old", action="store_true", help="skip the former-path baseline")
     ap.add_argument("--sweep", action="store_true", help="split-count sweep per row")
     ap.add_argument("--nopf", action="store_true", help="also time the no-prefetch config")
-    ap.add_argument("--no-candidate", action="store_true", help="skip the CANDIDATE tuning")
+    ap.add_argument("--candidates", default="early,btla,ring,ring_early",
+                    help="opt-in tunings (decode.SPEED_CANDIDATES) timed next to the shipped "
+                         "config; empty = none")
+    ap.add_argument("--bits", default="4,2,8", help="K=V bit widths to time")
+    ap.add_argument("--no-raw", action="store_true", help="skip the no-rotation timing")
+    ap.add_argument("--split-sweep", action="store_true",
+                    help="only the split-count sweep of the full op (with rotations) at B=1 "
+                         "and a refit of the heuristic's two constants; uses --lengths")
     ns = ap.parse_args()
     results = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__)
     print(f"device: {results['device']}, torch {results['torch']}")
@@ -503,11 +618,18 @@ def main():
                       f"lse={r['lse_err']:.1e} nan={r['nan']} inf_ok={r['inf_ok']} "
                       f"zero_ok={r['zero_ok']} first={r['first_call_s']}s")
         print(f"  {sum(r['ok'] for r in checks)}/{len(checks)} passed")
-    if not ns.no_bench:
+    if ns.split_sweep:
+        t1 = time.time()
+        split_sweep(results, tuple(int(x) for x in ns.lengths.split(",")),
+                    tuple(int(x) for x in ns.batches.split(",")))
+        print(f"split sweep took {time.time() - t1:.0f}s")
+    elif not ns.no_bench:
         t1 = time.time()
         bench(results, tuple(int(x) for x in ns.lengths.split(",")),
               tuple(int(x) for x in ns.batches.split(",")), old=not ns.no_old,
-              sweep=ns.sweep, nopf=ns.nopf, candidate=not ns.no_candidate)
+              sweep=ns.sweep, nopf=ns.nopf,
+              candidates=tuple(x for x in ns.candidates.split(",") if x),
+              bits=tuple(int(x) for x in ns.bits.split(",")), raw=not ns.no_raw)
         print(f"bench took {time.time() - t1:.0f}s")
     out = os.environ.get("OUT")
     if out:

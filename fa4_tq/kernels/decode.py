@@ -40,6 +40,13 @@ round-robin, each with its own online softmax, merged through shared memory at t
 Each CTA writes a normalised fp32 partial output and its LSE; decode_combine.py merges
 splits. The split count comes from ``choose_num_splits`` (shapes only: graph-safe).
 
+Opt-in speed candidates (DecodeConfig knobs, default off; SPEED_CANDIDATES, unmeasured
+until a device run, docs/decode-notes.md §7): ``early_prefetch`` issues the first tile's loads
+before the Q load + rotation; ``table_lookahead`` reads the block-table entry one tile ahead
+so a tile's code loads never wait for it; ``smem_stages`` replaces the one-tile register
+prefetch by a per-warp cp.async ring in shared memory (each thread copies and later reads
+back only its own bytes, so only its own cp.async.wait_group orders them; no barrier).
+
 Masking: token j is visible to the query at position p = qi + L - q_len iff
 p - window_left <= j <= p + window_right (each bound only if >= 0; causal means
 window_right = 0) and j < L. Only tiles that straddle a bound pay for the mask. Norms of
@@ -48,6 +55,7 @@ tokens past L are zeroed, so garbage in unused cache rows can never reach the ou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -91,6 +99,20 @@ class DecodeConfig:
     # one rounding to the operand type) instead of a separate GEMM launch: False when the
     # caller passes an already rotated query (rotate_query=False).
     rotate_query: bool = True
+    # Opt-in speed candidates (defaults = the measured shipped kernel; docs/decode-notes.md
+    # §7 has the predictions and the probe that times them):
+    # early_prefetch: issue the first tile's loads before the Q load + rotation (requires
+    # prefetch), so that DRAM latency overlaps the rotation instead of following it.
+    early_prefetch: bool = False
+    # smem_stages: 0 = register prefetch of the next tile (prefetch=True); S >= 2 = a
+    # per-warp cp.async ring of S tiles of K/V codes in shared memory (S - 1 tiles in
+    # flight per warp instead of 1, without the 2 x 8 prefetch registers per thread), the
+    # norms in S register slots and the block-table entry read one tile ahead.
+    smem_stages: int = 0
+    # table_lookahead (register prefetch only; the ring always does it): read the block
+    # table entry of the tile after next one tile early, so issuing the next tile's loads
+    # does not first wait for that (dependent, L1/L2-latency) read every iteration.
+    table_lookahead: bool = False
 
     def __post_init__(self):
         if self.k_bits not in (2, 4, 8) or self.v_bits not in (2, 4, 8):
@@ -105,6 +127,22 @@ class DecodeConfig:
             raise NotImplementedError(
                 f"decode kernel supports GQA ratio x q_len <= {MAX_COLUMNS} query rows per KV "
                 f"head, got {self.qhead_per_kvhead} x {self.q_len} = {self.columns}")
+        if self.early_prefetch and not self.prefetch:
+            raise ValueError("early_prefetch needs prefetch=True (there is no prefetch to "
+                             "move without it)")
+        if self.table_lookahead and (not self.prefetch or self.smem_stages):
+            raise ValueError("table_lookahead is a knob of the register prefetch "
+                             "(prefetch=True, smem_stages=0); the smem ring always reads ahead")
+        if self.smem_stages:
+            if not self.prefetch:
+                raise ValueError("smem_stages needs prefetch=True (the ring is a prefetch)")
+            if not 2 <= self.smem_stages <= 4:
+                raise NotImplementedError(f"smem_stages must be 0 or 2..4, got {self.smem_stages}")
+            if min(self.k_seg_bytes, self.v_seg_bytes) < 4:
+                raise NotImplementedError(
+                    f"smem_stages: cp.async copies 4/8/16 bytes; this thread's K/V row "
+                    f"segments are {self.k_seg_bytes}/{self.v_seg_bytes} bytes "
+                    f"(k_bits={self.k_bits}, v_bits={self.v_bits}, head_dim={self.head_dim})")
 
     # derived geometry -------------------------------------------------------------
     @property
@@ -150,6 +188,18 @@ class DecodeConfig:
     def v_seg_bytes(self) -> int:  # bytes of one V row a thread loads
         return self.head_dim * self.v_bits // 64
 
+    @property
+    def k_seg_bytes(self) -> int:  # bytes of one K row a thread loads (a quarter row)
+        return self.head_dim * self.k_bits // 32
+
+    @property
+    def ring_stage_bytes(self) -> int:  # one warp's codes of one tile (smem ring stage)
+        return 32 * (2 * self.k_seg_bytes + 4 * self.v_seg_bytes)
+
+    @property
+    def ring_offset(self) -> int:  # the ring lives after the tables / merge area
+        return max(self.lut_bytes(self.k_bits) + self.lut_bytes(self.v_bits), self.merge_bytes)
+
     @staticmethod
     def lut_bytes(bits: int) -> int:
         return (16 if bits == 2 else 256) * 32 * 4
@@ -164,7 +214,7 @@ class DecodeConfig:
 
     @property
     def smem_bytes(self) -> int:
-        return max(self.lut_bytes(self.k_bits) + self.lut_bytes(self.v_bits), self.merge_bytes)
+        return self.ring_offset + self.num_warps * self.smem_stages * self.ring_stage_bytes
 
     @classmethod
     def for_problem(cls, k_bits: int, v_bits: int, head_dim: int, qhead_per_kvhead: int,
@@ -193,7 +243,47 @@ class DecodeConfig:
     def name(self) -> str:
         return (f"decode_k{self.k_bits}v{self.v_bits}_d{self.head_dim}_g{self.qhead_per_kvhead}"
                 f"_q{self.q_len}_{self.dtype}_w{self.num_warps}{'_pf' if self.prefetch else ''}"
-                f"{'_rq' if self.rotate_query else ''}")
+                f"{'_rq' if self.rotate_query else ''}{'_ep' if self.early_prefetch else ''}"
+                f"{f'_ring{self.smem_stages}' if self.smem_stages else ''}"
+                f"{'_btla' if self.table_lookahead else ''}")
+
+
+#: Opt-in candidate tunings per bit width (k_bits == v_bits, D <= 128, one column tile
+#: per warp): DecodeConfig field overrides of the shipped config, checked and timed by
+#: microbench/decode_probe.py and tests/gpu/test_decode.py; not used unless passed as
+#: ``config``. Why these (docs/decode-notes.md §7): "early" takes the first tile's DRAM
+#: latency off the B=1 critical path; "btla" the per-tile block-table wait and division;
+#: "ring" keeps 3 tiles per warp in flight instead of 1 (K4V4: 4 warps x 2 CTAs, 98 KB
+#: smem, 168 regs; K2V2: 4 warps x 3 CTAs, 30 KB, 156 regs; 0 spills on sm_90a).
+SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
+    4: {"early": dict(early_prefetch=True),
+        "btla": dict(table_lookahead=True),
+        "ring": dict(target_warps=4, min_ctas_per_sm=2, smem_stages=4),
+        "ring_early": dict(target_warps=4, min_ctas_per_sm=2, smem_stages=4,
+                           early_prefetch=True),
+        "early_btla": dict(early_prefetch=True, table_lookahead=True)},
+    2: {"early": dict(early_prefetch=True),
+        "btla": dict(table_lookahead=True),
+        "ring": dict(target_warps=4, min_ctas_per_sm=3, smem_stages=4),
+        "ring_early": dict(target_warps=4, min_ctas_per_sm=3, smem_stages=4,
+                           early_prefetch=True),
+        "early_btla": dict(early_prefetch=True, table_lookahead=True)},
+}
+
+
+def candidate_config(k_bits: int, head_dim: int, qhead_per_kvhead: int, q_len: int,
+                     name: str, dtype: str = "bfloat16", rotate_query: bool = True
+                     ) -> DecodeConfig:
+    """The shipped config for (k_bits == v_bits) with candidate ``name``'s overrides."""
+    if k_bits not in SPEED_CANDIDATES or name not in SPEED_CANDIDATES[k_bits]:
+        raise NotImplementedError(f"no speed candidate {name!r} for K{k_bits}V{k_bits}")
+    shipped = DecodeConfig.for_problem(k_bits, k_bits, head_dim, qhead_per_kvhead, q_len, dtype,
+                                       rotate_query=rotate_query)
+    if not shipped.prefetch:
+        raise NotImplementedError(
+            f"speed candidates modify the prefetching configs (D <= 128, G x q_len <= 8); "
+            f"got D={head_dim}, G={qhead_per_kvhead}, q_len={q_len}")
+    return dataclasses.replace(shipped, **SPEED_CANDIDATES[k_bits][name])
 
 
 #: Per-CTA fixed cost (tables, Q, merge, partial write) in units of one warp-tile, fitted
@@ -211,8 +301,15 @@ def ctas_per_sm(cfg: DecodeConfig) -> int:
     return 2 if cfg.n_tiles_per_warp == 1 and cfg.head_dim <= 128 else 1
 
 
+#: Fewest tiles (of 16 tokens) per CTA the split heuristic allows (B=1, L=8K sweep of
+#: 2026-11-23, without the in-kernel rotations: 16 splits best).
+MIN_TILES_PER_CTA = 32
+
+
 def choose_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, cfg: DecodeConfig,
-                      num_sms: int = NUM_SMS_H100) -> int:
+                      num_sms: int = NUM_SMS_H100,
+                      cta_overhead_tiles: float = CTA_OVERHEAD_TILES,
+                      min_tiles_per_cta: int = MIN_TILES_PER_CTA) -> int:
     """Split count from shapes only (no device reads, so CUDA-graph safe).
 
     Models the kernel time as waves x per-CTA time: with ``ctas = batch * Hkv * col_ctas *
@@ -228,10 +325,11 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, cfg: Dec
     tiles = -(-max(1, max_seqlen_k) // TOKENS_PER_TILE)
     # at least 32 tiles (512 tokens) per CTA: below that the measured time rose again even
     # inside one wave, for 4- and 8-warp CTAs alike (B=1, L=8K: 16 splits best)
-    cap = max(1, min(256, tiles // 32))
+    # (the two constants are arguments so the probe's split sweep can refit them)
+    cap = max(1, min(256, tiles // min_tiles_per_cta))
     best, best_t = 1, None
     for s in range(1, cap + 1):
-        t = -(-base * s // slots) * (tiles / (s * cfg.streams) + CTA_OVERHEAD_TILES)
+        t = -(-base * s // slots) * (tiles / (s * cfg.streams) + cta_overhead_tiles)
         if best_t is None or t < best_t * 0.999:
             best, best_t = s, t
     return best
@@ -274,6 +372,39 @@ def ld_global_u16(addr, *, loc=None, ip=None):
 def ld_shared_u32(addr, *, loc=None, ip=None):
     return Uint32(asm(T.i32(), [Int32(addr).ir_value(loc=loc, ip=ip)],
                       "ld.shared.u32 $0, [$1];", "=r,r"))
+
+@dsl_user_op
+def ld_shared_words(addr, nbytes: int, *, loc=None, ip=None):
+    """``nbytes`` (4, 8 or 16) of shared memory as Uint32 words. Marked side-effecting so
+    LLVM keeps it after the cp.async.wait_group that makes the bytes visible (an asm
+    without side effects may be moved across it)."""
+    a = Int32(addr).ir_value(loc=loc, ip=ip)
+    if nbytes == 4:
+        return [Uint32(asm(T.i32(), [a], "ld.shared.u32 $0, [$1];", "=r,r", side=True))]
+    n = nbytes // 4
+    regs = ",".join(f"${i}" for i in range(n))
+    r = asm(llvm.StructType.get_literal([T.i32()] * n), [a],
+            f"ld.shared.v{n}.u32 {{{regs}}}, [${n}];", ",".join(["=r"] * n) + ",r", side=True)
+    return unpack(r, n, T.i32, Uint32, loc, ip)
+
+@dsl_user_op
+def cp_async(smem_addr, gmem_addr, nbytes: int, *, loc=None, ip=None):
+    """Asynchronous global -> shared copy of 4, 8 or 16 bytes (both addresses aligned to
+    ``nbytes``); 16-byte copies bypass L1 (.cg: streamed codes are read once)."""
+    mode = "cg" if nbytes == 16 else "ca"
+    asm(None, [Int32(smem_addr).ir_value(loc=loc, ip=ip),
+               Int64(gmem_addr).ir_value(loc=loc, ip=ip)],
+        f"cp.async.{mode}.shared.global [$0], [$1], {nbytes};", "r,l", side=True)
+
+@dsl_user_op
+def cp_async_commit(*, loc=None, ip=None):
+    asm(None, [], "cp.async.commit_group;", "", side=True)
+
+@dsl_user_op
+def cp_async_wait(pending: int, *, loc=None, ip=None):
+    """Wait until at most ``pending`` of this thread's committed cp.async groups are
+    outstanding (their bytes are then visible to this thread)."""
+    asm(None, [], f"cp.async.wait_group {pending};", "", side=True)
 
 @dsl_user_op
 def ld_shared_f32(addr, *, loc=None, ip=None):
@@ -395,7 +526,8 @@ class ptx:
     """Namespace for the PTX helpers above (kernel code reads ptx.<name>)."""
 
 
-for _name in ("ld_global_words", "ld_global_u16", "ld_shared_u32", "ld_shared_f32",
+for _name in ("ld_global_words", "ld_global_u16", "ld_shared_u32", "ld_shared_words",
+              "cp_async", "cp_async_commit", "cp_async_wait", "ld_shared_f32",
               "st_shared_v4", "st_shared_f32", "st_global_v2_f32", "mma_16816",
               "movmatrix_trans", "prmt", "pack2", "ex2", "lg2", "bf16_bits_to_f32", "fmax",
               "select", "unpack2_f32", "fwht_f32"):
@@ -513,13 +645,18 @@ class TQDecodeSplitK:
                   kbuf: cute.Tensor, vbuf: cute.Tensor, nbuf: cute.Tensor):
         """Issue every global load of one 16-token tile into register buffers: K rows g and
         g+8 (this thread's segment), V tokens 2c, 2c+1, 2c+8, 2c+9, and the 4 norms."""
+        self.load_tile_at(mBT[b, tile * 16 // mKc.shape[1]], (tile * 16) % mKc.shape[1], mKc,
+                          mVc, mKn, mVn, h, g, c, kbuf, vbuf, nbuf)
+
+    @cute.jit
+    def load_tile_at(self, phys: Int32, r0: Int32, mKc: cute.Tensor, mVc: cute.Tensor,
+                     mKn: cute.Tensor, mVn: cute.Tensor, h: Int32, g: Int32, c: Int32,
+                     kbuf: cute.Tensor, vbuf: cute.Tensor, nbuf: cute.Tensor):
+        """load_tile with the tile's physical block ``phys`` already read and its first
+        token's row ``r0`` in that block."""
         D = self.D
         KW = max(1, D * self.kb // 128)
         VW = max(1, D * self.vb // 256)
-        bs = mKc.shape[1]
-        t0 = tile * 16
-        phys = mBT[b, t0 // bs]
-        r0 = t0 % bs
         for rr in cutlass.range_constexpr(2):
             a = (mKc.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h, c * (D * self.kb // 32)),
                                              mKc.layout)).toint()
@@ -560,6 +697,255 @@ class TQDecodeSplitK:
                 qf[j, w] = ptx.pack2(x[2 * w] * inv_sqrt_d, x[2 * w + 1] * inv_sqrt_d,
                                      self.is_bf16)
 
+    @cute.jit
+    def load_q(self, qf: cute.Tensor, mQ: cute.Tensor, mKs: cute.Tensor, b: Int32, h: Int32,
+               grp: Int32, lane: Int32, g: Int32, c: Int32):
+        """Q fragments (B operand): column n = 8j + g, elements [c*D/4, (c+1)*D/4); rotated
+        in registers unless the caller passes a rotated query."""
+        D, G, QL, NTW = self.D, self.G, self.QL, self.NTW
+        NCOL = G * QL
+        for j in cutlass.range_constexpr(NTW):
+            n = (grp * NTW + j) * 8 + g
+            if n < NCOL:
+                hq = h * G + n // QL
+                qaddr = (mQ.iterator + cute.crd2idx((b, n % QL, hq, c * (D // 4)),
+                                                    mQ.layout)).toint()
+                words = ptx.ld_global_words(qaddr, D // 2)
+                for w in cutlass.range_constexpr(D // 8):
+                    qf[j, w] = words[w]
+            else:
+                for w in cutlass.range_constexpr(D // 8):
+                    qf[j, w] = Uint32(0)
+        if const_expr(self.cfg.rotate_query):
+            self.rotate_q(qf, mKs, lane, c)
+
+    @cute.jit
+    def split_range(self, rng: cute.Tensor, mSeq: cute.Tensor, b: Int32, split: Int32,
+                    num_splits: Int32, window_left: Int32, window_right: Int32):
+        """This split's tile range and the fully visible token range: rng = (L, lo_full,
+        hi_full, t_begin, t_end)."""
+        QL = self.QL
+        L = mSeq[b]
+        wl = window_left
+        wr = window_right
+        lo_tok = Int32(0)
+        lo_full = Int32(0)
+        hi_full = L
+        if wl >= 0:
+            lo_tok = cutlass.max(L - QL - wl, Int32(0))
+            lo_full = L - 1 - wl
+        if wr >= 0:
+            hi_full = cutlass.min(L, L - QL + 1 + wr)
+        tile_lo = lo_tok // 16
+        tile_hi = (L + 15) // 16
+        ntiles = cutlass.max(tile_hi - tile_lo, Int32(0))
+        per = (ntiles + num_splits - 1) // num_splits
+        t_begin = tile_lo + split * per
+        t_end = cutlass.min(t_begin + per, tile_hi)
+        rng[0] = L
+        rng[1] = lo_full
+        rng[2] = hi_full
+        rng[3] = t_begin
+        rng[4] = t_end
+
+    @cute.jit
+    def tile_step(self, t0: Int32, kt: cute.Tensor, vt: cute.Tensor, nt: cute.Tensor,
+                  qf: cute.Tensor, acc_s: cute.Tensor, acc_o: cute.Tensor,
+                  row_m: cute.Tensor, row_l: cute.Tensor, col_lo: cute.Tensor,
+                  col_hi: cute.Tensor, k_lb: Int32, v_lb: Int32, L: Int32, lo_full: Int32,
+                  hi_full: Int32, scale_log2: Float32, g: Int32):
+        """One 16-token tile from its code words (kt: K rows g, g+8; vt: V tokens 2c, 2c+1,
+        2c+8, 2c+9) and norms (nt: K g, K g+8, V g, V g+8): QK, masking, online softmax,
+        PV into the register state."""
+        D, NTW = self.D, self.NTW
+        KCH = D // 16
+        KW = max(1, D * self.kb // 128)
+        VW = max(1, D * self.vb // 256)
+        kw = [[kt[rr * KW + w] for w in range(KW)] for rr in range(2)]
+        vw = [[vt[tt * VW + w] for w in range(VW)] for tt in range(4)]
+        kn = [nt[0], nt[1]]
+        vn = [nt[2], nt[3]]
+        # ---- Sᵀ = K̃ Qᵀ
+        for j in cutlass.range_constexpr(NTW):
+            for r in cutlass.range_constexpr(4):
+                acc_s[j, r] = Float32(0.0)
+        for k in cutlass.range_constexpr(KCH):
+            a_frag = [self.k_pair(k_lb, kw[0], 2 * k), self.k_pair(k_lb, kw[1], 2 * k),
+                      self.k_pair(k_lb, kw[0], 2 * k + 1),
+                      self.k_pair(k_lb, kw[1], 2 * k + 1)]
+            for j in cutlass.range_constexpr(NTW):
+                res = ptx.mma_16816([acc_s[j, 0], acc_s[j, 1], acc_s[j, 2], acc_s[j, 3]],
+                                    a_frag, [qf[j, 2 * k], qf[j, 2 * k + 1]],
+                                    self.is_bf16)
+                for r in cutlass.range_constexpr(4):
+                    acc_s[j, r] = res[r]
+
+        # ---- row scales (norms of tokens >= L are zeroed: never read garbage)
+        ksc = []
+        vsc = []
+        for rr in cutlass.range_constexpr(2):
+            valid = t0 + g + 8 * rr < L
+            ksc.append(ptx.select(valid, ptx.bf16_bits_to_f32(kn[rr]) * scale_log2,
+                                  Float32(0.0), Float32))
+            vsc.append(ptx.select(valid, ptx.bf16_bits_to_f32(vn[rr]), Float32(0.0),
+                                  Float32))
+        for j in cutlass.range_constexpr(NTW):
+            for r in cutlass.range_constexpr(4):
+                acc_s[j, r] = acc_s[j, r] * ksc[r // 2]
+        need_mask = (t0 < lo_full) | (t0 + 16 > hi_full)
+        if need_mask:
+            for j in cutlass.range_constexpr(NTW):
+                for r in cutlass.range_constexpr(4):
+                    tok = t0 + g + 8 * (r // 2)
+                    vis = (tok >= col_lo[j, r % 2]) & (tok <= col_hi[j, r % 2])
+                    acc_s[j, r] = ptx.select(vis, acc_s[j, r], Float32(NEG_INF),
+                                             Float32)
+
+        # ---- online softmax per column, P' = P * vnorm, Oᵀ += Ṽᵀ P'ᵀ
+        pb = []
+        for j in cutlass.range_constexpr(NTW):
+            alpha = []
+            m_use = []
+            for e in cutlass.range_constexpr(2):
+                mx = ptx.fmax(acc_s[j, e], acc_s[j, 2 + e])
+                for off in cutlass.range_constexpr(3):
+                    mx = ptx.fmax(mx, cute.arch.shuffle_sync_bfly(mx, offset=4 << off))
+                m_new = ptx.fmax(row_m[j, e], mx)
+                mu = ptx.select(m_new == Float32(NEG_INF), Float32(0.0), m_new, Float32)
+                alpha.append(ptx.ex2(row_m[j, e] - mu))
+                m_use.append(mu)
+                row_m[j, e] = m_new
+            p = []
+            for r in cutlass.range_constexpr(4):
+                p.append(ptx.ex2(acc_s[j, r] - m_use[r % 2]))
+            for e in cutlass.range_constexpr(2):
+                row_l[j, e] = row_l[j, e] * alpha[e] + p[e] + p[2 + e]
+            for i in cutlass.range_constexpr(KCH):
+                for r in cutlass.range_constexpr(4):
+                    acc_o[j, i, r] = acc_o[j, i, r] * alpha[r % 2]
+            x0 = ptx.pack2(p[0] * vsc[0], p[1] * vsc[0], self.is_bf16)
+            x1 = ptx.pack2(p[2] * vsc[1], p[3] * vsc[1], self.is_bf16)
+            pb.append([ptx.movmatrix_trans(x0), ptx.movmatrix_trans(x1)])
+        for i in cutlass.range_constexpr(KCH):
+            a_frag = self.v_frag(v_lb, vw, i)
+            for j in cutlass.range_constexpr(NTW):
+                res = ptx.mma_16816([acc_o[j, i, 0], acc_o[j, i, 1], acc_o[j, i, 2],
+                                     acc_o[j, i, 3]], a_frag, pb[j], self.is_bf16)
+                for r in cutlass.range_constexpr(4):
+                    acc_o[j, i, r] = res[r]
+
+    @cute.jit
+    def issue_tile_async(self, phys: Int32, r0: Int32, stage: Int32, mKc: cute.Tensor,
+                         mVc: cute.Tensor, mKn: cute.Tensor, mVn: cute.Tensor, h: Int32,
+                         g: Int32, c: Int32, lane: Int32, nring: cute.Tensor,
+                         slot: cutlass.Constexpr[int]):
+        """Smem ring (cfg.smem_stages): cp.async this thread's code bytes of one tile (the
+        same bytes load_tile reads) into its own slots of ring stage ``stage``, and the 4
+        norms (2-byte values: no cp.async size fits) into register slot ``slot`` of nring.
+        Slot layout: piece p of K row rr at ((rr*nK + p)*32 + lane) * kpiece, V likewise
+        after the K area, so a quarter/half warp's LDS.128/LDS.64 reads 128 contiguous
+        bytes (conflict-free). Only the issuing thread reads its slots back, after its own
+        cp.async.wait_group: no barrier needed."""
+        cfg = self.cfg
+        D = self.D
+        kseg, vseg = cfg.k_seg_bytes, cfg.v_seg_bytes
+        kpiece, vpiece = min(16, kseg), min(16, vseg)
+        for rr in cutlass.range_constexpr(2):
+            a = (mKc.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h, c * kseg),
+                                             mKc.layout)).toint()
+            for p in cutlass.range_constexpr(kseg // kpiece):
+                ptx.cp_async(stage + ((rr * (kseg // kpiece) + p) * 32 + lane) * kpiece,
+                             a + p * kpiece, kpiece)
+        v_area = stage + 2 * kseg * 32
+        for tt in cutlass.range_constexpr(4):
+            tok = 2 * c + (tt % 2) + 8 * (tt // 2)
+            a = (mVc.iterator + cute.crd2idx((phys, r0 + tok, h, g * vseg),
+                                             mVc.layout)).toint()
+            for p in cutlass.range_constexpr(vseg // vpiece):
+                ptx.cp_async(v_area + ((tt * (vseg // vpiece) + p) * 32 + lane) * vpiece,
+                             a + p * vpiece, vpiece)
+        for rr in cutlass.range_constexpr(2):
+            ka = (mKn.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h), mKn.layout)).toint()
+            va = (mVn.iterator + cute.crd2idx((phys, r0 + g + 8 * rr, h), mVn.layout)).toint()
+            nring[slot, rr] = ptx.ld_global_u16(ka)
+            nring[slot, 2 + rr] = ptx.ld_global_u16(va)
+
+    @cute.jit
+    def read_stage(self, stage: Int32, lane: Int32, kt: cute.Tensor, vt: cute.Tensor):
+        """This thread's code words of a landed ring stage (layout: issue_tile_async)."""
+        cfg = self.cfg
+        kseg, vseg = cfg.k_seg_bytes, cfg.v_seg_bytes
+        kpiece, vpiece = min(16, kseg), min(16, vseg)
+        for rr in cutlass.range_constexpr(2):
+            for p in cutlass.range_constexpr(kseg // kpiece):
+                words = ptx.ld_shared_words(
+                    stage + ((rr * (kseg // kpiece) + p) * 32 + lane) * kpiece, kpiece)
+                for w in cutlass.range_constexpr(kpiece // 4):
+                    kt[rr * (kseg // 4) + p * (kpiece // 4) + w] = words[w]
+        v_area = stage + 2 * kseg * 32
+        for tt in cutlass.range_constexpr(4):
+            for p in cutlass.range_constexpr(vseg // vpiece):
+                words = ptx.ld_shared_words(
+                    v_area + ((tt * (vseg // vpiece) + p) * 32 + lane) * vpiece, vpiece)
+                for w in cutlass.range_constexpr(vpiece // 4):
+                    vt[tt * (vseg // 4) + p * (vpiece // 4) + w] = words[w]
+
+    @cute.jit
+    def walk_step(self, walk: cute.Tensor, bs: Int32):
+        """Advance walk = (block index, row in block) of a warp's tile by one step of
+        ``streams`` tiles without a division (walk[2], walk[3] = that step's whole blocks
+        and remaining rows, divided once per CTA): the per-tile signed division by the
+        runtime block size is ~28 SASS instructions with an I2F/MUFU.RCP/F2I chain."""
+        r = walk[1] + walk[3]
+        blk = walk[0] + walk[2]
+        if r >= bs:
+            r = r - bs
+            blk = blk + 1
+        walk[0] = blk
+        walk[1] = r
+
+    @cute.jit
+    def prefetch_prologue(self, t_begin: Int32, t_end: Int32, stream: Int32, ring: Int32,
+                          mBT: cute.Tensor, mKc: cute.Tensor, mVc: cute.Tensor,
+                          mKn: cute.Tensor, mVn: cute.Tensor, b: Int32, h: Int32, g: Int32,
+                          c: Int32, lane: Int32, kbuf: cute.Tensor, vbuf: cute.Tensor,
+                          nbuf: cute.Tensor, nring: cute.Tensor, physn: cute.Tensor,
+                          walk: cute.Tensor):
+        """Issue the loads of this warp's first tile (register prefetch) or first S-1 tiles
+        (smem ring; then also the block-table entry of tile S-1, read one tile before its
+        codes are issued so the address never waits for it)."""
+        S = self.cfg.smem_stages
+        first = t_begin + stream
+        if const_expr(S == 0):
+            if first < t_end:
+                self.load_tile(first, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf, vbuf, nbuf)
+            if const_expr(self.cfg.table_lookahead):
+                self.start_walk(first + self.streams, t_end, mBT, b, mKc.shape[1], physn, walk)
+        else:
+            bs = mKc.shape[1]
+            for s in cutlass.range_constexpr(S - 1):
+                tile = first + s * self.streams
+                if tile < t_end:
+                    self.issue_tile_async(mBT[b, tile * 16 // bs], (tile * 16) % bs,
+                                          ring + s * self.cfg.ring_stage_bytes, mKc, mVc, mKn,
+                                          mVn, h, g, c, lane, nring, s)
+                ptx.cp_async_commit()
+            self.start_walk(first + (S - 1) * self.streams, t_end, mBT, b, bs, physn, walk)
+
+    @cute.jit
+    def start_walk(self, nt: Int32, t_end: Int32, mBT: cute.Tensor, b: Int32, bs: Int32,
+                   physn: cute.Tensor, walk: cute.Tensor):
+        """walk = (block index, row) of tile ``nt`` (the next one the loop issues) and the
+        step of ``streams`` tiles; physn[0] = its physical block (read now, used one tile
+        later)."""
+        walk[0] = nt * 16 // bs
+        walk[1] = (nt * 16) % bs
+        walk[2] = self.streams * 16 // bs
+        walk[3] = (self.streams * 16) % bs
+        physn[0] = Int32(0)
+        if nt < t_end:
+            physn[0] = mBT[b, walk[0]]
+
     # ------------------------------------------------------------------ kernel
     @cute.kernel
     def kernel(self, mQ: cute.Tensor, mKc: cute.Tensor, mVc: cute.Tensor, mKn: cute.Tensor,
@@ -589,41 +975,39 @@ class TQDecodeSplitK:
         self.build_lut(sbase, mKcb, self.kb, tidx)
         self.build_lut(sbase + self.k_lut_bytes, mVcb, self.vb, tidx)
 
-        # ---- Q fragments (B operand): column n = 8j + g, elements [c*D/4, (c+1)*D/4)
+        KW = max(1, D * self.kb // 128)  # words per K row segment
+        VW = max(1, D * self.vb // 256)  # words per V token segment
+        S = self.cfg.smem_stages
+        # register buffers of the next tile (software pipelining, cfg.prefetch; with the smem
+        # ring they hold the current tile's words read back from shared memory)
+        kbuf = cute.make_rmem_tensor((2 * KW,), Uint32)
+        vbuf = cute.make_rmem_tensor((4 * VW,), Uint32)
+        nbuf = cute.make_rmem_tensor((4,), Uint32)
+        # smem ring (cfg.smem_stages): this warp's stages, norms per stage, next block entry
+        ring = sbase + self.cfg.ring_offset + warp * (max(S, 1) * self.cfg.ring_stage_bytes)
+        nring = cute.make_rmem_tensor((max(S, 1), 4), Uint32)
+        physn = cute.make_rmem_tensor((1,), Int32)
+        walk = cute.make_rmem_tensor((4,), Int32)  # block-index walk (walk_step)
         qf = cute.make_rmem_tensor((NTW, D // 8), Uint32)
-        for j in cutlass.range_constexpr(NTW):
-            n = (grp * NTW + j) * 8 + g
-            if n < NCOL:
-                hq = h * G + n // QL
-                qaddr = (mQ.iterator + cute.crd2idx((b, n % QL, hq, c * (D // 4)),
-                                                    mQ.layout)).toint()
-                words = ptx.ld_global_words(qaddr, D // 2)
-                for w in cutlass.range_constexpr(D // 8):
-                    qf[j, w] = words[w]
-            else:
-                for w in cutlass.range_constexpr(D // 8):
-                    qf[j, w] = Uint32(0)
-        if const_expr(self.cfg.rotate_query):
-            self.rotate_q(qf, mKs, lane, c)
-
-        # ---- sequence range of this split
-        L = mSeq[b]
+        rng = cute.make_rmem_tensor((5,), Int32)
+        if const_expr(self.cfg.early_prefetch):
+            # the first tile's loads go out before the Q load and rotation, so their DRAM
+            # latency overlaps the rotation instead of following it (B=1: one short CTA
+            # per SM slot, that latency is on the op's critical path)
+            self.split_range(rng, mSeq, b, split, num_splits, window_left, window_right)
+            self.prefetch_prologue(rng[3], rng[4], stream, ring, mBT, mKc, mVc, mKn, mVn, b,
+                                   h, g, c, lane, kbuf, vbuf, nbuf, nring, physn, walk)
+            self.load_q(qf, mQ, mKs, b, h, grp, lane, g, c)
+        else:
+            self.load_q(qf, mQ, mKs, b, h, grp, lane, g, c)
+            self.split_range(rng, mSeq, b, split, num_splits, window_left, window_right)
+        L = rng[0]
+        lo_full = rng[1]
+        hi_full = rng[2]
+        t_begin = rng[3]
+        t_end = rng[4]
         wl = window_left
         wr = window_right
-        lo_tok = Int32(0)
-        lo_full = Int32(0)
-        hi_full = L
-        if wl >= 0:
-            lo_tok = cutlass.max(L - QL - wl, Int32(0))
-            lo_full = L - 1 - wl
-        if wr >= 0:
-            hi_full = cutlass.min(L, L - QL + 1 + wr)
-        tile_lo = lo_tok // 16
-        tile_hi = (L + 15) // 16
-        ntiles = cutlass.max(tile_hi - tile_lo, Int32(0))
-        per = (ntiles + num_splits - 1) // num_splits
-        t_begin = tile_lo + split * per
-        t_end = cutlass.min(t_begin + per, tile_hi)
 
         # per-column visible token range [col_lo, col_hi] (for straddling tiles)
         col_lo = cute.make_rmem_tensor((NTW, 2), Int32)
@@ -654,102 +1038,67 @@ class TQDecodeSplitK:
 
         cute.arch.sync_threads()
 
-        KW = max(1, D * self.kb // 128)  # words per K row segment
-        VW = max(1, D * self.vb // 256)  # words per V token segment
-        # register buffers of the next tile (software pipelining, cfg.prefetch)
-        kbuf = cute.make_rmem_tensor((2 * KW,), Uint32)
-        vbuf = cute.make_rmem_tensor((4 * VW,), Uint32)
-        nbuf = cute.make_rmem_tensor((4,), Uint32)
-        if const_expr(self.cfg.prefetch):
-            first = t_begin + stream
-            if first < t_end:
-                self.load_tile(first, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf, vbuf, nbuf)
+        if const_expr(self.cfg.prefetch and not self.cfg.early_prefetch):
+            self.prefetch_prologue(t_begin, t_end, stream, ring, mBT, mKc, mVc, mKn, mVn, b,
+                                   h, g, c, lane, kbuf, vbuf, nbuf, nring, physn, walk)
 
-        for tile in cutlass.range(t_begin + stream, t_end, self.streams, unroll=1):
-            t0 = tile * 16
-            if const_expr(self.cfg.prefetch):
-                kw = [[kbuf[rr * KW + w] for w in range(KW)] for rr in range(2)]
-                vw = [[vbuf[tt * VW + w] for w in range(VW)] for tt in range(4)]
-                kn = [nbuf[0], nbuf[1]]
-                vn = [nbuf[2], nbuf[3]]
-                nxt = tile + self.streams
-                if nxt < t_end:
-                    self.load_tile(nxt, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf, vbuf, nbuf)
-            else:
-                self.load_tile(tile, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf, vbuf, nbuf)
-                kw = [[kbuf[rr * KW + w] for w in range(KW)] for rr in range(2)]
-                vw = [[vbuf[tt * VW + w] for w in range(VW)] for tt in range(4)]
-                kn = [nbuf[0], nbuf[1]]
-                vn = [nbuf[2], nbuf[3]]
-
-            # ---- Sᵀ = K̃ Qᵀ
-            for j in cutlass.range_constexpr(NTW):
-                for r in cutlass.range_constexpr(4):
-                    acc_s[j, r] = Float32(0.0)
-            for k in cutlass.range_constexpr(KCH):
-                a_frag = [self.k_pair(k_lb, kw[0], 2 * k), self.k_pair(k_lb, kw[1], 2 * k),
-                          self.k_pair(k_lb, kw[0], 2 * k + 1),
-                          self.k_pair(k_lb, kw[1], 2 * k + 1)]
-                for j in cutlass.range_constexpr(NTW):
-                    res = ptx.mma_16816([acc_s[j, 0], acc_s[j, 1], acc_s[j, 2], acc_s[j, 3]],
-                                        a_frag, [qf[j, 2 * k], qf[j, 2 * k + 1]],
-                                        self.is_bf16)
+        if const_expr(S > 0):
+            # the loop is unrolled by S so every ring stage and norm slot index is static
+            # (a rotating register ring would need moves that wait for the loads)
+            bs = mKc.shape[1]
+            SB = self.cfg.ring_stage_bytes
+            for base in cutlass.range(t_begin + stream, t_end, S * self.streams, unroll=1):
+                for u in cutlass.range_constexpr(S):
+                    tile = base + u * self.streams
+                    if tile < t_end:
+                        nxt = tile + (S - 1) * self.streams
+                        if nxt < t_end:
+                            self.issue_tile_async(physn[0], walk[1],
+                                                  ring + ((u + S - 1) % S) * SB, mKc, mVc, mKn,
+                                                  mVn, h, g, c, lane, nring, (u + S - 1) % S)
+                            self.walk_step(walk, bs)
+                            nn = nxt + self.streams
+                            if nn < t_end:
+                                physn[0] = mBT[b, walk[0]]
+                        ptx.cp_async_commit()
+                        ptx.cp_async_wait(S - 1)
+                        self.read_stage(ring + u * SB, lane, kbuf, vbuf)
+                        for r in cutlass.range_constexpr(4):
+                            nbuf[r] = nring[u, r]
+                        self.tile_step(tile * 16, kbuf, vbuf, nbuf, qf, acc_s, acc_o, row_m,
+                                       row_l, col_lo, col_hi, k_lb, v_lb, L, lo_full, hi_full,
+                                       scale_log2, g)
+            ptx.cp_async_wait(0)
+        else:
+            kcur = cute.make_rmem_tensor((2 * KW,), Uint32)
+            vcur = cute.make_rmem_tensor((4 * VW,), Uint32)
+            ncur = cute.make_rmem_tensor((4,), Uint32)
+            for tile in cutlass.range(t_begin + stream, t_end, self.streams, unroll=1):
+                if const_expr(self.cfg.prefetch):
+                    for w in cutlass.range_constexpr(2 * KW):
+                        kcur[w] = kbuf[w]
+                    for w in cutlass.range_constexpr(4 * VW):
+                        vcur[w] = vbuf[w]
                     for r in cutlass.range_constexpr(4):
-                        acc_s[j, r] = res[r]
-
-            # ---- row scales (norms of tokens >= L are zeroed: never read garbage)
-            ksc = []
-            vsc = []
-            for rr in cutlass.range_constexpr(2):
-                valid = t0 + g + 8 * rr < L
-                ksc.append(ptx.select(valid, ptx.bf16_bits_to_f32(kn[rr]) * scale_log2,
-                                      Float32(0.0), Float32))
-                vsc.append(ptx.select(valid, ptx.bf16_bits_to_f32(vn[rr]), Float32(0.0),
-                                      Float32))
-            for j in cutlass.range_constexpr(NTW):
-                for r in cutlass.range_constexpr(4):
-                    acc_s[j, r] = acc_s[j, r] * ksc[r // 2]
-            need_mask = (t0 < lo_full) | (t0 + 16 > hi_full)
-            if need_mask:
-                for j in cutlass.range_constexpr(NTW):
-                    for r in cutlass.range_constexpr(4):
-                        tok = t0 + g + 8 * (r // 2)
-                        vis = (tok >= col_lo[j, r % 2]) & (tok <= col_hi[j, r % 2])
-                        acc_s[j, r] = ptx.select(vis, acc_s[j, r], Float32(NEG_INF),
-                                                 Float32)
-
-            # ---- online softmax per column, P' = P * vnorm, Oᵀ += Ṽᵀ P'ᵀ
-            pb = []
-            for j in cutlass.range_constexpr(NTW):
-                alpha = []
-                m_use = []
-                for e in cutlass.range_constexpr(2):
-                    mx = ptx.fmax(acc_s[j, e], acc_s[j, 2 + e])
-                    for off in cutlass.range_constexpr(3):
-                        mx = ptx.fmax(mx, cute.arch.shuffle_sync_bfly(mx, offset=4 << off))
-                    m_new = ptx.fmax(row_m[j, e], mx)
-                    mu = ptx.select(m_new == Float32(NEG_INF), Float32(0.0), m_new, Float32)
-                    alpha.append(ptx.ex2(row_m[j, e] - mu))
-                    m_use.append(mu)
-                    row_m[j, e] = m_new
-                p = []
-                for r in cutlass.range_constexpr(4):
-                    p.append(ptx.ex2(acc_s[j, r] - m_use[r % 2]))
-                for e in cutlass.range_constexpr(2):
-                    row_l[j, e] = row_l[j, e] * alpha[e] + p[e] + p[2 + e]
-                for i in cutlass.range_constexpr(KCH):
-                    for r in cutlass.range_constexpr(4):
-                        acc_o[j, i, r] = acc_o[j, i, r] * alpha[r % 2]
-                x0 = ptx.pack2(p[0] * vsc[0], p[1] * vsc[0], self.is_bf16)
-                x1 = ptx.pack2(p[2] * vsc[1], p[3] * vsc[1], self.is_bf16)
-                pb.append([ptx.movmatrix_trans(x0), ptx.movmatrix_trans(x1)])
-            for i in cutlass.range_constexpr(KCH):
-                a_frag = self.v_frag(v_lb, vw, i)
-                for j in cutlass.range_constexpr(NTW):
-                    res = ptx.mma_16816([acc_o[j, i, 0], acc_o[j, i, 1], acc_o[j, i, 2],
-                                         acc_o[j, i, 3]], a_frag, pb[j], self.is_bf16)
-                    for r in cutlass.range_constexpr(4):
-                        acc_o[j, i, r] = res[r]
+                        ncur[r] = nbuf[r]
+                    nxt = tile + self.streams
+                    if nxt < t_end:
+                        if const_expr(self.cfg.table_lookahead):
+                            # the block-table entry was read one tile ago: the code loads
+                            # are issued without waiting for it
+                            self.load_tile_at(physn[0], walk[1], mKc, mVc, mKn, mVn, h, g,
+                                              c, kbuf, vbuf, nbuf)
+                            self.walk_step(walk, mKc.shape[1])
+                            nn = nxt + self.streams
+                            if nn < t_end:
+                                physn[0] = mBT[b, walk[0]]
+                        else:
+                            self.load_tile(nxt, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kbuf,
+                                           vbuf, nbuf)
+                else:
+                    self.load_tile(tile, mBT, mKc, mVc, mKn, mVn, b, h, g, c, kcur, vcur, ncur)
+                self.tile_step(tile * 16, kcur, vcur, ncur, qf, acc_s, acc_o, row_m, row_l,
+                               col_lo, col_hi, k_lb, v_lb, L, lo_full, hi_full, scale_log2, g)
 
         # ---- finish: row sums over the 8 lanes of a column
         for j in cutlass.range_constexpr(NTW):
@@ -896,6 +1245,10 @@ def _report_configs() -> list[DecodeConfig]:
              fp(2, 2, 64, 16, 1), fp(4, 4, 128, 4, 1, "float16"),
              DecodeConfig(4, 4, 128, 4, 1, prefetch=False), DecodeConfig(2, 2, 128, 4, 1, prefetch=False),
              fp(4, 4, 128, 4, 1, rotate_query=False)]
+    # the two opt-in speed candidates (not shipped until measured; docs/decode-notes.md §7):
+    # first-tile loads before the Q rotation, and the smem cp.async ring
+    cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4][n])
+             for n in ("early", "ring")]
     return cfgs
 
 
@@ -906,7 +1259,10 @@ def compile_configs():
     out = []
     for cfg in _report_configs():
         variant = (f"g{cfg.qhead_per_kvhead}q{cfg.q_len}_{cfg.dtype}_w{cfg.num_warps}"
-                   f"{'_pf' if cfg.prefetch else ''}{'_rq' if cfg.rotate_query else ''}")
+                   f"{'_pf' if cfg.prefetch else ''}{'_rq' if cfg.rotate_query else ''}"
+                   f"{'_ep' if cfg.early_prefetch else ''}"
+                   f"{f'_ring{cfg.smem_stages}' if cfg.smem_stages else ''}"
+                   f"{'_btla' if cfg.table_lookahead else ''}")
 
         def build(cfg=cfg):
             import cutlass.cute as cute

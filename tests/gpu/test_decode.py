@@ -4,8 +4,11 @@ packed cache (fresh random inputs, NaN-poisoned outputs, NaN never passes, rel. 
 The cases (all nine bit pairs at D=128 for q_len 1 and 4, mixed lengths incl. 0, 1, ~5000,
 block sizes 16..128, windows, D=64/256, GQA 1/5/16, q_len up to 8, fp16, no rotations, fixed
 split counts, the torch.ops entry point, each rotation flag alone — the query rotation runs
-inside the decode kernel and the output un-rotation inside the combine) live in
-microbench/decode_probe.py, which also runs them on the device in parallel processes."""
+inside the decode kernel and the output un-rotation inside the combine — and the opt-in speed
+candidates of decode.SPEED_CANDIDATES: first-tile prefetch before the rotation, the smem
+cp.async ring) live in microbench/decode_probe.py, which also runs them on the device in
+parallel processes. Below: the candidates against the shipped kernel on the same inputs,
+under CUDA-graph capture, and their compile cache."""
 
 import os
 import sys
@@ -39,3 +42,45 @@ def test_decode_unsupported_raises_before_launch():
 
     with pytest.raises(NotImplementedError):
         DecodeConfig(4, 4, 128, 32, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kb,cname", [(4, "early"), (4, "btla"), (4, "ring"), (2, "ring"),
+                                     (4, "ring_early")])
+def test_candidate_agrees_with_shipped_and_replays_in_a_graph(kb, cname):
+    """Same inputs, same split count: the candidate equals the shipped kernel up to the fp32
+    summation order of its streams (rel. <= 1e-3); a CUDA-graph replay of the candidate is
+    bit-equal to its eager call (no allocation or sync in the steady state); the second
+    call does not compile again (config = compile key)."""
+    from microbench.decode_probe import build_case_inputs
+    from fa4_tq.kernels import decode as dec
+
+    case = dict(kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=1, bs=16, lens=[4999, 16, 2, 129, 5],
+                seed=77)
+    x = build_case_inputs(case)
+    c = x["codec"]
+    args = (x["q"], x["kc"], x["vc"], x["kn"], x["vn"], x["bt"], x["seq"], c.k_codebook,
+            c.v_codebook, c.k_signs, c.v_signs, 1.0 / 128 ** 0.5, True, -1, -1, True, True)
+    cfg = dec.candidate_config(kb, 128, 4, 1, cname)
+    ref, ref_lse = dec.decode_cuda(*args, num_splits=5)
+    out, lse = dec.decode_cuda(*args, num_splits=5, config=cfg)
+    n_compiled = len(dec._COMPILED)
+    rel = float((out.double() - ref.double()).norm() / ref.double().norm())
+    assert not torch.isnan(out).any() and rel <= 1e-3, rel
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), fin)
+    assert float((lse[fin] - ref_lse[fin]).abs().max()) <= 1e-3
+
+    o_g = torch.full_like(out, float("nan"))
+    l_g = torch.full_like(lse, float("nan"))
+    dec.decode_cuda(*args, num_splits=5, config=cfg, out=o_g, lse=l_g)  # warm-up
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dec.decode_cuda(*args, num_splits=5, config=cfg, out=o_g, lse=l_g)
+    o_g.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o_g, out) and torch.equal(l_g, lse)
+    assert len(dec._COMPILED) == n_compiled
