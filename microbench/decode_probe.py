@@ -13,6 +13,7 @@ Prints compact tables; writes decode_probe.json under $OUT when set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -224,6 +225,18 @@ def correctness_cases():
     return cases
 
 
+#: Knob sets timed for any (k_bits, v_bits) with --pairs (DecodeConfig field overrides of
+#: the pair's shipped config; a set its config rejects, or that changes nothing, is skipped).
+PAIR_KNOBS = {
+    "btla": dict(table_lookahead=True),
+    "early_btla": dict(early_prefetch=True, table_lookahead=True),
+    "ring_early": dict(target_warps=4, min_ctas_per_sm=2, smem_stages=4, early_prefetch=True),
+    "ring_early_tb": dict(target_warps=4, min_ctas_per_sm=2, smem_stages=4,
+                          early_prefetch=True, tile_bases=True),
+    "tb": dict(tile_bases=True),
+}
+
+
 #: Names of decode.SPEED_CANDIDATES per bit width, repeated here so that building the case
 #: list never imports cutlass (pytest collects tests/gpu next to the compile tests, which
 #: must configure CuTeDSL's environment before its first import); the compile test checks
@@ -330,7 +343,7 @@ def old_path_decode(dec, q, kc, vc, kn, vn, bt, seq, codec, scale):
 
 def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
           sweep=False, nopf=False, candidates=("early", "btla", "ring", "ring_early"),
-          bits=(4, 2, 8), raw=True):
+          bits=(4, 2, 8), raw=True, pairs=(), pair_knobs=()):
     from fa4_tq.kernels import decode as dec
     from fa4_tq.codec import TQCodec
     import torch.nn.functional as F
@@ -459,6 +472,44 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
                     print(f"    graph replay == eager: {results['graph_replay_equal']}; "
                           f"fused vs old path rel: {results.get('fused_vs_old_rel')}")
                 del kc, vc, kn, vn
+            for kb, vb in pairs:  # any (k_bits, v_bits): shipped vs knob sets, same data
+                codec = TQCodec(d, kb, vb, seed=0).to("cuda")
+                kc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
+                                   device="cuda")
+                vc = torch.randint(0, 256, (nblk, bs, hkv, d * vb // 8), dtype=torch.uint8,
+                                   device="cuda")
+                kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                shipped = dec.DecodeConfig.for_problem(kb, vb, d, hq // hkv, 1)
+                for kname, knobs in (("shipped", {}),) + tuple(PAIR_KNOBS.items()):
+                    if kname != "shipped" and kname not in pair_knobs:
+                        continue
+                    try:
+                        cfg = dataclasses.replace(shipped, **knobs)
+                    except (ValueError, NotImplementedError):
+                        continue  # knob not applicable to this pair's shipped config
+                    if kname != "shipped" and cfg == shipped:
+                        continue
+                    try:
+                        fn = lambda: dec.decode_cuda(  # noqa: E731
+                            q, kc, vc, kn, vn, bt, seq, codec.k_codebook, codec.v_codebook,
+                            codec.k_signs, codec.v_signs, scale, True, -1, -1, True, True,
+                            num_splits=0, config=cfg)
+                        o, lse = fn()
+                        if kname == "shipped":
+                            ref = (o.double(), lse)
+                        else:  # agreement with the device-tested shipped kernel, same data
+                            rel = float((o.double() - ref[0]).norm() / ref[0].norm())
+                            ok = (not torch.isnan(o).any() and rel <= 1e-3
+                                  and float((lse - ref[1]).abs().max()) <= 1e-3)
+                            row[f"K{kb}V{vb}_{kname}_agree"] = ok
+                            if not ok:
+                                row[f"K{kb}V{vb}_{kname}_err"] = f"disagrees: rel {rel:.2e}"
+                                continue
+                        row[f"K{kb}V{vb}_{kname}_us"] = gtime(fn)
+                    except Exception as exc:
+                        row[f"K{kb}V{vb}_{kname}_err"] = repr(exc)[:300]
+                del kc, vc, kn, vn
             rows.append(row)
             torch.cuda.empty_cache()
             _print_bench_row(row)
@@ -475,7 +526,7 @@ def _print_bench_row(r):
              f"sdpa={r.get('sdpa_us', float('nan')):7.1f}",
              f"fa4={r.get('fa4_us', float('nan')):7.1f}"]
     for kb in (4, 2, 8):
-        if not any(k.startswith(f"K{kb}V{kb}_") for k in r):
+        if f"K{kb}V{kb}_full_us" not in r and f"K{kb}V{kb}_full_err" not in r:
             continue
         full = r.get(f"K{kb}V{kb}_full_us")
         if full is None:
@@ -490,6 +541,13 @@ def _print_bench_row(r):
                                                                 "split_sweep"))
         parts.append(f"K{kb}V{kb} full={full:6.1f} ({sp}, old {base / old if base else 0:4.2f}x)"
                      f" raw={raw:6.1f} old={old:6.1f} {cands}")
+    pair_keys = sorted({k.split("_")[0] for k in r if k.endswith("_shipped_us")})
+    for pk in pair_keys:
+        ship = r[f"{pk}_shipped_us"]
+        knobs = " ".join(f"{k[len(pk) + 1:-3]}={v:6.1f}" for k, v in r.items()
+                         if k.startswith(pk + "_") and k.endswith("_us")
+                         and not k.endswith("_shipped_us"))
+        parts.append(f"{pk} shipped={ship:6.1f} ({base / ship if base else 0:4.2f}x) {knobs}")
     print(" | ".join(parts), flush=True)
     for k, v in r.items():
         if k.endswith("_err") or k.endswith("sweep_us"):
@@ -598,6 +656,9 @@ def main():
                          "config; empty = none")
     ap.add_argument("--bits", default="4,2,8", help="K=V bit widths to time")
     ap.add_argument("--no-raw", action="store_true", help="skip the no-rotation timing")
+    ap.add_argument("--pairs", default="", help="(k_bits, v_bits) pairs as digits, e.g. "
+                    "42,24,88: the shipped config and the --pair-knobs sets (PAIR_KNOBS)")
+    ap.add_argument("--pair-knobs", default=",".join(PAIR_KNOBS))
     ap.add_argument("--split-sweep", action="store_true",
                     help="only the split-count sweep of the full op (with rotations) at B=1 "
                          "and a refit of the heuristic's two constants; uses --lengths")
@@ -629,7 +690,9 @@ def main():
               tuple(int(x) for x in ns.batches.split(",")), old=not ns.no_old,
               sweep=ns.sweep, nopf=ns.nopf,
               candidates=tuple(x for x in ns.candidates.split(",") if x),
-              bits=tuple(int(x) for x in ns.bits.split(",")), raw=not ns.no_raw)
+              bits=tuple(int(x) for x in ns.bits.split(",") if x), raw=not ns.no_raw,
+              pairs=tuple((int(x[0]), int(x[1])) for x in ns.pairs.split(",") if x),
+              pair_knobs=tuple(x for x in ns.pair_knobs.split(",") if x))
         print(f"bench took {time.time() - t1:.0f}s")
     out = os.environ.get("OUT")
     if out:
