@@ -234,14 +234,17 @@ class DecodeConfig:
                    rotate_query=rotate_query)
         words = 2 * base.k_seg_words + 4 * max(1, base.v_seg_bytes // 4)
         if head_dim <= 128 and base.n_tiles_per_warp == 1 and base.total_groups == 1:
+            # table_lookahead: H100 2026-11-24 (docs/decode-notes.md §8), faster for all four
+            # prefetching pairs at B >= 8 (K4V4 +12-14 %, K4V2 +9-10 %, K2V4 +3-5 %, K2V2
+            # +3-6 %), B=1 within -1 .. +10 %
             if words <= 8:
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                            target_warps=8, prefetch=True, min_ctas_per_sm=2,
-                           rotate_query=rotate_query)
+                           rotate_query=rotate_query, table_lookahead=True)
             if words <= 16:
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                            target_warps=4, prefetch=True, min_ctas_per_sm=3,
-                           rotate_query=rotate_query)
+                           rotate_query=rotate_query, table_lookahead=True)
         return base
 
     @property
@@ -260,19 +263,15 @@ class DecodeConfig:
 #: latency off the B=1 critical path; "btla" the per-tile block-table wait and division;
 #: "ring" keeps 3 tiles per warp in flight instead of 1 (K4V4: 4 warps x 2 CTAs, 98 KB
 #: smem, 168 regs; K2V2: 4 warps x 3 CTAs, 30 KB, 156 regs; 0 spills on sm_90a).
+_RING = dict(target_warps=4, smem_stages=4, table_lookahead=False)  # the ring reads ahead itself
 SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
     4: {"early": dict(early_prefetch=True),
-        "btla": dict(table_lookahead=True),
-        "ring": dict(target_warps=4, min_ctas_per_sm=2, smem_stages=4),
-        "ring_early": dict(target_warps=4, min_ctas_per_sm=2, smem_stages=4,
-                           early_prefetch=True),
-        "early_btla": dict(early_prefetch=True, table_lookahead=True)},
+        "ring": dict(_RING, min_ctas_per_sm=2),
+        "ring_early": dict(_RING, min_ctas_per_sm=2, early_prefetch=True),
+        "ring_early_tb": dict(_RING, min_ctas_per_sm=2, early_prefetch=True, tile_bases=True)},
     2: {"early": dict(early_prefetch=True),
-        "btla": dict(table_lookahead=True),
-        "ring": dict(target_warps=4, min_ctas_per_sm=3, smem_stages=4),
-        "ring_early": dict(target_warps=4, min_ctas_per_sm=3, smem_stages=4,
-                           early_prefetch=True),
-        "early_btla": dict(early_prefetch=True, table_lookahead=True)},
+        "ring": dict(_RING, min_ctas_per_sm=3),
+        "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True)},
 }
 
 

@@ -46,8 +46,8 @@ def test_decode_unsupported_raises_before_launch():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kb,cname", [(4, "early"), (4, "btla"), (4, "ring"), (2, "ring"),
-                                     (4, "ring_early")])
+@pytest.mark.parametrize("kb,cname", [(4, "early"), (4, "ring"), (2, "ring"),
+                                     (4, "ring_early"), (4, "ring_early_tb")])
 def test_candidate_agrees_with_shipped_and_replays_in_a_graph(kb, cname):
     """Same inputs, same split count: the candidate equals the shipped kernel up to the fp32
     summation order of its streams (rel. <= 1e-3); a CUDA-graph replay of the candidate is
