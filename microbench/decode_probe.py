@@ -242,7 +242,7 @@ PAIR_KNOBS = {
 #: list never imports cutlass (pytest collects tests/gpu next to the compile tests, which
 #: must configure CuTeDSL's environment before its first import); the compile test checks
 #: both agree.
-CANDIDATE_NAMES = {4: ("early", "ring", "ring_early", "ring_early_tb"),
+CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb"),
                    2: ("early", "ring", "ring_early")}
 
 

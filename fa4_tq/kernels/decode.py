@@ -229,19 +229,31 @@ class DecodeConfig:
         words per thread and tile, prefetching the next tile into registers fits at
         occupancy (spill-free at these register caps, checked by the compile report):
         <= 8 words: 8 warps x 2 CTAs/SM (128 regs), <= 16 words: 4 warps x 3 CTAs/SM
-        (168 regs), head_dim <= 128. Everything else runs without prefetch, 8 warps, ptxas-chosen registers."""
+        (168 regs), head_dim <= 128; 4-bit K at D=128 replaces the register prefetch by the
+        smem ring (4 warps x 2 CTAs/SM). Everything else runs without prefetch, 8 warps,
+        ptxas-chosen registers."""
         base = cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype, prefetch=False,
                    rotate_query=rotate_query)
         words = 2 * base.k_seg_words + 4 * max(1, base.v_seg_bytes // 4)
         if head_dim <= 128 and base.n_tiles_per_warp == 1 and base.total_groups == 1:
-            # table_lookahead: H100 2026-11-24 (docs/decode-notes.md §8), faster for all four
+            # Measured on the H100 2026-11-24 (docs/decode-notes.md §8, Hq32 Hkv8 D128 G4 q1,
+            # L 8K-128K, B 1-32, same data): table_lookahead is faster for the four
             # prefetching pairs at B >= 8 (K4V4 +12-14 %, K4V2 +9-10 %, K2V4 +3-5 %, K2V2
-            # +3-6 %), B=1 within -1 .. +10 %
+            # +3-6 %; B=1 -1 .. +10 %); for 4-bit K at D=128 the smem ring with early
+            # prefetch and tile bases is faster again at every timed shape (K4V4 another
+            # +3-10 %, K4V2 +2-8 %), for K2V4 it loses at B >= 8.
             if words <= 8:
+                # K2V2 D128 at q_len 2/4 spills 16 B with the lookahead's registers
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                            target_warps=8, prefetch=True, min_ctas_per_sm=2,
-                           rotate_query=rotate_query, table_lookahead=True)
+                           rotate_query=rotate_query,
+                           table_lookahead=not (head_dim == 128 and q_len > 1))
             if words <= 16:
+                if k_bits == 4 and head_dim == 128:
+                    return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
+                               target_warps=4, prefetch=True, min_ctas_per_sm=2,
+                               rotate_query=rotate_query, smem_stages=4,
+                               early_prefetch=True, tile_bases=True)
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                            target_warps=4, prefetch=True, min_ctas_per_sm=3,
                            rotate_query=rotate_query, table_lookahead=True)
@@ -264,11 +276,14 @@ class DecodeConfig:
 #: "ring" keeps 3 tiles per warp in flight instead of 1 (K4V4: 4 warps x 2 CTAs, 98 KB
 #: smem, 168 regs; K2V2: 4 warps x 3 CTAs, 30 KB, 156 regs; 0 spills on sm_90a).
 _RING = dict(target_warps=4, smem_stages=4, table_lookahead=False)  # the ring reads ahead itself
+_REGPF = dict(target_warps=4, min_ctas_per_sm=3, smem_stages=0, early_prefetch=False,
+              tile_bases=False, table_lookahead=True)
 SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
-    4: {"early": dict(early_prefetch=True),
-        "ring": dict(_RING, min_ctas_per_sm=2),
-        "ring_early": dict(_RING, min_ctas_per_sm=2, early_prefetch=True),
-        "ring_early_tb": dict(_RING, min_ctas_per_sm=2, early_prefetch=True, tile_bases=True)},
+    # 4-bit K ships the ring at D=128: the alternatives are the register prefetch (the
+    # previous default, with and without early prefetch) and the ring without tile bases
+    4: {"regpf": dict(_REGPF),
+        "regpf_early": dict(_REGPF, early_prefetch=True),
+        "ring_notb": dict(tile_bases=False)},
     2: {"early": dict(early_prefetch=True),
         "ring": dict(_RING, min_ctas_per_sm=3),
         "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True)},
@@ -1267,7 +1282,7 @@ def _report_configs() -> list[DecodeConfig]:
     # the two opt-in speed candidates (not shipped until measured; docs/decode-notes.md §7):
     # first-tile loads before the Q rotation, and the smem cp.async ring
     cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4][n])
-             for n in ("early", "ring")]
+             for n in ("regpf", "ring_notb")]
     return cfgs
 
 
@@ -1281,7 +1296,7 @@ def compile_configs():
                    f"{'_pf' if cfg.prefetch else ''}{'_rq' if cfg.rotate_query else ''}"
                    f"{'_ep' if cfg.early_prefetch else ''}"
                    f"{f'_ring{cfg.smem_stages}' if cfg.smem_stages else ''}"
-                   f"{'_btla' if cfg.table_lookahead else ''}")
+                   f"{'_btla' if cfg.table_lookahead else ''}{'_tb' if cfg.tile_bases else ''}")
 
         def build(cfg=cfg):
             import cutlass.cute as cute

@@ -34,7 +34,7 @@ def test_decode_config_geometry():
     c = DecodeConfig(4, 4, 128, 4, 1)
     assert (c.n_tiles, c.n_groups, c.streams, c.col_ctas) == (1, 1, 8, 1)
     shipped = DecodeConfig.for_problem(4, 4, 128, 4, 1)
-    assert shipped.prefetch and shipped.num_warps == 4 and shipped.min_ctas_per_sm == 3
+    assert shipped.prefetch and shipped.num_warps == 4 and shipped.min_ctas_per_sm == 2
     # the query rotation is part of the kernel (no GEMM launch) unless the caller opts out
     assert shipped.rotate_query
     assert not DecodeConfig.for_problem(4, 4, 128, 4, 1, rotate_query=False).rotate_query
@@ -44,10 +44,14 @@ def test_decode_config_geometry():
     with pytest.raises(NotImplementedError):
         DecodeConfig(4, 4, 128, 32, 8)
     # shapes-only heuristic: B=1 fills the GPU, long batches do not over-split
-    assert choose_num_splits(1, 8, 8192, shipped) == 16
+    regpf = DecodeConfig.for_problem(2, 4, 128, 4, 1)  # register prefetch, 3 CTAs/SM
+    assert choose_num_splits(1, 8, 8192, regpf) == 16
+    assert choose_num_splits(1, 8, 131072, regpf) >= 33
+    assert choose_num_splits(32, 8, 131072, regpf) >= 3  # no 1.3-wave tail
+    assert choose_num_splits(1, 8, 16, regpf) == 1
+    # the ring (2 CTAs/SM): B=32 x 8 heads = 256 CTAs fill one wave of 264 slots
+    assert choose_num_splits(32, 8, 131072, shipped) == 1
     assert choose_num_splits(1, 8, 131072, shipped) >= 33
-    assert choose_num_splits(32, 8, 131072, shipped) >= 3  # no 1.3-wave tail
-    assert choose_num_splits(1, 8, 16, shipped) == 1
 
 
 # ---------------------------------------------------------------------------- smem ring
@@ -230,9 +234,18 @@ def test_smem_ring_slot_layout_round_trips():
 def test_candidate_knobs_validate_and_key():
     from fa4_tq.kernels.decode import DecodeConfig
 
+    # shipped defaults (H100 2026-11-24, docs/decode-notes.md §8): 4-bit K at D=128 runs the
+    # smem ring with early prefetch and tile bases, the other prefetching pairs the register
+    # prefetch with the block-table lookahead (not K2V2 D128 at q_len > 1: it spills)
     base = DecodeConfig.for_problem(4, 4, 128, 4, 1)
-    assert not base.early_prefetch and base.smem_stages == 0  # shipped default unchanged
-    assert base.smem_bytes == 65536
+    assert (base.smem_stages, base.early_prefetch, base.tile_bases, base.num_warps) == (4, True, True, 4)
+    assert base.smem_bytes == 65536 + 4 * 4 * 2048
+    assert DecodeConfig.for_problem(4, 2, 128, 4, 1).smem_stages == 4
+    k2v4 = DecodeConfig.for_problem(2, 4, 128, 4, 1)
+    assert k2v4.smem_stages == 0 and k2v4.table_lookahead and not k2v4.tile_bases
+    assert DecodeConfig.for_problem(4, 4, 64, 4, 1).table_lookahead  # ring measured at D=128 only
+    assert DecodeConfig.for_problem(2, 2, 128, 4, 1).table_lookahead
+    assert not DecodeConfig.for_problem(2, 2, 128, 4, 2).table_lookahead
     ring = DecodeConfig(4, 4, 128, 4, 1, target_warps=4, prefetch=True, min_ctas_per_sm=2,
                         smem_stages=4)
     assert ring != DecodeConfig(4, 4, 128, 4, 1, target_warps=4, prefetch=True,
@@ -268,6 +281,6 @@ def test_probe_candidate_names_match_kernel():
     for c in cases:
         candidate_config(c["kb"], c["D"], c["G"], c["qlen"], c["candidate"])
     with pytest.raises(NotImplementedError):
-        candidate_config(4, 128, 4, 4, "early")  # two column tiles: no prefetch to modify
+        candidate_config(4, 128, 4, 4, "regpf")  # two column tiles: no prefetch to modify
     assert len(cases) == sum(2 * len(v) - ("ring_early" in v) + ("ring" in v)
                              for v in CANDIDATE_NAMES.values())

@@ -5,8 +5,8 @@ The cases (all nine bit pairs at D=128 for q_len 1 and 4, mixed lengths incl. 0,
 block sizes 16..128, windows, D=64/256, GQA 1/5/16, q_len up to 8, fp16, no rotations, fixed
 split counts, the torch.ops entry point, each rotation flag alone — the query rotation runs
 inside the decode kernel and the output un-rotation inside the combine — and the opt-in speed
-candidates of decode.SPEED_CANDIDATES: first-tile prefetch before the rotation, the smem
-cp.async ring) live in microbench/decode_probe.py, which also runs them on the device in
+candidates of decode.SPEED_CANDIDATES: the alternatives to each shipped prefetching config —
+register prefetch vs smem cp.async ring, first-tile prefetch before the rotation, tile bases) live in microbench/decode_probe.py, which also runs them on the device in
 parallel processes. Below: the candidates against the shipped kernel on the same inputs,
 under CUDA-graph capture, and their compile cache."""
 
@@ -46,8 +46,8 @@ def test_decode_unsupported_raises_before_launch():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kb,cname", [(4, "early"), (4, "ring"), (2, "ring"),
-                                     (4, "ring_early"), (4, "ring_early_tb")])
+@pytest.mark.parametrize("kb,cname", [(4, "regpf"), (4, "regpf_early"), (4, "ring_notb"),
+                                     (2, "ring"), (2, "early")])
 def test_candidate_agrees_with_shipped_and_replays_in_a_graph(kb, cname):
     """Same inputs, same split count: the candidate equals the shipped kernel up to the fp32
     summation order of its streams (rel. <= 1e-3); a CUDA-graph replay of the candidate is
