@@ -513,6 +513,9 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
                                 row[f"K{kb}V{vb}_{kname}_err"] = f"disagrees: rel {rel:.2e}"
                                 continue
                         row[f"K{kb}V{vb}_{kname}_us"] = gtime(fn)
+                        if kname == "shipped":  # packed bytes read per second
+                            row[f"K{kb}V{vb}_GBps"] = (B * L * hkv * (d * (kb + vb) // 8 + 4)
+                                                       / row[f"K{kb}V{vb}_{kname}_us"] / 1e3)
                     except Exception as exc:
                         row[f"K{kb}V{vb}_{kname}_err"] = repr(exc)[:300]
                 del kc, vc, kn, vn
@@ -553,7 +556,9 @@ def _print_bench_row(r):
         knobs = " ".join(f"{k[len(pk) + 1:-3]}={v:6.1f}" for k, v in r.items()
                          if k.startswith(pk + "_") and k.endswith("_us")
                          and not k.endswith("_shipped_us"))
-        parts.append(f"{pk} shipped={ship:6.1f} ({base / ship if base else 0:4.2f}x) {knobs}")
+        gbps = r.get(f"{pk}_GBps")
+        gb = f" {gbps:5.0f} GB/s" if gbps else ""
+        parts.append(f"{pk} shipped={ship:6.1f} ({base / ship if base else 0:4.2f}x{gb}) {knobs}")
     print(" | ".join(parts), flush=True)
     for k, v in r.items():
         if k.endswith("_err") or k.endswith("sweep_us"):
