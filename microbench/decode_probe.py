@@ -238,6 +238,8 @@ PAIR_KNOBS = {
     # the smem ring at other geometries (8-bit sides have no register prefetch: 48 words)
     "ring_s3": dict(prefetch=True, target_warps=4, min_ctas_per_sm=2, smem_stages=3,
                     early_prefetch=True, table_lookahead=False, tile_bases=True),
+    "ring_s4": dict(prefetch=True, target_warps=4, min_ctas_per_sm=2, smem_stages=4,
+                    early_prefetch=True, table_lookahead=False, tile_bases=True),
     "ring_w8c1": dict(prefetch=True, target_warps=8, min_ctas_per_sm=1, smem_stages=4,
                       early_prefetch=True, table_lookahead=False, tile_bases=True),
     "ring_w8c1_s3": dict(prefetch=True, target_warps=8, min_ctas_per_sm=1, smem_stages=3,

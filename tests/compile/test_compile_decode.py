@@ -238,8 +238,12 @@ def test_candidate_knobs_validate_and_key():
     # smem ring with early prefetch and tile bases, the other prefetching pairs the register
     # prefetch with the block-table lookahead (not K2V2 D128 at q_len > 1: it spills)
     base = DecodeConfig.for_problem(4, 4, 128, 4, 1)
-    assert (base.smem_stages, base.early_prefetch, base.tile_bases, base.num_warps) == (4, True, True, 4)
-    assert base.smem_bytes == 65536 + 4 * 4 * 2048
+    assert (base.early_prefetch, base.tile_bases, base.num_warps) == (True, True, 4)
+    assert base.smem_stages == 3 and base.smem_bytes == 65536 + 4 * 3 * 2048
+    k4v8 = DecodeConfig.for_problem(4, 8, 128, 4, 1)
+    assert (k4v8.smem_stages, k4v8.num_warps, k4v8.min_ctas_per_sm) == (3, 8, 1)
+    assert k4v8.smem_bytes + 1024 <= 227 * 1024
+    assert not DecodeConfig.for_problem(8, 8, 128, 4, 1).smem_stages  # ring measured slower
     assert DecodeConfig.for_problem(4, 2, 128, 4, 1).smem_stages == 4
     k2v4 = DecodeConfig.for_problem(2, 4, 128, 4, 1)
     assert k2v4.smem_stages == 0 and k2v4.table_lookahead and not k2v4.tile_bases
