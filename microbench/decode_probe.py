@@ -578,7 +578,7 @@ def _print_bench_row(r):
 
 def split_sweep(results, lengths=(8192, 32768), batches=(1,)):
     """Time the full op (both rotations, as shipped) at fixed split counts, shipped config
-    and the "early" candidate, K4V4 and K2V2, Hq=32 Hkv=8 D=128; then refit the heuristic:
+    K4V4 and K2V2, Hq=32 Hkv=8 D=128; then refit the heuristic:
     for every (cta_overhead_tiles, min_tiles_per_cta) on a grid, the measured time of the
     split count it would pick, summed over rows relative to each row's best. The split
     counts timed are every pick of that grid plus a few around them, so each pick has a
@@ -605,10 +605,8 @@ def split_sweep(results, lengths=(8192, 32768), batches=(1,)):
                                    device="cuda")
                 kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
                 vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
-                for cname in ("shipped", "early"):
-                    cfg = (dec.DecodeConfig.for_problem(kb, kb, d, hq // hkv, 1)
-                           if cname == "shipped" else dec.candidate_config(kb, d, hq // hkv, 1,
-                                                                           cname))
+                for cname in ("shipped",):
+                    cfg = dec.DecodeConfig.for_problem(kb, kb, d, hq // hkv, 1)
                     picks = {dec.choose_num_splits(B, hkv, L, cfg, cta_overhead_tiles=oh,
                                                    min_tiles_per_cta=mt) for oh, mt in grid}
                     counts = sorted(picks | {max(1, p + e) for p in picks for e in (-4, 4)}
@@ -637,7 +635,7 @@ def split_sweep(results, lengths=(8192, 32768), batches=(1,)):
                 del kc, vc, kn, vn
             torch.cuda.empty_cache()
     # refit: total (time at the grid point's pick / row best) over rows, per config
-    for cname in ("shipped", "early"):
+    for cname in ("shipped",):
         score = {}
         for oh, mt in grid:
             tot = 0.0
