@@ -244,6 +244,8 @@ PAIR_KNOBS = {
                       early_prefetch=True, table_lookahead=False, tile_bases=True),
     "ring_w8c1_s3": dict(prefetch=True, target_warps=8, min_ctas_per_sm=1, smem_stages=3,
                          early_prefetch=True, table_lookahead=False, tile_bases=True),
+    "ring_s2": dict(prefetch=True, target_warps=4, min_ctas_per_sm=2, smem_stages=2,
+                    early_prefetch=True, table_lookahead=False, tile_bases=True),
     "ring_w4c1": dict(prefetch=True, target_warps=4, min_ctas_per_sm=1, smem_stages=4,
                       early_prefetch=True, table_lookahead=False, tile_bases=True),
 }
@@ -520,9 +522,12 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
                             ok = (not torch.isnan(o).any() and rel <= 1e-3
                                   and float((lse - ref[1]).abs().max()) <= 1e-3)
                             row[f"K{kb}V{vb}_{kname}_agree"] = ok
-                            if not ok:
+                            if not ok:  # still timed: other streams/splits round P
+                                # differently (~2.5e-3, see docs/decode-notes.md §8); the
+                                # float64 tests are the correctness gate
                                 row[f"K{kb}V{vb}_{kname}_err"] = f"disagrees: rel {rel:.2e}"
-                                continue
+                                if rel > 5e-3 or torch.isnan(o).any():
+                                    continue
                         row[f"K{kb}V{vb}_{kname}_us"] = gtime(fn)
                         if kname == "shipped":  # packed bytes read per second
                             row[f"K{kb}V{vb}_GBps"] = (B * L * hkv * (d * (kb + vb) // 8 + 4)
