@@ -355,11 +355,23 @@ def old_path_decode(dec, q, kc, vc, kn, vn, bt, seq, codec, scale):
     return out, lse
 
 
+def random_packed_cache(kb: int, vb: int, nblk: int, bs: int, hkv: int, d: int):
+    """Random codes and norms in [0.5, 1.5) for a timing run (uniform codes: every LUT entry
+    is used) and the codec whose codebooks/signs decode them."""
+    from fa4_tq.codec import TQCodec
+
+    codec = TQCodec(d, kb, vb, seed=0).to("cuda")
+    kc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8, device="cuda")
+    vc = torch.randint(0, 256, (nblk, bs, hkv, d * vb // 8), dtype=torch.uint8, device="cuda")
+    kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+    vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+    return codec, kc, vc, kn, vn
+
+
 def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
           sweep=False, nopf=False, candidates=("early", "ring", "ring_early"),
           bits=(4, 2, 8), raw=True, pairs=(), pair_knobs=()):
     from fa4_tq.kernels import decode as dec
-    from fa4_tq.codec import TQCodec
     import torch.nn.functional as F
 
     try:
@@ -398,13 +410,7 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
             bt = torch.randperm(nblk, device="cuda").to(torch.int32).view(B, L // bs)
             seq = torch.full((B,), L, dtype=torch.int32, device="cuda")
             for kb in bits:
-                codec = TQCodec(d, kb, kb, seed=0).to("cuda")
-                kc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
-                                   device="cuda")
-                vc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
-                                   device="cuda")
-                kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
-                vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                codec, kc, vc, kn, vn = random_packed_cache(kb, kb, nblk, bs, hkv, d)
                 packed = B * L * hkv * (2 * d * kb // 8 + 4)
                 for tag, rot in (("full", True), ("raw", False))[:2 if raw else 1]:
                     try:
@@ -487,13 +493,7 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
                           f"fused vs old path rel: {results.get('fused_vs_old_rel')}")
                 del kc, vc, kn, vn
             for kb, vb in pairs:  # any (k_bits, v_bits): shipped vs knob sets, same data
-                codec = TQCodec(d, kb, vb, seed=0).to("cuda")
-                kc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
-                                   device="cuda")
-                vc = torch.randint(0, 256, (nblk, bs, hkv, d * vb // 8), dtype=torch.uint8,
-                                   device="cuda")
-                kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
-                vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                codec, kc, vc, kn, vn = random_packed_cache(kb, vb, nblk, bs, hkv, d)
                 shipped = dec.DecodeConfig.for_problem(kb, vb, d, hq // hkv, 1)
                 for kname, knobs in (("shipped", {}),) + tuple(PAIR_KNOBS.items()):
                     if kname != "shipped" and kname not in pair_knobs:
@@ -589,7 +589,6 @@ def split_sweep(results, lengths=(8192, 32768), batches=(1,)):
     counts timed are every pick of that grid plus a few around them, so each pick has a
     measurement."""
     from fa4_tq.kernels import decode as dec
-    from fa4_tq.codec import TQCodec
 
     hq, hkv, d, bs = 32, 8, 128, 16
     scale = 1.0 / math.sqrt(d)
@@ -603,13 +602,7 @@ def split_sweep(results, lengths=(8192, 32768), batches=(1,)):
             bt = torch.randperm(nblk, device="cuda").to(torch.int32).view(B, L // bs)
             seq = torch.full((B,), L, dtype=torch.int32, device="cuda")
             for kb in (4, 2):
-                codec = TQCodec(d, kb, kb, seed=0).to("cuda")
-                kc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
-                                   device="cuda")
-                vc = torch.randint(0, 256, (nblk, bs, hkv, d * kb // 8), dtype=torch.uint8,
-                                   device="cuda")
-                kn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
-                vn = (torch.rand(nblk, bs, hkv, device="cuda") + 0.5).to(torch.bfloat16)
+                codec, kc, vc, kn, vn = random_packed_cache(kb, kb, nblk, bs, hkv, d)
                 for cname in ("shipped",):
                     cfg = dec.DecodeConfig.for_problem(kb, kb, d, hq // hkv, 1)
                     picks = {dec.choose_num_splits(B, hkv, L, cfg, cta_overhead_tiles=oh,

@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# Next session's first device call (written 2026-11-23, end of session 3):
+# Next session's first device call (written 2026-11-24, end of session 4):
 #   run(command="FA4TQ_GIT_SHA=$(git rev-parse --short HEAD) bash microbench/device_next.sh",
 #       carry=[".devenv"], timeout_s=600)
-# 1. every GPU test on main (the session-3 prefill defaults K8V2/K2V8 cluster sharing were
-#    validated by bit-identity with cluster_share=1 in the probe, not yet by the test file);
-# 2. Nsight Compute summary of the shipped K4V4 and K8V8 prefill (8K full): the consumer
-#    warps' stall reasons decide the next prefill lever (docs/prefill-sm90-notes.md step 5,
-#    item 6);
+# 1. every GPU test (prefill sm90/sm80, decode with the session-4 ring defaults, compress,
+#    dequantize);
+# 2. Nsight Compute summary of the shipped K4V4 and K8V8 prefill (8K full);
 # 3. the compress probe on the shipped defaults.
-# The decode candidates live on branch decode-speed-candidates (docs/decode-notes.md §7):
-# measure them in a second call from a checkout of that branch.
+# Decode-only re-validation + timing: microbench/device_decode_check.sh.
 set -uo pipefail
 OUT=${OUT:-/tmp/fa4tq-out}
 mkdir -p "$OUT"
