@@ -25,7 +25,8 @@ Design (see docs/prefill-sm90-notes.md for the measured history):
   the loop above for its side only (512 threads; WG1-2 stay FA4's consumers, so FA4's
   thread-index-derived roles hold). One producer warp per scheduler was latency bound; two
   hide each other's load/LUT latencies (H100: +7% K4V4 .. +17% K2V2).
-* ``cluster_share=2`` (opt-in, unmeasured; D=128, producer_wgs=2, even GQA ratio): 2-CTA
+* ``cluster_share=2`` (D=128, producer_wgs=2, even GQA ratio; the default for the 8-bit
+  side(s), ``CLUSTER_SHARE_MEASURED``, H100 +7-15 % there, flat for 2/4-bit sides): 2-CTA
   clusters of the query heads 2j, 2j+1 (same KV head and n_blocks); each CTA decodes 64 rows
   of every K/V tile into its own tile and bulk-copies them (cp.async.bulk shared::cta ->
   shared::cluster, completing bytes on the peer's full barrier) into the peer's, so decode
