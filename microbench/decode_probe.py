@@ -180,6 +180,15 @@ def correctness_cases():
              bs=48, lens=mixed_b, causal=True, wl=-1, wr=-1),
         dict(name="K4V4 D128 G4 q2 bs16 causal", kb=4, vb=4, D=128, G=4, Hkv=2, qlen=2,
              bs=16, lens=mixed_b, causal=True, wl=-1, wr=-1),
+        # the smem-ring defaults (session 4) at q_len > 1, windows, fixed splits and in the
+        # steady state of one long split: K4V2 (4 warps x 2 CTAs, 4 stages), K4V8 / K2V8
+        # (8 warps x 1 CTA, 3 stages)
+        dict(name="K4V2 D128 G4 q2 bs16 window33 splits=7", kb=4, vb=2, D=128, G=4, Hkv=2,
+             qlen=2, bs=16, lens=mixed_b, causal=True, wl=33, wr=-1, splits=7),
+        dict(name="K4V8 D128 G2 q4 bs64 window40", kb=4, vb=8, D=128, G=2, Hkv=2, qlen=4,
+             bs=64, lens=mixed_b, causal=True, wl=40, wr=-1),
+        dict(name="K2V8 D128 G8 q1 bs128 splits=1", kb=2, vb=8, D=128, G=8, Hkv=2, qlen=1,
+             bs=128, lens=[5003, 1, 37], causal=True, wl=-1, wr=-1, splits=1),
         dict(name="K2V2 D256 G4 q1 bs32", kb=2, vb=2, D=256, G=4, Hkv=2, qlen=1, bs=32,
              lens=mixed_a, causal=True, wl=-1, wr=-1),
         dict(name="K4V4 D128 G8 q1 bs16 window33", kb=4, vb=4, D=128, G=8, Hkv=2, qlen=1,
