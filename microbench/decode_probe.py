@@ -119,12 +119,14 @@ def check_case(case):
         inf_ok = bool((torch.isfinite(lse) == fin).all())
         lse_err = float((lse[fin] - ref_l[fin]).abs().max()) if bool(fin.any()) else 0.0
         zero_ok = bool((o[~fin.transpose(1, 2)] == 0).all()) if bool((~fin).any()) else True
-        # LSE tolerance: 1e-2, except for cases with large logits (qscale > 1): the QK
-        # operands are bf16 (rotated q and decoded K), whose rounding (2^-9 relative) moves a
-        # logit by up to ~2^-8 of its magnitude; LSE >= the max logit bounds that magnitude.
-        # Measured on the H100: max logit ~27 gave lse_err 0.055 (fp16 queries: 10x smaller).
+        # LSE tolerance: the QK operands are bf16 (rotated q and the decoded K), whose
+        # rounding (2^-9 relative each) moves a logit by up to ~2^-8 of its magnitude; LSE >=
+        # the max logit bounds that magnitude, so the bound is max(1e-2, 2^-8 max|LSE|).
+        # Measured on the H100: max logit ~27 gave lse_err 0.055 (fp16 queries: 10x
+        # smaller); K2V2 q2 window33 (max |LSE| 4.8): 1.1e-2, of which rounding q alone
+        # accounts for 5.8e-3 in the float64 reference.
         lse_tol = 1e-2
-        if case.get("qscale", 1.0) > 1.0 and bool(fin.any()):
+        if bool(fin.any()):
             lse_tol = max(1e-2, 2.0 ** -8 * float(ref_l[fin].abs().max()))
         res.update(rel_err=rel, lse_err=lse_err, lse_tol=lse_tol, nan=nan, inf_ok=inf_ok,
                    zero_ok=zero_ok,
