@@ -80,7 +80,7 @@ def lut_tag(lut):
 
 def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
           qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, lut=(None, None), pw=None,
-          cs=None):
+          cs=None, extra=None):
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     codec, kc, vc, kn, vn, bt, seqused = build_cache(k_lens, hkv, d, kb, vb, block_size, gen)
@@ -93,7 +93,8 @@ def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, w
     kout = torch.full((total_q, hq, d), float("nan"), dtype=torch.bfloat16, device=DEV)
     klse = torch.full((hq, total_q), float("nan"), dtype=torch.float32, device=DEV)
     out, lse = prefill_cuda(*args, backend="auto", kernel_out=kout, kernel_lse=klse,
-                            register_lut=lut, producer_wgs=pw, cluster_share=cs)
+                            register_lut=lut, producer_wgs=pw, cluster_share=cs,
+                            **(extra or {}))
     torch.cuda.synchronize()
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     o, r = out.double(), ref_o.double()
@@ -104,11 +105,16 @@ def check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, w
     lse_err = float((lse[fin] - ref_l[fin]).abs().max()) if bool(fin.any()) else 0.0
     ok = err <= 1e-2 and ninf_ok and not lse_nan and lse_err <= 2e-2
     name = f"{name} lut={lut_tag(lut)}" + (f" pw={pw}" if pw else "") + (
-        f" cs={cs}" if cs is not None else "")
+        f" cs={cs}" if cs is not None else "") + extra_tag(extra)
     log(f"CHECK {'PASS' if ok else 'FAIL'} {name}: rel_err={err:.2e} lse_err={lse_err:.2e} "
         f"ninf_ok={ninf_ok} lse_nan={lse_nan} ({time.time() - t0:.1f}s)")
     ROWS.append(("check", name, "PASS" if ok else "FAIL", f"{err:.3e}", f"{lse_err:.3e}"))
     return ok
+
+
+def extra_tag(extra):
+    """Name suffix for the extra prefill_cuda knobs (direct_loads, num_stages, ...)."""
+    return "".join(f" {k}={v}" for k, v in sorted((extra or {}).items()))
 
 
 def bench_fn(fn):
@@ -135,10 +141,10 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
                                     torch.bfloat16)
     qb = q.view(batch, seqlen, hq, d)
     kb4, vb4 = k16.view(batch, seqlen, hkv, d), v16.view(batch, seqlen, hkv, d)
-    ours_lut = lambda lut, pw, cs=None: (lambda: prefill_cuda(  # noqa
+    ours_lut = lambda lut, pw, cs=None, extra=None: (lambda: prefill_cuda(  # noqa
         q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook, codec.v_codebook, codec.k_signs,
         codec.v_signs, seqlen, scale, causal, -1, -1, False, False, register_lut=lut,
-        producer_wgs=pw, cluster_share=cs))
+        producer_wgs=pw, cluster_share=cs, **(extra or {})))
     ours_rot = lambda: prefill_cuda(q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook,  # noqa
                                     codec.v_codebook, codec.k_signs, codec.v_signs, seqlen,
                                     scale, causal, -1, -1, True, True)
@@ -160,15 +166,17 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
     tf = lambda t: flops / t / 1e9  # noqa  (ms -> TFLOP/s)
     if variants is None:
         variants = [(lut, pw, None) for lut in luts for pw in pws]
-    for lut, pw, cs in variants:
-        ours = ours_lut(lut, pw, cs)
+    for variant in variants:
+        lut, pw, cs = variant[:3]
+        extra = variant[3] if len(variant) > 3 else None
+        ours = ours_lut(lut, pw, cs, extra)
         # agreement with FA4 on the same (dequantized) data, as a sanity check of the timing
         o1 = ours()[0].view(batch, seqlen, hq, d).double()
         agree = float((o1 - o2).norm() / o2.norm())
         t_ours = bench_fn(ours)
         name = (f"K{kb}V{vb} B{batch} S{seqlen} {'causal' if causal else 'full'} bs{block_size} "
                 f"lut={lut_tag(lut)}" + (f" pw={pw}" if pw else "")
-                + (f" cs={cs}" if cs is not None else ""))
+                + (f" cs={cs}" if cs is not None else "") + extra_tag(extra))
         log(f"BENCH {name}: ours {t_ours:.3f} ms ({tf(t_ours):.0f} TF/s), +rotations "
             f"{t_rot:.3f} ms, FA4-bf16 {t_fa4:.3f} ms ({tf(t_fa4):.0f} TF/s), unfused "
             f"{t_unf:.3f} ms | ours/FA4 speed {t_fa4 / t_ours:.3f}x, vs unfused "
@@ -353,7 +361,61 @@ def main_defaults(budget_s=150.0):
     summary(t_start, "prefill_defaults_probe.csv")
 
 
+def main_direct(budget_s=420.0):
+    """Step 7 (docs/prefill-sm90-notes.md): the staging-free producer (direct_loads: code rows
+    loaded straight into producer registers one block ahead, no cp.async staging ring) with 2
+    or 3 K/V stages vs the shipped default vs FA4-bf16, same data, same bench call. Every timed
+    build is first checked against the float64 reference (NaN-poisoned output/LSE; varlen odd
+    lengths, paged). Headline first; stages past ``budget_s`` are skipped (logged)."""
+    t_start = time.time()
+    log(torch.cuda.get_device_name(), torch.__version__)
+    d, rr = (None, None), (True, True)
+    ql, kl = [1, 17, 300], [40, 17, 1000]
+    dl3 = dict(direct_loads=True, num_stages=3)
+    dl2 = dict(direct_loads=True, num_stages=2)
+    r56 = dict(register_split=(200, 56))
+    plan = [  # (kb, vb, lut, extra of the checked builds, (causal, bs) checks, bench variants)
+        (4, 4, rr, {**dl3, **r56}, ((False, 16), (True, 128)),
+         [(False, ((d, None, None), (rr, None, None), (rr, 2, 1, {**dl2, **r56}),
+                   (rr, 2, 1, {**dl3, **r56}))),
+          (True, ((d, None, None), (rr, 2, 1, {**dl3, **r56})))]),
+        (2, 2, d, dl3, ((True, 16), (False, 128)),
+         [(False, ((d, None, None), (d, 2, 1, dl2), (d, 2, 1, dl3))),
+          (True, ((d, None, None), (d, 2, 1, dl3)))]),
+        (4, 2, d, {**dl3, **r56}, ((False, 128),),
+         [(False, ((d, None, None), (d, 2, 1, {**dl3, **r56})))]),
+        (2, 4, d, {**dl3, **r56}, ((True, 16),),
+         [(False, ((d, None, None), (d, 2, 1, {**dl3, **r56})))]),
+    ]
+    for j, (kb, vb, lut, extra, checks, benches) in enumerate(plan):
+        for causal, bs in checks:
+            if time.time() - t_start > budget_s:
+                log(f"SKIP check K{kb}V{vb} causal={causal} (budget)")
+                continue
+            guarded(check, f"K{kb}V{vb} d128 g4 {'causal' if causal else 'full'} bs{bs}", ql,
+                    kl, 8, 2, 128, kb, vb, bs, causal, seed=120 + 3 * j + int(causal), lut=lut,
+                    pw=2, cs=1, extra=extra)
+        if j == 0 and time.time() - t_start <= budget_s:
+            guarded(check, "K4V4 d128 g4 causal bs128 (sq>sk rows see nothing)", [1, 17, 300],
+                    [1, 9, 1000], 8, 2, 128, 4, 4, 128, True, seed=131, lut=lut, pw=2, cs=1,
+                    extra=extra)
+            guarded(check, "K4V4 d128 MHA(g1) full bs256 long", [700, 1], [2000, 3], 4, 4, 128,
+                    4, 4, 256, False, seed=132, lut=lut, pw=2, cs=1, extra=extra)
+        for causal, variants in benches:
+            if time.time() - t_start > budget_s:
+                log(f"SKIP bench K{kb}V{vb} causal={causal} (budget)")
+                continue
+            guarded(bench, kb, vb, 8192, causal, baselines=False, variants=variants)
+    if time.time() - t_start <= budget_s:
+        guarded(bench, 4, 4, 16384, False, baselines=False,
+                variants=((d, None, None), (rr, 2, 1, {**dl3, **r56})))
+    summary(t_start, "prefill_direct_probe.csv")
+
+
 if __name__ == "__main__":
+    if "--direct" in sys.argv:
+        main_direct()
+        sys.exit(0)
     if "--defaults" in sys.argv:
         main_defaults()
         sys.exit(0)

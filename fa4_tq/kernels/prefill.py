@@ -56,7 +56,7 @@ def canonical_mask(causal: bool, window_left: int, window_right: int):
 
 def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right,
                register_lut=(None, None), producer_wgs=None, cluster_share=None,
-               cluster_sides=None):
+               cluster_sides=None, direct_loads=None, num_stages=None, register_split=None):
     from .prefill_sm90 import make_config
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
@@ -64,7 +64,8 @@ def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_r
     return make_config(d, _bits(k_codebook), _bits(v_codebook), hq // hkv, c, local,
                        wl is not None, wr is not None, *register_lut,
                        producer_wgs=producer_wgs, cluster_share=cluster_share,
-                       cluster_sides=cluster_sides), wl, wr
+                       cluster_sides=cluster_sides, direct_loads=direct_loads,
+                       num_stages=num_stages, register_split=register_split), wl, wr
 
 
 def _to_cute(t, align, leading_dim=-1):
@@ -116,7 +117,8 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                  k_codebook, v_codebook, k_signs, v_signs, max_seqlen_q, softmax_scale, causal,
                  window_left, window_right, rotate_query, unrotate_output, *, backend="auto",
                  kernel_out=None, kernel_lse=None, register_lut=(None, None),
-                 producer_wgs=None, cluster_share=None, cluster_sides=None):
+                 producer_wgs=None, cluster_share=None, cluster_sides=None, direct_loads=None,
+                 num_stages=None, register_split=None):
     """(out [total_q, Hq, D] in q.dtype, lse float32 [Hq, total_q]); see fa4_tq/ops.py.
 
     ``kernel_out`` (bf16 [total_q, Hq, D]) / ``kernel_lse`` (fp32 [Hq, total_q]) are optional
@@ -126,8 +128,10 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     kernel (None: its default per bit widths); ``cluster_share`` = 1 or 2 (the 2-CTA cluster that
     shares decoded K/V tiles between the query heads 2j, 2j+1: D=128, producer_wgs=2, even GQA
     ratio) and ``cluster_sides`` = "kv" / "k" / "v" (which sides it shares); None: the
-    kernel's measured default (``prefill_sm90.default_cluster_share``). All are benchmarking
-    hooks and part of the compile-cache key (the config)."""
+    kernel's measured default (``prefill_sm90.default_cluster_share``); ``direct_loads`` /
+    ``num_stages`` / ``register_split`` = the staging-free producer, K/V pipeline depth and
+    setmaxnreg split (``prefill_sm90.make_config``). All are benchmarking hooks and part of the
+    compile-cache key (the config)."""
     if backend not in ("auto", "sm90", "sm80"):
         raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
     major, minor = torch.cuda.get_device_capability(q.device)
@@ -140,6 +144,9 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
         raise ValueError("tqkv.prefill: producer_wgs applies to the sm90 kernel only")
     if (cluster_share not in (None, 1) or cluster_sides not in (None, "kv")) and backend == "sm80":
         raise ValueError("tqkv.prefill: cluster_share applies to the sm90 kernel only")
+    if (direct_loads, num_stages, register_split) != (None, None, None) and backend == "sm80":
+        raise ValueError("tqkv.prefill: direct_loads / num_stages / register_split apply to "
+                         "the sm90 kernel only")
     if backend == "sm80":
         return _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                              seqused_k, k_codebook, v_codebook, k_signs, v_signs, softmax_scale,
@@ -154,7 +161,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     # raises NotImplementedError for head_dim 256 and unsupported cluster_share cases
     cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
                              window_right, register_lut, producer_wgs, cluster_share,
-                             cluster_sides)
+                             cluster_sides, direct_loads, num_stages, register_split)
     _ensure_arch_env()
     from .prefill_sm90 import PrefillSm90
     return _run_kernel(PrefillSm90, _compiled, cfg, wl, wr, q, k_cache, v_cache, k_norm, v_norm,

@@ -127,6 +127,13 @@ class PrefillSm90Config:
     # is decoded whole by each CTA (cluster_share=1 behaviour for that side). Sharing halves a
     # side's decode work per CTA but sends 16 KB per tile over DSMEM (notes, step 5).
     cluster_sides: str = "kv"
+    # Staging-free producer (step 7): each producer thread loads its packed code row with
+    # vector LDGs straight into registers, one block ahead (the loads for block i+1 are issued
+    # chunk by chunk as block i's words are consumed), instead of cp.async into a shared-memory
+    # staging ring and LDS back. Saves the staging write + read (1/4 of the packed bytes per
+    # side and block, twice) on the shared-memory pipe, and the staging space, which lets
+    # 2/4-bit pairs with register LUTs keep 3 K/V stages. producer_wgs=2, cluster_share=1 only.
+    direct_loads: bool = False
 
     def shares(self, is_k: bool) -> bool:
         """Whether the K (is_k) or V side is split between the CTAs of a cluster pair."""
@@ -156,6 +163,13 @@ class PrefillSm90Config:
                 f"producer_wgs=2 and an even query-heads-per-KV-head ratio, got head_dim "
                 f"{self.head_dim}, producer_wgs {self.producer_wgs}, ratio "
                 f"{self.qhead_per_kvhead}")
+        if self.num_stages not in (2, 3):
+            raise ValueError(f"num_stages must be 2 or 3, got {self.num_stages}")
+        if self.direct_loads and (self.producer_wgs != 2 or self.cluster_share != 1):
+            raise NotImplementedError(
+                f"PrefillSm90: direct_loads is implemented for producer_wgs=2 without cluster "
+                f"sharing, got producer_wgs {self.producer_wgs}, cluster_share "
+                f"{self.cluster_share}")
         for side, bits, reg in (("k", self.k_bits, self.k_register_lut),
                                 ("v", self.v_bits, self.v_register_lut)):
             if reg and bits not in (2, 4):
@@ -168,7 +182,16 @@ class PrefillSm90Config:
         lut = "".join(("r" if reg else "s") for reg in (self.k_register_lut, self.v_register_lut))
         return (f"prefill_sm90_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
                 f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}_lut{lut}"
-                f"_pw{self.producer_wgs}" + self._cs_tag("_"))
+                f"_pw{self.producer_wgs}" + self._cs_tag("_") + self._load_tag("_"))
+
+    def _load_tag(self, sep: str) -> str:
+        """Name suffix of the non-default producer loads / stage counts / register splits."""
+        tag = f"{sep}dl" if self.direct_loads else ""
+        if self.num_stages != 2:
+            tag += f"{sep}st{self.num_stages}"
+        if (self.consumer_regs, self.producer_regs) != REGISTER_SPLIT[self.producer_wgs]:
+            tag += f"{sep}r{self.consumer_regs}-{self.producer_regs}"
+        return tag
 
     def _cs_tag(self, sep: str) -> str:
         if self.cluster_share == 1:
@@ -191,6 +214,8 @@ class PrefillSm90Config:
                 else dq.lut_bytes(self.v_bits, self.v_lut_replicas))
 
     def staging_bytes(self) -> int:
+        if self.direct_loads:
+            return 0
         return self.stage_slots * self.tile_n * (self.k_row_bytes() + self.v_row_bytes())
 
     def smem_bytes(self) -> int:
@@ -276,13 +301,28 @@ def default_cluster_share(head_dim: int, k_bits: int, v_bits: int, local: bool,
     return 1, "kv"
 
 
+# (k_bits, v_bits) where the staging-free producer (direct_loads) was measured faster on the
+# H100 than the cp.async staging ring (docs/prefill-sm90-notes.md, step 7). Empty until
+# measured: the knob is opt-in.
+DIRECT_LOADS_MEASURED: frozenset = frozenset()
+
+
+def default_direct_loads(head_dim: int, k_bits: int, v_bits: int, local: bool,
+                         producer_wgs: int, cluster_share: int) -> bool:
+    return (head_dim == 128 and not local and producer_wgs == 2 and cluster_share == 1
+            and (k_bits, v_bits) in DIRECT_LOADS_MEASURED)
+
+
 def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
                 local: bool, has_window_left: bool, has_window_right: bool,
                 k_register_lut: Optional[bool] = None,
                 v_register_lut: Optional[bool] = None,
                 producer_wgs: Optional[int] = None,
                 cluster_share: Optional[int] = None,
-                cluster_sides: Optional[str] = None) -> PrefillSm90Config:
+                cluster_sides: Optional[str] = None,
+                direct_loads: Optional[bool] = None,
+                num_stages: Optional[int] = None,
+                register_split: Optional[tuple[int, int]] = None) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
@@ -290,7 +330,11 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     sides always use the shared-memory LUT (the flag is ignored for them). ``producer_wgs``
     (None: ``default_producer_wgs``) picks one K+V producer warpgroup or one per side.
     ``cluster_share`` / ``cluster_sides`` (None: ``default_cluster_share``) choose the 2-CTA
-    cluster that shares decoded tiles (step 5) and which sides it shares."""
+    cluster that shares decoded tiles (step 5) and which sides it shares. ``direct_loads``
+    (None: ``default_direct_loads``) loads packed codes straight into producer registers (no
+    staging ring, step 7); ``num_stages`` (None: 3 where it fits, i.e. staging-free with
+    register-LUT sides only, else 2) is the K/V tile pipeline depth; ``register_split`` =
+    (consumer, producer) setmaxnreg values (None: ``REGISTER_SPLIT``)."""
     if producer_wgs is None:
         producer_wgs = default_producer_wgs(head_dim, k_bits, v_bits, local)
     if cluster_share is None:
@@ -300,6 +344,11 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     cluster_sides = cluster_sides or "kv"
     if producer_wgs not in REGISTER_SPLIT:
         raise ValueError(f"PrefillSm90: producer_wgs must be 1 or 2, got {producer_wgs}")
+    if direct_loads is None:
+        direct_loads = default_direct_loads(head_dim, k_bits, v_bits, local, producer_wgs,
+                                            cluster_share)
+    if register_split is None:
+        register_split = REGISTER_SPLIT[producer_wgs]
     k_default, v_default = default_register_lut(k_bits, v_bits)
     if k_register_lut is None:
         k_register_lut = k_default
@@ -316,9 +365,22 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 has_window_left=has_window_left, has_window_right=has_window_right,
                 k_register_lut=bool(k_register_lut) and k_bits != 8,
                 v_register_lut=bool(v_register_lut) and v_bits != 8,
-                producer_wgs=producer_wgs, consumer_regs=REGISTER_SPLIT[producer_wgs][0],
-                producer_regs=REGISTER_SPLIT[producer_wgs][1], cluster_share=cluster_share,
-                cluster_sides=cluster_sides)
+                producer_wgs=producer_wgs, consumer_regs=register_split[0],
+                producer_regs=register_split[1], cluster_share=cluster_share,
+                cluster_sides=cluster_sides, direct_loads=bool(direct_loads))
+    if direct_loads:
+        for stages in ((num_stages,) if num_stages else (3, 2)):
+            cfg = PrefillSm90Config(
+                **base, num_stages=stages, stage_slots=1,
+                k_lut_replicas=1 if base["k_register_lut"] else 16,
+                v_lut_replicas=1 if base["v_register_lut"] else 16)
+            if cfg.smem_bytes() <= SMEM_CAPACITY:
+                return cfg
+        raise NotImplementedError(f"PrefillSm90: no shared-memory fit for {base} with "
+                                  f"num_stages={num_stages}")
+    if num_stages not in (None, 2):
+        raise NotImplementedError("PrefillSm90: num_stages=3 needs direct_loads (the staging "
+                                  "ring and 3 K/V stages do not fit in shared memory)")
     for slots in (2, 1):
         for rep in (32, 16, 8, 4, 2, 1):
             cfg = PrefillSm90Config(
@@ -482,8 +544,10 @@ class PrefillSm90(FlashAttentionForwardSm90):
             cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(layout)], 1024]
             for layout in (self.sQ_layout, self.sK_layout, self.sV_layout)
         ]
+        # (staging-free producers keep a 16-byte placeholder)
         stage_struct = cute.struct.Align[
-            cute.struct.MemRange[cutlass.Uint8, cfg.staging_bytes()], 1024]
+            cute.struct.MemRange[cutlass.Uint8, max(cfg.staging_bytes(), 16)],
+            1024 if cfg.staging_bytes() else 16]
         lutk_struct = cute.struct.Align[cute.struct.MemRange[Int32, cfg.k_lut_bytes() // 4], 128]
         lutv_struct = cute.struct.Align[cute.struct.MemRange[Int32, cfg.v_lut_bytes() // 4], 128]
         mbar_Q = cute.struct.MemRange[cutlass.Int64, 2]
@@ -876,40 +940,83 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 stage_k_row=stage_k_row, stage_v_row=stage_v_row, slot_bytes=slot_bytes,
                 lutk_lane=lutk_lane, lutv_lane=lutv_lane, lutk_addr=lutk_addr,
                 lutv_addr=lutv_addr)
-            norms_k = [Int32(0)] * slots
-            norms_v = [Int32(0)] * slots
-            for s in cutlass.range_constexpr(slots):
+            if const_expr(cfg.direct_loads):
+                # Staging-free producer of one side (producer_wgs == 2, checked by the config).
+                # Register state carried from block i to i+1: the code words of block i (a
+                # register fragment refilled chunk by chunk with block i+1's words as block i's
+                # are decoded, so block i+1's loads fly while block i is decoded and stored),
+                # block i's norm, and block i+1's cache row (its page-table entry is looked up
+                # one block earlier still, so no code load waits on the page table).
+                is_k = do_k
+                pipe = pipeline_k if do_k else pipeline_v
+                s_base = sK_addr if do_k else sV_addr
+                nbytes = kbytes if do_k else vbytes
+                nchunks = nbytes // 16
+                cbase = kc_base if do_k else vc_base
+                nbase = kn_base if do_k else vn_base
+                words = cute.make_rmem_tensor((4 * nchunks,), Int32)
+                row0, valid0 = self._cache_row(ctx, Int32(0))
+                for c in cutlass.range_constexpr(nchunks):
+                    w = dq.ld_global_words_pred(cbase + row0 * nbytes + c * 16, 4, valid0)
+                    for j in cutlass.range_constexpr(4):
+                        words[4 * c + j] = w[j]
+                norm = dq.ld_global_bf16_pair(nbase + row0 * 2, valid0)
+                row1, valid1 = self._cache_row(ctx, Int32(1))
                 if const_expr(do_k):
-                    norms_k[s] = self._issue(ctx, Int32(s), True)
-                if const_expr(do_v):
-                    norms_v[s] = self._issue(ctx, Int32(s), False)
-            if const_expr(do_k):
-                if warp_idx_in_wg == 0:
-                    pipeline_q.producer_acquire_w_index_phase(0, q_producer_phase)
-                    load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
-                q_producer_phase ^= 1
+                    if warp_idx_in_wg == 0:
+                        pipeline_q.producer_acquire_w_index_phase(0, q_producer_phase)
+                        load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
+                for i in cutlass.range(n_count, unroll=1):
+                    row2, valid2 = self._cache_row(ctx, i + 2)
+                    norm_next = dq.ld_global_bf16_pair(nbase + row1 * 2, valid1)
+                    pipe.producer_acquire(kv_producer_state)
+                    tile_addr = s_base + kv_producer_state.index * tile_bytes
+                    self._decode_chunks(
+                        ctx, is_k, norm, tile_addr,
+                        partial(_fragment_chunk, words),
+                        partial(_refill_chunk, words, cbase + row1 * nbytes, valid1))
+                    # this thread's generic-proxy tile stores -> the async proxy (wgmma)
+                    cute.arch.fence_view_async_shared()
+                    pipe.producer_commit(kv_producer_state)
+                    kv_producer_state.advance()
+                    norm = norm_next
+                    row1 = row2
+                    valid1 = valid2
+            else:
+                norms_k = [Int32(0)] * slots
+                norms_v = [Int32(0)] * slots
+                for s in cutlass.range_constexpr(slots):
+                    if const_expr(do_k):
+                        norms_k[s] = self._issue(ctx, Int32(s), True)
+                    if const_expr(do_v):
+                        norms_v[s] = self._issue(ctx, Int32(s), False)
+                if const_expr(do_k):
+                    if warp_idx_in_wg == 0:
+                        pipeline_q.producer_acquire_w_index_phase(0, q_producer_phase)
+                        load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
+                    q_producer_phase ^= 1
 
-            nk0 = norms_k[0]
-            nv0 = norms_v[0]
-            nk1 = Int32(0)
-            nv1 = Int32(0)
-            if const_expr(slots == 2):
-                nk1 = norms_k[1]
-                nv1 = norms_v[1]
-            for i in cutlass.range(n_count, unroll=1):
-                # groups in flight, in issue order: K(i), V(i), ..., K(i+slots-1),
-                # V(i+slots-1) (only this warpgroup's sides)
-                if const_expr(do_k):
-                    nk0, nk1 = self._produce_tile(ctx, i, True, pipeline_k, kv_producer_state,
-                                                  sK_addr, tile_bytes, groups_in_flight, nk0,
-                                                  nk1)
-                if const_expr(do_v):
-                    nv0, nv1 = self._produce_tile(ctx, i, False, pipeline_v, kv_producer_state,
-                                                  sV_addr, tile_bytes, groups_in_flight, nv0,
-                                                  nv1)
-                kv_producer_state.advance()
-            # drain the (empty) trailing groups before the thread exits
-            cute.arch.cp_async_wait_group(0)
+                nk0 = norms_k[0]
+                nv0 = norms_v[0]
+                nk1 = Int32(0)
+                nv1 = Int32(0)
+                if const_expr(slots == 2):
+                    nk1 = norms_k[1]
+                    nv1 = norms_v[1]
+                for i in cutlass.range(n_count, unroll=1):
+                    # groups in flight, in issue order: K(i), V(i), ..., K(i+slots-1),
+                    # V(i+slots-1) (only this warpgroup's sides)
+                    if const_expr(do_k):
+                        nk0, nk1 = self._produce_tile(ctx, i, True, pipeline_k, kv_producer_state,
+                                                      sK_addr, tile_bytes, groups_in_flight, nk0,
+                                                      nk1)
+                    if const_expr(do_v):
+                        nv0, nv1 = self._produce_tile(ctx, i, False, pipeline_v, kv_producer_state,
+                                                      sV_addr, tile_bytes, groups_in_flight, nv0,
+                                                      nv1)
+                    kv_producer_state.advance()
+                # drain the (empty) trailing groups before the thread exits
+                cute.arch.cp_async_wait_group(0)
 
     def _produce_tile(self, ctx: "_ProducerCtx", i: Int32, is_k: bool, pipe, state, s_addr,
                       tile_bytes: int, groups_in_flight: int, n0: Int32, n1: Int32):
@@ -935,6 +1042,19 @@ class PrefillSm90(FlashAttentionForwardSm90):
             return n1, self._issue(ctx, i + 2, is_k)
         return self._issue(ctx, i + 1, is_k), n1
 
+    def _cache_row(self, ctx: "_ProducerCtx", i: Int32):
+        """(row index into the (blocks * block_size * h_kv) code/norm rows, valid) of this
+        thread's token in block #i; invalid rows (past seqlen_k, or no block #i) use page-table
+        entry 0 (always in bounds) and must be predicated off by the caller."""
+        token = (ctx.n_first - i) * self.tile_n + ctx.row
+        valid = Int32((i < ctx.n_count) & (token < ctx.seqlen_k))
+        token = token * valid
+        page_idx, page_off = divmod(token, ctx.page_divmod)
+        page = ctx.mPageTable[ctx.batch_idx, page_idx]
+        row = (Int64(page) * Int64(ctx.page_size) + Int64(page_off)) * Int64(
+            ctx.num_heads_kv) + Int64(ctx.head_kv)
+        return row, valid
+
     def _chunks(self, nbytes: int, is_k: bool) -> int:
         """16-byte code chunks of a row that one producer thread handles (half of them on a
         side shared between the CTAs of a cluster pair)."""
@@ -947,13 +1067,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
         commit the group (possibly empty); return the row's norm as bf16x2 (0 if the row is
         past seqlen_k or block #i does not exist)."""
         cfg = self.cfg
-        token = (ctx.n_first - i) * self.tile_n + ctx.row
-        valid = Int32((i < ctx.n_count) & (token < ctx.seqlen_k))
-        token = token * valid  # invalid rows look up page-table entry 0 (always in bounds)
-        page_idx, page_off = divmod(token, ctx.page_divmod)
-        page = ctx.mPageTable[ctx.batch_idx, page_idx]
-        row = (Int64(page) * Int64(ctx.page_size) + Int64(page_off)) * Int64(
-            ctx.num_heads_kv) + Int64(ctx.head_kv)
+        row, valid = self._cache_row(ctx, i)
         nbytes = cfg.k_row_bytes() if is_k else cfg.v_row_bytes()
         src = (ctx.kc_base if is_k else ctx.vc_base) + row * nbytes
         dst = (ctx.stage_k_row if is_k else ctx.stage_v_row) + (i % cfg.stage_slots) * ctx.slot_bytes
@@ -971,11 +1085,20 @@ class PrefillSm90(FlashAttentionForwardSm90):
         tile (cluster_share=2: half row, ``tile_addr`` already at its atom column; the
         pipeline's share_commit copies this CTA's rows to the peer)."""
         cfg = self.cfg
+        src = (ctx.stage_k_row if is_k else ctx.stage_v_row) + (i % cfg.stage_slots) * ctx.slot_bytes
+        self._decode_chunks(ctx, is_k, norm2, tile_addr,
+                            lambda c: dq.ld_shared_v4(src + c * self.tile_n * 16), None)
+
+    def _decode_chunks(self, ctx: "_ProducerCtx", is_k: bool, norm2: Int32, tile_addr: Int32,
+                       chunk_words, after_chunk) -> None:
+        """Decode this thread's code row, 16 bytes (``chunk_words(c)``: 4 words) at a time,
+        into its row of the swizzled bf16 tile at ``tile_addr``; ``after_chunk(c)`` (or None)
+        runs once chunk c is stored (the staging-free loop refills its registers there)."""
+        cfg = self.cfg
         bits = cfg.k_bits if is_k else cfg.v_bits
         reps = cfg.k_lut_replicas if is_k else cfg.v_lut_replicas
         lut_lane = ctx.lutk_lane if is_k else ctx.lutv_lane
         nbytes = cfg.k_row_bytes() if is_k else cfg.v_row_bytes()
-        src = (ctx.stage_k_row if is_k else ctx.stage_v_row) + (i % cfg.stage_slots) * ctx.slot_bytes
         register_lut = cfg.k_register_lut if is_k else cfg.v_register_lut
         planes = None
         if register_lut:  # this row's scaled codebook as prmt byte planes
@@ -983,7 +1106,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
         out_per_in = 16 // bits  # 8-element output chunks per 16 B of codes
         nchunks = self._chunks(nbytes, is_k)
         for c in range(nchunks):
-            words = dq.ld_shared_v4(src + c * self.tile_n * 16)
+            words = chunk_words(c)
             outs = []
             for w in words:
                 if register_lut:
@@ -996,6 +1119,21 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 off = dq.swizzled_offset(ctx.row, c * out_per_in + k, self.tile_n)
                 dq.st_shared_v4(tile_addr + off, outs[4 * k], outs[4 * k + 1], outs[4 * k + 2],
                                 outs[4 * k + 3])
+            if after_chunk is not None:
+                after_chunk(c)
+
+
+def _fragment_chunk(words: cute.Tensor, c: int):
+    """The 4 code words of 16-byte chunk ``c`` held in a register fragment."""
+    return [words[4 * c + j] for j in range(4)]
+
+
+def _refill_chunk(words: cute.Tensor, src: Int64, valid: Int32, c: int) -> None:
+    """Load chunk ``c`` of the next block's code row (src, predicated by ``valid``) into the
+    fragment slots whose words were just decoded (staging-free producer)."""
+    w = dq.ld_global_words_pred(src + c * 16, 4, valid)
+    for j in range(4):
+        words[4 * c + j] = w[j]
 
 
 @dataclass
@@ -1066,6 +1204,18 @@ def shipped_configs() -> list[PrefillSm90Config]:
     for kb, vb, causal, sides in ((4, 4, False, "kv"), (2, 2, True, "kv"), (4, 4, True, "k")):
         out.append(make_config(128, kb, vb, 4, causal, False, False, False, producer_wgs=2,
                                cluster_share=2, cluster_sides=sides))
+    # the staging-free producer (step 7, opt-in until measured): K4V4 register LUTs with 3
+    # K/V stages (200/56 split: at 208/48 the full build spills 8 B, causal 320 B), K2V2 with
+    # 3 and 2 stages at the default split
+    for kb, vb, causal, stages, split, lut in (
+            (4, 4, False, 3, (200, 56), True), (4, 4, True, 3, (200, 56), True),
+            (2, 2, True, 3, None, None), (2, 2, False, 2, None, None),
+            (4, 2, False, 3, (200, 56), None), (2, 4, True, 3, (200, 56), None)):
+        cfg = make_config(128, kb, vb, 4, causal, False, False, False, lut, lut,
+                          producer_wgs=2, cluster_share=1, direct_loads=True,
+                          num_stages=stages, register_split=split)
+        if cfg not in out:
+            out.append(cfg)
     return out
 
 
@@ -1073,7 +1223,8 @@ def _variant(cfg: PrefillSm90Config) -> str:
     mask = "causal" if cfg.causal else ("local" if cfg.local else "full")
     lut = "".join(("r" if reg else "s") for reg in (cfg.k_register_lut, cfg.v_register_lut))
     pw = f"-pw{cfg.producer_wgs}" if cfg.producer_wgs != 1 else ""
-    return f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}{pw}{cfg._cs_tag('-')}"
+    return (f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}{pw}{cfg._cs_tag('-')}"
+            f"{cfg._load_tag('-')}")
 
 
 def register_configs(register) -> None:

@@ -72,6 +72,42 @@ def test_producer_wgs_knob():
     assert P.make_config(128, 4, 4, 4, False, True, True, True).producer_wgs == 1
 
 
+def test_direct_loads_knob():
+    kw = dict(producer_wgs=2, cluster_share=1, direct_loads=True)
+    staged = P.make_config(128, 2, 2, 4, True, False, False, False, producer_wgs=2,
+                           cluster_share=1)
+    d3 = P.make_config(128, 2, 2, 4, True, False, False, False, **kw)
+    d2 = P.make_config(128, 2, 2, 4, True, False, False, False, num_stages=2, **kw)
+    assert not staged.direct_loads and staged.num_stages == 2
+    # staging-free with register LUTs: 3 K/V stages fit (the default then), and no staging
+    assert d3.direct_loads and d3.num_stages == 3 and d3.staging_bytes() == 0
+    assert d2.num_stages == 2 and len({staged, d2, d3}) == 3  # distinct compile-cache keys
+    assert d3.name.endswith("_dl_st3") and d2.name.endswith("_dl")
+    assert d3.smem_bytes() <= P.SMEM_CAPACITY
+    # a shared-memory-LUT side (16 KB table) leaves no room for a third stage: 2 it is
+    assert P.make_config(128, 4, 4, 4, False, False, False, False, **kw).num_stages == 2
+    with pytest.raises(NotImplementedError, match="num_stages"):
+        P.make_config(128, 4, 4, 4, False, False, False, False, num_stages=3, **kw)
+    with pytest.raises(NotImplementedError, match="needs direct_loads"):
+        P.make_config(128, 2, 2, 4, False, False, False, False, num_stages=3, producer_wgs=2)
+    with pytest.raises(NotImplementedError, match="direct_loads"):
+        P.make_config(128, 2, 2, 4, False, False, False, False, producer_wgs=1,
+                      direct_loads=True)
+    with pytest.raises(NotImplementedError, match="direct_loads"):
+        P.make_config(128, 8, 8, 4, False, False, False, False, producer_wgs=2,
+                      cluster_share=2, direct_loads=True)
+    with pytest.raises(ValueError, match="num_stages"):
+        P.PrefillSm90Config(128, 2, 2, 4, False, False, False, False, num_stages=4)
+    split = P.make_config(128, 4, 4, 4, False, False, False, False, register_split=(200, 56),
+                          **kw)
+    assert (split.consumer_regs, split.producer_regs) == (200, 56)
+    assert split.name.endswith("_r200-56")
+    with pytest.raises(ValueError, match="register split"):
+        P.make_config(128, 4, 4, 4, False, False, False, False, register_split=(208, 56), **kw)
+    # opt-in until measured on the device
+    assert not P.make_config(128, 4, 4, 4, False, False, False, False).direct_loads
+
+
 @pytest.mark.compile
 @pytest.mark.parametrize("d", [64, 128])
 def test_swizzled_offset_matches_fa4_smem_layout(d):
