@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from .shapes import Case, KVConfig
+from fa4_tq.testing import lse_tolerance
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CACHE_BUILD_MODES = ("auto", "kernel", "reference", "reference-cpu")
@@ -508,7 +509,9 @@ def check_attention(case: Case, inp: PagedInputs, set_index: int, out, lse) -> C
             ref_lse[b] = l
     err = rel_error(out, ref_out)
     lse_err = _lse_error(lse, ref_lse)
-    ok = err <= CHECK_REL_TOL and lse_err <= CHECK_LSE_TOL
+    # bf16 QK operands: max(1e-2, 2^-8 max|LSE|) (fa4_tq.testing.lse_tolerance, the bound
+    # the decode checks use); large-logit rows of long causal prefills measured ~1e-2
+    ok = err <= CHECK_REL_TOL and lse_err <= lse_tolerance(ref_lse, CHECK_LSE_TOL)
     return CheckResult(err, lse_err, ok, "float64 dense attention over the same packed cache")
 
 

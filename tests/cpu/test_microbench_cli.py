@@ -463,3 +463,14 @@ def test_ncu_report_parsing_and_markdown():
     assert "barrier: 4.20" in md and "LDS 66.7%" in md and "WRN" in md
     empty = ncu.markdown_summary(plan, [], {}, device_name="H100", command=["ncu"])
     assert "No kernel was profiled" in empty
+
+
+def test_lse_tolerance_floor_and_bf16_operand_bound():
+    from fa4_tq.testing import lse_tolerance
+    from microbench.baselines import CheckResult, _lse_error  # noqa: F401  (import check)
+
+    ninf = float("-inf")
+    assert lse_tolerance(torch.tensor([1.0, -2.0, ninf])) == 1e-2  # small logits: the floor
+    assert lse_tolerance(torch.tensor([[ninf, 12.8], [-25.6, 2.0]], dtype=torch.float64)) == 25.6 / 256
+    assert lse_tolerance(torch.tensor([ninf, ninf])) == 1e-2  # no row sees a key
+    assert lse_tolerance(torch.tensor([12.8]), floor=0.1) == 0.1
