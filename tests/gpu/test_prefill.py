@@ -15,7 +15,7 @@ BITS = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
 
 def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
          qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, register_lut=(None, None),
-         producer_wgs=None, cluster_share=None, cluster_sides=None):
+         producer_wgs=None, cluster_share=None, cluster_sides=None, **sm90_knobs):
     from fa4_tq.kernels.prefill import prefill_cuda
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
@@ -27,7 +27,7 @@ def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
     klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
     out, lse = prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=register_lut,
                             producer_wgs=producer_wgs, cluster_share=cluster_share,
-                            cluster_sides=cluster_sides)
+                            cluster_sides=cluster_sides, **sm90_knobs)
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     assert out.dtype == qdtype and lse.dtype == torch.float32
     assert rel_error(out, ref_o) <= 1e-2
@@ -162,3 +162,45 @@ def test_cluster_share_unsupported_raises_before_launch():
     for hq, hkv, d, pw in ((3, 1, 128, 2), (4, 4, 128, 2), (8, 2, 128, 1), (8, 2, 64, 2)):
         with pytest.raises(NotImplementedError, match="cluster_share=2"):
             _run([5], [9], hq, hkv, d, 4, 4, 16, False, producer_wgs=pw, cluster_share=2)
+
+
+# ----------------------------------------------------------------- direct_loads (step 7)
+DIRECT = [  # (kb, vb, causal, register_lut, num_stages, register_split)
+    (4, 4, False, (True, True), 3, (200, 56)), (4, 4, True, (True, True), 3, (200, 56)),
+    (2, 2, True, (None, None), 3, None), (2, 2, False, (None, None), 2, None),
+    (4, 2, False, (None, None), 3, (200, 56)), (2, 4, True, (None, None), 3, (200, 56))]
+
+
+@pytest.mark.parametrize("kb,vb,causal,lut,stages,split", DIRECT)
+def test_direct_loads_bit_identical_to_staged(kb, vb, causal, lut, stages, split):
+    """The staging-free producer changes where the code bytes travel through, not the decoded
+    values or the MMA order: raw output and LSE equal the staged kernel's (same decode) bit
+    for bit (varlen, odd lengths, paged, NaN-poisoned buffers); plus the reference check,
+    including rows that see no key and a long MHA case with 256-token blocks."""
+    from fa4_tq.kernels.prefill import prefill_cuda
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("PrefillSm90 needs a Hopper GPU")
+    q_lens, k_lens, hq, hkv, bs = [1, 17, 300], [40, 17, 1000], 8, 2, 16 if causal else 128
+    args = random_prefill_args(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal,
+                               generator=torch.Generator().manual_seed(5 * kb + vb),
+                               rotate=False, unrotate=False)
+    q = args[0]
+    knobs = dict(direct_loads=True, num_stages=stages, register_split=split)
+    raw = []
+    for extra in ({}, knobs):
+        kout = torch.full((q.shape[0], hq, 128), float("nan"), dtype=torch.bfloat16,
+                          device="cuda")
+        klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
+        prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=lut, producer_wgs=2,
+                     cluster_share=1, **extra)
+        raw.append((kout, klse))
+    (o1, l1), (o2, l2) = raw
+    assert not bool(torch.isnan(o1).any()) and not bool(torch.isnan(l1).any())
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    _run(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal, seed=11 * kb + vb, register_lut=lut,
+         producer_wgs=2, cluster_share=1, **knobs)
+    _run([1, 17, 300], [1, 9, 1000], hq, hkv, 128, kb, vb, 128, True, seed=kb + vb,
+         register_lut=lut, producer_wgs=2, cluster_share=1, **knobs)
+    if not causal:
+        _run([700, 1], [2000, 3], 4, 4, 128, kb, vb, 256, False, seed=2 * kb + vb,
+             register_lut=lut, producer_wgs=2, cluster_share=1, **knobs)
