@@ -38,6 +38,17 @@ from cutlass._mlir.dialects import llvm
 LUT_ENTRIES = 256  # one entry per byte value, for every bit width
 
 
+def paged_cache_row(mPageTable, batch_idx, token, page_divmod, page_size, num_heads_kv,
+                    head_kv) -> Int64:
+    """Row index into a paged cache viewed as (num_blocks * block_size * h_kv) rows of codes
+    or norms: page-table lookup of ``token`` of sequence ``batch_idx`` for KV head
+    ``head_kv``. The caller keeps ``token`` in range (predicated rows use token 0)."""
+    page_idx, page_off = divmod(token, page_divmod)
+    page = mPageTable[batch_idx, page_idx]
+    return (Int64(page) * Int64(page_size) + Int64(page_off)) * Int64(num_heads_kv) + Int64(
+        head_kv)
+
+
 def lut_entry_words(bits: int) -> int:
     """32-bit words per table entry: 4-bit -> 1 (bf16x2), 2-bit -> 2 (4 x bf16), 8-bit -> 1
     (bf16 in the low half)."""

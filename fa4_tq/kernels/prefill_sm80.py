@@ -582,11 +582,8 @@ class PrefillSm80(FlashAttentionForwardSm80):
         seqlen_k, or block < 0) look up page-table entry 0 (always in bounds), never read."""
         token = block * self.tile_n + ctx.tidx // self.cfg.threads_per_row
         valid = Int32((token < ctx.seqlen_k) & (block >= 0))
-        token = token * valid
-        page_idx, page_off = divmod(token, ctx.page_divmod)
-        page = ctx.mPageTable[ctx.batch_idx, page_idx]
-        row = (Int64(page) * Int64(ctx.page_size) + Int64(page_off)) * Int64(
-            ctx.num_heads_kv) + Int64(ctx.head_kv)
+        row = dq.paged_cache_row(ctx.mPageTable, ctx.batch_idx, token * valid, ctx.page_divmod,
+                                 ctx.page_size, ctx.num_heads_kv, ctx.head_kv)
         return valid, row
 
     def _stage_slot(self, ctx: "_LoadCtx", is_k: bool, block: Int32):

@@ -1048,11 +1048,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
         entry 0 (always in bounds) and must be predicated off by the caller."""
         token = (ctx.n_first - i) * self.tile_n + ctx.row
         valid = Int32((i < ctx.n_count) & (token < ctx.seqlen_k))
-        token = token * valid
-        page_idx, page_off = divmod(token, ctx.page_divmod)
-        page = ctx.mPageTable[ctx.batch_idx, page_idx]
-        row = (Int64(page) * Int64(ctx.page_size) + Int64(page_off)) * Int64(
-            ctx.num_heads_kv) + Int64(ctx.head_kv)
+        row = dq.paged_cache_row(ctx.mPageTable, ctx.batch_idx, token * valid, ctx.page_divmod,
+                                 ctx.page_size, ctx.num_heads_kv, ctx.head_kv)
         return row, valid
 
     def _chunks(self, nbytes: int, is_k: bool) -> int:

@@ -127,6 +127,22 @@ def test_cluster_share_gqa2_long_and_rows_that_see_no_key():
          cluster_share=2)
 
 
+def _assert_raw_outputs_equal(args, hq, knobs_a, knobs_b):
+    """Run the kernel twice on the same inputs (NaN-poisoned raw output/LSE buffers) with two
+    knob sets; both must write everything and agree bit for bit."""
+    from fa4_tq.kernels.prefill import prefill_cuda
+    q, d = args[0], args[0].shape[2]
+    raw = []
+    for knobs in (knobs_a, knobs_b):
+        kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device="cuda")
+        klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
+        prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, **knobs)
+        raw.append((kout, klse))
+    (o1, l1), (o2, l2) = raw
+    assert not bool(torch.isnan(o1).any()) and not bool(torch.isnan(l1).any())
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+
+
 @pytest.mark.parametrize("kb,vb,causal,sides", [
     (4, 4, False, "k"), (4, 4, True, "v"), (8, 4, False, "k"), (2, 8, True, "v"),
     (8, 8, True, "kv"), (4, 8, False, "kv"), (2, 2, True, "k"), (8, 2, False, "v")])
@@ -134,25 +150,14 @@ def test_cluster_share_bit_identical_to_one_cta(kb, vb, causal, sides):
     """Sharing changes which CTA decodes a row, not the decoded values or the MMA order: the
     raw kernel output and LSE equal the cluster_share=1 kernel's bit for bit (varlen, several
     m_blocks, paged, NaN-poisoned buffers); and the shared build passes the reference check."""
-    from fa4_tq.kernels.prefill import prefill_cuda
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
     q_lens, k_lens, hq, hkv, bs = [1, 17, 300], [40, 17, 1000], 8, 2, 16 if causal else 128
     args = random_prefill_args(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal,
                                generator=torch.Generator().manual_seed(7 * kb + vb),
                                rotate=False, unrotate=False)
-    q = args[0]
-    raw = []
-    for cs, sd in ((1, "kv"), (2, sides)):
-        kout = torch.full((q.shape[0], hq, 128), float("nan"), dtype=torch.bfloat16,
-                          device="cuda")
-        klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
-        prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, producer_wgs=2, cluster_share=cs,
-                     cluster_sides=sd)
-        raw.append((kout, klse))
-    (o1, l1), (o2, l2) = raw
-    assert not bool(torch.isnan(o1).any()) and not bool(torch.isnan(l1).any())
-    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    _assert_raw_outputs_equal(args, hq, dict(producer_wgs=2, cluster_share=1),
+                              dict(producer_wgs=2, cluster_share=2, cluster_sides=sides))
     _run(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal, seed=3 * kb + vb, producer_wgs=2,
          cluster_share=2, cluster_sides=sides)
 
@@ -177,26 +182,15 @@ def test_direct_loads_bit_identical_to_staged(kb, vb, causal, lut, stages, split
     values or the MMA order: raw output and LSE equal the staged kernel's (same decode) bit
     for bit (varlen, odd lengths, paged, NaN-poisoned buffers); plus the reference check,
     including rows that see no key and a long MHA case with 256-token blocks."""
-    from fa4_tq.kernels.prefill import prefill_cuda
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("PrefillSm90 needs a Hopper GPU")
     q_lens, k_lens, hq, hkv, bs = [1, 17, 300], [40, 17, 1000], 8, 2, 16 if causal else 128
     args = random_prefill_args(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal,
                                generator=torch.Generator().manual_seed(5 * kb + vb),
                                rotate=False, unrotate=False)
-    q = args[0]
     knobs = dict(direct_loads=True, num_stages=stages, register_split=split)
-    raw = []
-    for extra in ({}, knobs):
-        kout = torch.full((q.shape[0], hq, 128), float("nan"), dtype=torch.bfloat16,
-                          device="cuda")
-        klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
-        prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, register_lut=lut, producer_wgs=2,
-                     cluster_share=1, **extra)
-        raw.append((kout, klse))
-    (o1, l1), (o2, l2) = raw
-    assert not bool(torch.isnan(o1).any()) and not bool(torch.isnan(l1).any())
-    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    base = dict(register_lut=lut, producer_wgs=2, cluster_share=1)
+    _assert_raw_outputs_equal(args, hq, base, {**base, **knobs})
     _run(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal, seed=11 * kb + vb, register_lut=lut,
          producer_wgs=2, cluster_share=1, **knobs)
     _run([1, 17, 300], [1, 9, 1000], hq, hkv, 128, kb, vb, 128, True, seed=kb + vb,
