@@ -12,10 +12,10 @@ source .devenv/setup.sh
 date -u
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
 echo "== probe --direct"
-PYTHONUNBUFFERED=1 timeout ${PROBE_S:-260} python3 microbench/prefill_probe.py --direct \
+PYTHONUNBUFFERED=1 timeout ${PROBE_S:-220} python3 microbench/prefill_probe.py --direct \
   > "$OUT/direct.log" 2>&1
 echo "rc=$?"; grep -E "CHECK|BENCH|ERROR|SKIP|total" "$OUT/direct.log"
 echo "== prefill GPU tests"
-timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu tests/gpu/test_prefill.py \
+timeout ${TESTS_S:-120} python3 -m pytest -q -m gpu tests/gpu/test_prefill.py \
   tests/gpu/test_prefill_sm80.py -n 16 -p no:cacheprovider -rfE > "$OUT/gpu_tests.log" 2>&1
 echo "rc=$?"; tail -15 "$OUT/gpu_tests.log"
