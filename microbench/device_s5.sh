@@ -17,5 +17,6 @@ PYTHONUNBUFFERED=1 timeout ${PROBE_S:-220} python3 microbench/prefill_probe.py -
 echo "rc=$?"; grep -E "CHECK|BENCH|ERROR|SKIP|total" "$OUT/direct.log"
 echo "== prefill GPU tests"
 timeout ${TESTS_S:-120} python3 -m pytest -q -m gpu tests/gpu/test_prefill.py \
-  tests/gpu/test_prefill_sm80.py -n 16 -p no:cacheprovider -rfE > "$OUT/gpu_tests.log" 2>&1
+  tests/gpu/test_prefill_sm80.py -n 16 -p no:cacheprovider -rfE \
+  -k "${TESTS_K:-direct or all_bit_widths or cluster_share_bit}" > "$OUT/gpu_tests.log" 2>&1
 echo "rc=$?"; tail -15 "$OUT/gpu_tests.log"

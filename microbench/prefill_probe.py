@@ -361,7 +361,7 @@ def main_defaults(budget_s=150.0):
     summary(t_start, "prefill_defaults_probe.csv")
 
 
-def main_direct(budget_s=180.0):
+def main_direct(budget_s=150.0):
     """Step 7 (docs/prefill-sm90-notes.md): the staging-free producer (direct_loads: code rows
     loaded straight into producer registers one block ahead, no cp.async staging ring) with 2
     or 3 K/V stages vs the shipped default vs FA4-bf16, same data, same bench call. Every timed
