@@ -302,8 +302,10 @@ def default_cluster_share(head_dim: int, k_bits: int, v_bits: int, local: bool,
 
 
 # (k_bits, v_bits) where the staging-free producer (direct_loads) was measured faster on the
-# H100 than the cp.async staging ring (docs/prefill-sm90-notes.md, step 7). Empty until
-# measured: the knob is opt-in.
+# H100 than the shipped staged kernel by more than the run-to-run spread (docs/prefill-sm90-
+# notes.md, step 7). Empty: measured 2026-12-07 (B=1 S=8K, same bench call, ours/FA4 default
+# -> direct) K4V4 0.668 -> 0.636-0.647 (rr staged 0.680), K2V2 0.768 -> 0.759-0.779, K4V2
+# 0.696 -> 0.728, K2V4 0.747 -> 0.680: no consistent gain, so the knob stays opt-in.
 DIRECT_LOADS_MEASURED: frozenset = frozenset()
 
 
