@@ -127,6 +127,18 @@ def test_cluster_share_gqa2_long_and_rows_that_see_no_key():
          cluster_share=2)
 
 
+def _identity_case(kb, vb, causal, seed):
+    """Inputs of the bit-identity tests (skips off Hopper): varlen odd lengths, several
+    m_blocks, GQA 4, paged (bs 16 causal, 128 full), no rotations (raw kernel outputs)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("PrefillSm90 needs a Hopper GPU")
+    q_lens, k_lens, hq, hkv, bs = [1, 17, 300], [40, 17, 1000], 8, 2, 16 if causal else 128
+    args = random_prefill_args(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal,
+                               generator=torch.Generator().manual_seed(seed),
+                               rotate=False, unrotate=False)
+    return q_lens, k_lens, hq, hkv, bs, args
+
+
 def _assert_raw_outputs_equal(args, hq, knobs_a, knobs_b):
     """Run the kernel twice on the same inputs (NaN-poisoned raw output/LSE buffers) with two
     knob sets; both must write everything and agree bit for bit."""
@@ -150,12 +162,7 @@ def test_cluster_share_bit_identical_to_one_cta(kb, vb, causal, sides):
     """Sharing changes which CTA decodes a row, not the decoded values or the MMA order: the
     raw kernel output and LSE equal the cluster_share=1 kernel's bit for bit (varlen, several
     m_blocks, paged, NaN-poisoned buffers); and the shared build passes the reference check."""
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("PrefillSm90 needs a Hopper GPU")
-    q_lens, k_lens, hq, hkv, bs = [1, 17, 300], [40, 17, 1000], 8, 2, 16 if causal else 128
-    args = random_prefill_args(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal,
-                               generator=torch.Generator().manual_seed(7 * kb + vb),
-                               rotate=False, unrotate=False)
+    q_lens, k_lens, hq, hkv, bs, args = _identity_case(kb, vb, causal, 7 * kb + vb)
     _assert_raw_outputs_equal(args, hq, dict(producer_wgs=2, cluster_share=1),
                               dict(producer_wgs=2, cluster_share=2, cluster_sides=sides))
     _run(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal, seed=3 * kb + vb, producer_wgs=2,
@@ -182,12 +189,7 @@ def test_direct_loads_bit_identical_to_staged(kb, vb, causal, lut, stages, split
     values or the MMA order: raw output and LSE equal the staged kernel's (same decode) bit
     for bit (varlen, odd lengths, paged, NaN-poisoned buffers); plus the reference check,
     including rows that see no key and a long MHA case with 256-token blocks."""
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("PrefillSm90 needs a Hopper GPU")
-    q_lens, k_lens, hq, hkv, bs = [1, 17, 300], [40, 17, 1000], 8, 2, 16 if causal else 128
-    args = random_prefill_args(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal,
-                               generator=torch.Generator().manual_seed(5 * kb + vb),
-                               rotate=False, unrotate=False)
+    q_lens, k_lens, hq, hkv, bs, args = _identity_case(kb, vb, causal, 5 * kb + vb)
     knobs = dict(direct_loads=True, num_stages=stages, register_split=split)
     base = dict(register_lut=lut, producer_wgs=2, cluster_share=1)
     _assert_raw_outputs_equal(args, hq, base, {**base, **knobs})
