@@ -5,7 +5,8 @@
 #    the prefill producers' shared code (_decode_chunks, dequant.paged_cache_row) and added the
 #    direct_loads tests; only 10 prefill tests + 9 probe checks ran on a GPU since then;
 # 2. the direct_loads probe again (K4V2 measured +4.6 % once, inside the noise; decide it);
-# 3. Nsight Compute summary of the shipped K4V4 prefill (8K full).
+# 3. pack_gqa (opt-in, session 5, compile-checked only): checks + chunked-prefill timings;
+# 4. Nsight Compute summary of the shipped K4V4 prefill (8K full).
 # Decode-only re-validation + timing: microbench/device_decode_check.sh.
 set -uo pipefail
 OUT=${OUT:-/tmp/fa4tq-out}
@@ -15,16 +16,20 @@ export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-}
 date -u
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
 echo "== GPU tests"
-timeout ${TESTS_S:-330} python3 -m pytest -q -m gpu tests/gpu -n 16 -p no:cacheprovider -rfE \
+timeout ${TESTS_S:-250} python3 -m pytest -q -m gpu tests/gpu -n 16 -p no:cacheprovider -rfE \
   > "$OUT/gpu_tests.log" 2>&1
 echo "rc=$?"; tail -25 "$OUT/gpu_tests.log"
 echo "== probe --direct"
-PYTHONUNBUFFERED=1 timeout ${PROBE_S:-150} python3 microbench/prefill_probe.py --direct \
+PYTHONUNBUFFERED=1 timeout ${PROBE_S:-120} python3 microbench/prefill_probe.py --direct \
   > "$OUT/direct.log" 2>&1
 echo "rc=$?"; grep -E "CHECK|BENCH|ERROR|SKIP|total" "$OUT/direct.log"
+echo "== probe --pack-gqa"
+PYTHONUNBUFFERED=1 timeout ${PACK_S:-100} python3 microbench/prefill_probe.py --pack-gqa \
+  > "$OUT/pack_gqa.log" 2>&1
+echo "rc=$?"; grep -E "CHECK|BENCH|ERROR|SKIP|total" "$OUT/pack_gqa.log"
 for kv in 4,4; do
   echo "== ncu prefill K${kv/,/V}"
-  timeout ${NCU_S:-80} python3 -m microbench ncu prefill --kv $kv --seqlens 8K --batch 1 \
+  timeout ${NCU_S:-60} python3 -m microbench ncu prefill --kv $kv --seqlens 8K --batch 1 \
     --no-causal --out-dir /tmp/fa4tq-ncu 2>&1 | tail -12
 done
 for f in /tmp/fa4tq-ncu/*.md; do [ -f "$f" ] && cp "$f" "$OUT/ncu-$(basename "$f")"; done

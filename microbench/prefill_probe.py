@@ -412,7 +412,57 @@ def main_direct(budget_s=150.0):
     summary(t_start, "prefill_direct_probe.csv")
 
 
+def bench_chunk(kb, vb, q_len, k_len, batch, hq=32, hkv=8, d=128, block_size=16,
+                variants=({}, {"pack_gqa": True})):
+    """Chunked-prefill shape (each sequence: q_len new queries over k_len cached keys, causal
+    bottom-right): the kernel with each knob set in ``variants`` on the same data."""
+    gen = torch.Generator().manual_seed(kb * 10 + vb + q_len)
+    codec, kc, vc, kn, vn, bt, seqused = build_cache([k_len] * batch, hkv, d, kb, vb,
+                                                     block_size, gen)
+    q = torch.randn(batch * q_len, hq, d, device=DEV, dtype=torch.bfloat16)
+    cuq = cu([q_len] * batch)
+    times = []
+    for extra in variants:
+        fn = lambda: prefill_cuda(q, kc, vc, kn, vn, cuq, bt, seqused,  # noqa: E731
+                                  codec.k_codebook, codec.v_codebook, codec.k_signs,
+                                  codec.v_signs, q_len, 1.0 / math.sqrt(d), True, -1, -1,
+                                  False, False, **extra)
+        fn()
+        times.append(bench_fn(fn))
+    name = f"K{kb}V{vb} B{batch} q{q_len} k{k_len} causal bs{block_size}"
+    log(f"BENCH {name}: " + ", ".join(f"{extra_tag(e) or 'default'} {t * 1e3:.1f} us"
+                                      for e, t in zip(variants, times))
+        + f" | speed-up {times[0] / times[-1]:.2f}x")
+    ROWS.append(("bench", name) + tuple(f"{t:.4f}" for t in times))
+
+
+def main_pack_gqa(budget_s=120.0):
+    """pack_gqa (FA4's PackGQA tile over the compressed cache): correctness first (short and
+    long chunks, GQA 4/8, MQA, causal/full/window, paged), then chunked-prefill timings with
+    and without packing on the same data."""
+    t_start = time.time()
+    log(torch.cuda.get_device_name(), torch.__version__)
+    pg = {"pack_gqa": True}
+    ql, kl = [1, 3, 17, 300], [40, 2, 17, 1000]
+    for name, args in (("K4V4 g4 full bs16", (8, 2, 128, 4, 4, 16, False)),
+                       ("K2V2 g8 causal bs16", (16, 2, 128, 2, 2, 16, True)),
+                       ("K8V8 g4 causal bs128", (8, 2, 128, 8, 8, 128, True)),
+                       ("K4V4 g8 MQA window(64,0) bs16", (8, 1, 128, 4, 4, 16, True, 64, -1))):
+        guarded(check, name + " pack_gqa", ql, kl, *args, seed=140 + len(name), extra=pg)
+    for kb, vb, q_len, k_len, batch in ((4, 4, 16, 8192, 16), (4, 4, 64, 8192, 16),
+                                        (2, 2, 16, 32768, 4), (8, 8, 32, 8192, 16),
+                                        (4, 4, 512, 8192, 4)):
+        if time.time() - t_start > budget_s:
+            log(f"SKIP bench K{kb}V{vb} q{q_len} (budget)")
+            continue
+        guarded(bench_chunk, kb, vb, q_len, k_len, batch)
+    summary(t_start, "prefill_pack_gqa_probe.csv")
+
+
 if __name__ == "__main__":
+    if "--pack-gqa" in sys.argv:
+        main_pack_gqa()
+        sys.exit(0)
     if "--direct" in sys.argv:
         main_direct()
         sys.exit(0)

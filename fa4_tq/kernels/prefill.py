@@ -56,7 +56,8 @@ def canonical_mask(causal: bool, window_left: int, window_right: int):
 
 def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right,
                register_lut=(None, None), producer_wgs=None, cluster_share=None,
-               cluster_sides=None, direct_loads=None, num_stages=None, register_split=None):
+               cluster_sides=None, direct_loads=None, num_stages=None, register_split=None,
+               pack_gqa=False):
     from .prefill_sm90 import make_config
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
@@ -65,7 +66,8 @@ def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_r
                        wl is not None, wr is not None, *register_lut,
                        producer_wgs=producer_wgs, cluster_share=cluster_share,
                        cluster_sides=cluster_sides, direct_loads=direct_loads,
-                       num_stages=num_stages, register_split=register_split), wl, wr
+                       num_stages=num_stages, register_split=register_split,
+                       pack_gqa=pack_gqa), wl, wr
 
 
 def _to_cute(t, align, leading_dim=-1):
@@ -118,7 +120,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                  window_left, window_right, rotate_query, unrotate_output, *, backend="auto",
                  kernel_out=None, kernel_lse=None, register_lut=(None, None),
                  producer_wgs=None, cluster_share=None, cluster_sides=None, direct_loads=None,
-                 num_stages=None, register_split=None):
+                 num_stages=None, register_split=None, pack_gqa=False):
     """(out [total_q, Hq, D] in q.dtype, lse float32 [Hq, total_q]); see fa4_tq/ops.py.
 
     ``kernel_out`` (bf16 [total_q, Hq, D]) / ``kernel_lse`` (fp32 [Hq, total_q]) are optional
@@ -130,8 +132,9 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     ratio) and ``cluster_sides`` = "kv" / "k" / "v" (which sides it shares); None: the
     kernel's measured default (``prefill_sm90.default_cluster_share``); ``direct_loads`` /
     ``num_stages`` / ``register_split`` = the staging-free producer, K/V pipeline depth and
-    setmaxnreg split (``prefill_sm90.make_config``). All are benchmarking hooks and part of the
-    compile-cache key (the config)."""
+    setmaxnreg split, ``pack_gqa`` = FA4's PackGQA tile (query heads of a KV head folded into
+    the Q tile; opt-in, not yet run on a GPU) (``prefill_sm90.make_config``). All are
+    benchmarking hooks and part of the compile-cache key (the config)."""
     if backend not in ("auto", "sm90", "sm80"):
         raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
     major, minor = torch.cuda.get_device_capability(q.device)
@@ -144,9 +147,10 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
         raise ValueError("tqkv.prefill: producer_wgs applies to the sm90 kernel only")
     if (cluster_share not in (None, 1) or cluster_sides not in (None, "kv")) and backend == "sm80":
         raise ValueError("tqkv.prefill: cluster_share applies to the sm90 kernel only")
-    if (direct_loads, num_stages, register_split) != (None, None, None) and backend == "sm80":
-        raise ValueError("tqkv.prefill: direct_loads / num_stages / register_split apply to "
-                         "the sm90 kernel only")
+    if (direct_loads, num_stages, register_split, pack_gqa) != (None, None, None, False) \
+            and backend == "sm80":
+        raise ValueError("tqkv.prefill: direct_loads / num_stages / register_split / pack_gqa "
+                         "apply to the sm90 kernel only")
     if backend == "sm80":
         return _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                              seqused_k, k_codebook, v_codebook, k_signs, v_signs, softmax_scale,
@@ -161,7 +165,8 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     # raises NotImplementedError for head_dim 256 and unsupported cluster_share cases
     cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
                              window_right, register_lut, producer_wgs, cluster_share,
-                             cluster_sides, direct_loads, num_stages, register_split)
+                             cluster_sides, direct_loads, num_stages, register_split,
+                             pack_gqa)
     _ensure_arch_env()
     from .prefill_sm90 import PrefillSm90
     return _run_kernel(PrefillSm90, _compiled, cfg, wl, wr, q, k_cache, v_cache, k_norm, v_norm,

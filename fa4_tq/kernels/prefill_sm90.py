@@ -63,6 +63,7 @@ from flash_attn.cute.block_info import BlockInfo
 from flash_attn.cute.cute_dsl_utils import assume_tensor_aligned
 from flash_attn.cute.flash_fwd_sm90 import FlashAttentionForwardSm90
 from flash_attn.cute.mask import AttentionMask
+from flash_attn.cute.pack_gqa import make_packgqa_tiled_tma_atom, pack_gqa_layout
 from flash_attn.cute.seqlen_info import SeqlenInfoQK
 from flash_attn.cute.tile_scheduler import (SchedulingMode, SingleTileVarlenScheduler,
                                             TileSchedulerArguments, WorkTileInfo)
@@ -134,6 +135,14 @@ class PrefillSm90Config:
     # side and block, twice) on the shared-memory pipe, and the staging space, which lets
     # 2/4-bit pairs with register LUTs keep 3 K/V stages. producer_wgs=2, cluster_share=1 only.
     direct_loads: bool = False
+    # FA4's PackGQA (opt-in, not yet run on a GPU): the 128-row Q tile spans the
+    # qhead_per_kvhead query heads of one KV head (row r = query r // G of head r % G), so a
+    # short query chunk (chunked prefill, speculative verification: q_len * G <= 128) fills
+    # one tile per KV head instead of G mostly-empty tiles, and each K/V tile is decoded once
+    # per KV head and chunk instead of G times. Q/O by TMA through FA4's packed TMA atoms,
+    # masks and LSE through FA4's packgqa paths. cluster_share=1 only (the pair is already
+    # inside the tile).
+    pack_gqa: bool = False
 
     def shares(self, is_k: bool) -> bool:
         """Whether the K (is_k) or V side is split between the CTAs of a cluster pair."""
@@ -170,6 +179,12 @@ class PrefillSm90Config:
                 f"PrefillSm90: direct_loads is implemented for producer_wgs=2 without cluster "
                 f"sharing, got producer_wgs {self.producer_wgs}, cluster_share "
                 f"{self.cluster_share}")
+        if self.pack_gqa and (self.qhead_per_kvhead < 2 or self.tile_m % self.qhead_per_kvhead
+                              or self.cluster_share != 1):
+            raise NotImplementedError(
+                f"PrefillSm90: pack_gqa needs a query-heads-per-KV-head ratio >= 2 that divides "
+                f"tile_m={self.tile_m}, without cluster sharing; got ratio "
+                f"{self.qhead_per_kvhead}, cluster_share {self.cluster_share}")
         for side, bits, reg in (("k", self.k_bits, self.k_register_lut),
                                 ("v", self.v_bits, self.v_register_lut)):
             if reg and bits not in (2, 4):
@@ -187,6 +202,8 @@ class PrefillSm90Config:
     def _load_tag(self, sep: str) -> str:
         """Name suffix of the non-default producer loads / stage counts / register splits."""
         tag = f"{sep}dl" if self.direct_loads else ""
+        if self.pack_gqa:
+            tag += f"{sep}pg"
         if self.num_stages != 2:
             tag += f"{sep}st{self.num_stages}"
         if (self.consumer_regs, self.producer_regs) != REGISTER_SPLIT[self.producer_wgs]:
@@ -324,7 +341,8 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 cluster_sides: Optional[str] = None,
                 direct_loads: Optional[bool] = None,
                 num_stages: Optional[int] = None,
-                register_split: Optional[tuple[int, int]] = None) -> PrefillSm90Config:
+                register_split: Optional[tuple[int, int]] = None,
+                pack_gqa: bool = False) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
@@ -336,7 +354,14 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     (None: ``default_direct_loads``) loads packed codes straight into producer registers (no
     staging ring, step 7); ``num_stages`` (None: 3 where it fits, i.e. staging-free with
     register-LUT sides only, else 2) is the K/V tile pipeline depth; ``register_split`` =
-    (consumer, producer) setmaxnreg values (None: ``REGISTER_SPLIT``)."""
+    (consumer, producer) setmaxnreg values (None: ``REGISTER_SPLIT``). ``pack_gqa`` folds the
+    query heads of a KV head into the Q tile (FA4's PackGQA; opt-in, cluster_share=1)."""
+    if pack_gqa:
+        if cluster_share is None:
+            cluster_share = 1
+        if producer_wgs is None and head_dim == 128:
+            # one producer WG with a sliding window spills 16 B with pack_gqa (sm_90a, CPU)
+            producer_wgs = 2
     if producer_wgs is None:
         producer_wgs = default_producer_wgs(head_dim, k_bits, v_bits, local)
     if cluster_share is None:
@@ -369,7 +394,8 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 v_register_lut=bool(v_register_lut) and v_bits != 8,
                 producer_wgs=producer_wgs, consumer_regs=register_split[0],
                 producer_regs=register_split[1], cluster_share=cluster_share,
-                cluster_sides=cluster_sides, direct_loads=bool(direct_loads))
+                cluster_sides=cluster_sides, direct_loads=bool(direct_loads),
+                pack_gqa=bool(pack_gqa))
     if direct_loads:
         for stages in ((num_stages,) if num_stages else (3, 2)):
             cfg = PrefillSm90Config(
@@ -531,7 +557,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
     def __init__(self, cfg: PrefillSm90Config):
         super().__init__(
             cutlass.BFloat16, cfg.head_dim, cfg.head_dim, cfg.qhead_per_kvhead,
-            is_causal=cfg.causal, is_local=cfg.local, pack_gqa=False, tile_m=cfg.tile_m,
+            is_causal=cfg.causal, is_local=cfg.local, pack_gqa=cfg.pack_gqa, tile_m=cfg.tile_m,
             tile_n=cfg.tile_n, num_stages=cfg.num_stages, num_threads=384, Q_in_regs=False,
             intra_wg_overlap=True, mma_pv_is_rs=True, paged_kv_non_tma=True)
         assert cfg.tile_n == PRODUCER_THREADS, "one K/V row per producer thread"
@@ -595,6 +621,17 @@ class PrefillSm90(FlashAttentionForwardSm90):
         mQ, mO = [assume_tensor_aligned(t) for t in (mQ, mO)]
         mQ, mO = [layout_utils.select(t, [0, 2, 1]) for t in (mQ, mO)]  # (total_q, d, h)
         mLSE = layout_utils.select(mLSE, [1, 0])  # (total_q, h)
+        # pack_gqa: fold the G query heads of a KV head into the row mode, FA4's way:
+        # ((G, total_q), d, h_kv) / ((G, total_q), h_kv); TMA keeps the unpacked tensors
+        G = self.qhead_per_kvhead
+        mQ_og, mO_og = mQ, mO
+        make_tma = cpasync.make_tiled_tma_atom
+        if const_expr(self.pack_gqa):
+            nheads_kv = mKC.shape[2]
+            mQ = pack_gqa_layout(mQ, G, nheads_kv, head_idx=2)
+            mO = pack_gqa_layout(mO, G, nheads_kv, head_idx=2)
+            mLSE = pack_gqa_layout(mLSE, G, nheads_kv, head_idx=1)
+            make_tma = partial(make_packgqa_tiled_tma_atom, qhead_per_kvhead=G, head_idx=2)
 
         tiled_mma_qk, tiled_mma_pv = self._get_tiled_mma()
         self.num_mma_threads = tiled_mma_qk.size
@@ -626,10 +663,11 @@ class PrefillSm90(FlashAttentionForwardSm90):
         self.tma_copy_bytes = {
             "Q": cute.size_in_bytes(self.dtype, cute.select(self.sQ_layout, mode=[0, 1]))
         }
-        tma_atom_Q, tma_tensor_Q = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileG2SOp(), mQ, self.sQ_layout, (self.tile_m, self.tile_hdim))
-        mO_tma = copy_utils.create_ragged_tensor_for_tma(mO, ragged_dim=0, ptr_shift=True)
-        tma_atom_O, tma_tensor_O = cpasync.make_tiled_tma_atom(
+        tma_atom_Q, tma_tensor_Q = make_tma(
+            cpasync.CopyBulkTensorTileG2SOp(), mQ_og, self.sQ_layout,
+            (self.tile_m, self.tile_hdim))
+        mO_tma = copy_utils.create_ragged_tensor_for_tma(mO_og, ragged_dim=0, ptr_shift=True)
+        tma_atom_O, tma_tensor_O = make_tma(
             cpasync.CopyBulkTensorTileS2GOp(), mO_tma, self.sO_layout,
             (self.tile_m, self.tile_hdimv))
         cs = self.cfg.cluster_share
@@ -646,7 +684,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
             tile_shape_mn=(self.tile_m, self.tile_n),
             mCuSeqlensQ=mCuSeqlensQ,
             mSeqUsedQ=None,
-            qhead_per_kvhead_packgqa=1,
+            qhead_per_kvhead_packgqa=G if const_expr(self.pack_gqa) else 1,
             element_size=self.dtype.width // 8,
             is_persistent=False,
             lpt=self.is_causal or self.is_local,
@@ -748,17 +786,18 @@ class PrefillSm90(FlashAttentionForwardSm90):
         sVt = layout_utils.transpose_view(sV)
         sO = storage.sQ.get_tensor(sO_layout.outer, swizzle=sO_layout.inner, dtype=self.dtype)
 
+        packgqa = self.qhead_per_kvhead if const_expr(self.pack_gqa) else 1
         block_info = BlockInfo(
             self.tile_m, self.tile_n, self.is_causal, self.is_local, False,
-            window_size_left, window_size_right, qhead_per_kvhead_packgqa=1)
+            window_size_left, window_size_right, qhead_per_kvhead_packgqa=packgqa)
         SeqlenInfoCls = partial(
             SeqlenInfoQK.create,
-            seqlen_q_static=mQ.shape[0],
+            seqlen_q_static=mQ.shape[0] if const_expr(not self.pack_gqa) else mQ.shape[0][1],
             seqlen_k_static=mKC.shape[1] * mPageTable.shape[1],
             mCuSeqlensQ=mCuSeqlensQ, mCuSeqlensK=None, mSeqUsedQ=None, mSeqUsedK=mSeqUsedK)
         AttentionMaskCls = partial(
             AttentionMask, self.tile_m, self.tile_n, window_size_left=window_size_left,
-            window_size_right=window_size_right, qhead_per_kvhead_packgqa=1)
+            window_size_right=window_size_right, qhead_per_kvhead_packgqa=packgqa)
         TileSchedulerCls = partial(TileScheduler.create, tile_sched_params)
 
         pipeline_init_wait(cluster_shape_mn=self.cluster_shape_mn)
@@ -921,7 +960,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
             m_block, head_idx, batch_idx, _ = work_tile.tile_idx
             seqlen = SeqlenInfoCls(batch_idx)
             seqlen_k = seqlen.seqlen_k
-            head_kv = head_idx // self.qhead_per_kvhead
+            # (pack_gqa: the tile's head index already is the KV head)
+            head_kv = head_idx if const_expr(self.pack_gqa) else head_idx // self.qhead_per_kvhead
             mQ_cur = seqlen.offset_batch_Q(mQ, batch_idx, dim=3)[None, None, head_idx]
             gQ = cute.local_tile(mQ_cur, (self.tile_m, self.tile_hdim), (m_block, 0))
             load_Q, _, _ = copy_utils.tma_get_copy_fn(
@@ -1215,6 +1255,11 @@ def shipped_configs() -> list[PrefillSm90Config]:
                           num_stages=stages, register_split=split)
         if cfg not in out:
             out.append(cfg)
+    # FA4's PackGQA tile (opt-in, not yet run on a GPU): full, causal GQA 8, sliding window
+    for kb, vb, g, causal, local in ((4, 4, 4, False, False), (2, 2, 8, True, False),
+                                     (4, 4, 4, False, True)):
+        out.append(make_config(128, kb, vb, g, causal, local, local, local, pack_gqa=True))
+    out.append(make_config(64, 4, 4, 4, True, False, False, False, pack_gqa=True))
     return out
 
 

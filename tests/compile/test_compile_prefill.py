@@ -108,6 +108,20 @@ def test_direct_loads_knob():
     assert not P.make_config(128, 4, 4, 4, False, False, False, False).direct_loads
 
 
+def test_pack_gqa_knob():
+    pg = P.make_config(128, 4, 4, 4, True, False, False, False, pack_gqa=True)
+    plain = P.make_config(128, 4, 4, 4, True, False, False, False, cluster_share=1)
+    assert pg.pack_gqa and pg.name.endswith("_pg") and pg != plain
+    assert pg.cluster_share == 1 and pg.producer_wgs == 2
+    # sliding windows too take two producer warpgroups with pack_gqa (one spills)
+    assert P.make_config(128, 4, 4, 4, False, True, True, True, pack_gqa=True).producer_wgs == 2
+    for g, cs in ((1, None), (3, None), (4, 2)):  # MHA, ratio not dividing 128, cluster pairs
+        with pytest.raises(NotImplementedError, match="pack_gqa"):
+            P.make_config(128, 8, 8, g, False, False, False, False, pack_gqa=True,
+                          cluster_share=cs)
+    assert not P.make_config(128, 4, 4, 4, False, False, False, False).pack_gqa  # opt-in
+
+
 @pytest.mark.compile
 @pytest.mark.parametrize("d", [64, 128])
 def test_swizzled_offset_matches_fa4_smem_layout(d):

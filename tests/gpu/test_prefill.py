@@ -200,3 +200,20 @@ def test_direct_loads_bit_identical_to_staged(kb, vb, causal, lut, stages, split
     if not causal:
         _run([700, 1], [2000, 3], 4, 4, 128, kb, vb, 256, False, seed=2 * kb + vb,
              register_lut=lut, producer_wgs=2, cluster_share=1, **knobs)
+
+
+# ----------------------------------------------------------------- pack_gqa (opt-in)
+@pytest.mark.parametrize("kb,vb,hq,hkv,causal,wl,wr,bs", [
+    (4, 4, 8, 2, False, -1, -1, 16), (4, 4, 8, 2, True, -1, -1, 128),
+    (2, 2, 16, 2, True, -1, -1, 16), (8, 8, 8, 2, False, -1, -1, 128),
+    (4, 2, 8, 2, True, 64, -1, 16), (2, 4, 8, 2, False, 32, 16, 48), (8, 4, 8, 1, True, -1, -1, 16)])
+def test_pack_gqa(kb, vb, hq, hkv, causal, wl, wr, bs):
+    """FA4's PackGQA tile over the compressed cache: short chunks (1, 3, 17 queries: one packed
+    tile per KV head), a long one (300 queries, several packed m_blocks), rows that see no key
+    (seqlen_k < seqlen_q under the causal mask), GQA 4/8 and MQA, windows, paged."""
+    _run([1, 3, 17, 300], [40, 2, 17, 1000], hq, hkv, 128, kb, vb, bs, causal, wl, wr,
+         seed=90 + kb * 10 + vb, pack_gqa=True)
+
+
+def test_pack_gqa_d64():
+    _run([1, 17, 300], [40, 17, 1000], 8, 2, 64, 4, 4, 16, True, seed=95, pack_gqa=True)
