@@ -32,6 +32,11 @@ Design (see docs/prefill-sm90-notes.md for the measured history):
   shared::cluster, completing bytes on the peer's full barrier) into the peer's, so decode
   work per CTA halves; ``ClusterPairPipeline`` (the barrier protocol over both CTAs'
   producers and consumers) and ``ClusterPairVarlenScheduler`` (head-pair tiles) implement it.
+* Opt-in knobs (measured or compile-checked, not defaults; docs/prefill-sm90-notes.md steps
+  7-8): ``direct_loads`` (staging-free producer: code rows LDG'd into registers one block
+  ahead; with register LUTs it leaves room for ``num_stages=3``; H100: correct, not faster)
+  and ``pack_gqa`` (FA4's PackGQA tile: the G query heads of a KV head share one Q tile, for
+  short query chunks; not yet run on a GPU).
 * Q is loaded by TMA (FA4's path), O stored by TMA; varlen Q (cu_seqlens_q) only.
 
 The class keeps FA4's configuration machinery (tile sizes, smem layouts, tiled MMAs, masks,
