@@ -55,19 +55,14 @@ def canonical_mask(causal: bool, window_left: int, window_right: int):
 
 
 def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right,
-               register_lut=(None, None), producer_wgs=None, cluster_share=None,
-               cluster_sides=None, direct_loads=None, num_stages=None, register_split=None,
-               pack_gqa=False):
+               register_lut=(None, None), **sm90_knobs):
+    """(PrefillSm90Config, window_left, window_right); ``sm90_knobs`` go to ``make_config``."""
     from .prefill_sm90 import make_config
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
     c, local, wl, wr = canonical_mask(causal, window_left, window_right)
     return make_config(d, _bits(k_codebook), _bits(v_codebook), hq // hkv, c, local,
-                       wl is not None, wr is not None, *register_lut,
-                       producer_wgs=producer_wgs, cluster_share=cluster_share,
-                       cluster_sides=cluster_sides, direct_loads=direct_loads,
-                       num_stages=num_stages, register_split=register_split,
-                       pack_gqa=pack_gqa), wl, wr
+                       wl is not None, wr is not None, *register_lut, **sm90_knobs), wl, wr
 
 
 def _to_cute(t, align, leading_dim=-1):
@@ -142,15 +137,15 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
         # Hopper: the wgmma kernel; any other GPU: the portable mma.sync kernel (which itself
         # rejects compute capability < 8.0 and asks for the opt-in off Hopper, see below).
         backend = "sm90" if major == 9 else "sm80"
+    sm90_knobs = dict(producer_wgs=producer_wgs, cluster_share=cluster_share,
+                      cluster_sides=cluster_sides, direct_loads=direct_loads,
+                      num_stages=num_stages, register_split=register_split, pack_gqa=pack_gqa)
     # (after resolving "auto", so a non-Hopper GPU never drops these silently)
-    if producer_wgs is not None and backend == "sm80":
-        raise ValueError("tqkv.prefill: producer_wgs applies to the sm90 kernel only")
-    if (cluster_share not in (None, 1) or cluster_sides not in (None, "kv")) and backend == "sm80":
-        raise ValueError("tqkv.prefill: cluster_share applies to the sm90 kernel only")
-    if (direct_loads, num_stages, register_split, pack_gqa) != (None, None, None, False) \
-            and backend == "sm80":
-        raise ValueError("tqkv.prefill: direct_loads / num_stages / register_split / pack_gqa "
-                         "apply to the sm90 kernel only")
+    inert = {"cluster_share": 1, "cluster_sides": "kv", "pack_gqa": False}
+    set_knobs = [k for k, v in sm90_knobs.items() if v is not None and v != inert.get(k)]
+    if set_knobs and backend == "sm80":
+        raise ValueError(f"tqkv.prefill: {', '.join(set_knobs)}: sm90 kernel knobs, not "
+                         f"applicable to backend='sm80'")
     if backend == "sm80":
         return _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                              seqused_k, k_codebook, v_codebook, k_signs, v_signs, softmax_scale,
@@ -164,9 +159,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
             raise ValueError(f"tqkv.prefill: {name} must be 16-byte aligned (cp.async/TMA)")
     # raises NotImplementedError for head_dim 256 and unsupported cluster_share cases
     cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
-                             window_right, register_lut, producer_wgs, cluster_share,
-                             cluster_sides, direct_loads, num_stages, register_split,
-                             pack_gqa)
+                             window_right, register_lut, **sm90_knobs)
     _ensure_arch_env()
     from .prefill_sm90 import PrefillSm90
     return _run_kernel(PrefillSm90, _compiled, cfg, wl, wr, q, k_cache, v_cache, k_norm, v_norm,

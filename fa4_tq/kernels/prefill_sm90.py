@@ -202,9 +202,9 @@ class PrefillSm90Config:
         lut = "".join(("r" if reg else "s") for reg in (self.k_register_lut, self.v_register_lut))
         return (f"prefill_sm90_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
                 f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}_lut{lut}"
-                f"_pw{self.producer_wgs}" + self._cs_tag("_") + self._load_tag("_"))
+                f"_pw{self.producer_wgs}" + self._cs_tag("_") + self._knob_tag("_"))
 
-    def _load_tag(self, sep: str) -> str:
+    def _knob_tag(self, sep: str) -> str:
         """Name suffix of the non-default producer loads / stage counts / register splits."""
         tag = f"{sep}dl" if self.direct_loads else ""
         if self.pack_gqa:
@@ -302,22 +302,26 @@ TWO_PRODUCER_WGS_MEASURED = frozenset({(4, 4), (2, 2), (8, 8), (4, 8), (4, 2), (
 CLUSTER_SHARE_MEASURED = {(8, 8): "kv", (4, 8): "kv", (8, 4): "k", (8, 2): "k", (2, 8): "v"}
 
 
-def default_producer_wgs(head_dim: int, k_bits: int, v_bits: int, local: bool) -> int:
+def default_producer_wgs(head_dim: int, k_bits: int, v_bits: int, local: bool,
+                         pack_gqa: bool = False) -> int:
     """2 where the device measured it faster (D=128, full and causal masks, the pairs in
     TWO_PRODUCER_WGS_MEASURED: all nine), else 1: D=64 and sliding windows are
-    compile-checked with 2 (0 spills) but neither timed nor run on a GPU with it."""
-    if head_dim == 128 and not local and (k_bits, v_bits) in TWO_PRODUCER_WGS_MEASURED:
+    compile-checked with 2 (0 spills) but neither timed nor run on a GPU with it. pack_gqa at
+    D=128 takes 2 with windows too (with one, the window build spills 16 B, sm_90a)."""
+    if head_dim == 128 and (pack_gqa or not local) and (k_bits, v_bits) in \
+            TWO_PRODUCER_WGS_MEASURED:
         return 2
     return 1
 
 
 def default_cluster_share(head_dim: int, k_bits: int, v_bits: int, local: bool,
-                          qhead_per_kvhead: int, producer_wgs: int) -> tuple[int, str]:
+                          qhead_per_kvhead: int, producer_wgs: int,
+                          pack_gqa: bool = False) -> tuple[int, str]:
     """(cluster_share, cluster_sides): (2, sides) for the pairs in CLUSTER_SHARE_MEASURED where
     the cluster pair exists (D=128, two producer warpgroups, even GQA ratio, no sliding
     window: windows were never timed with it), else (1, "kv")."""
     sides = CLUSTER_SHARE_MEASURED.get((k_bits, v_bits))
-    if (sides and head_dim == 128 and not local and producer_wgs == 2
+    if (sides and not pack_gqa and head_dim == 128 and not local and producer_wgs == 2
             and qhead_per_kvhead % 2 == 0):
         return 2, sides
     return 1, "kv"
@@ -361,17 +365,11 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     register-LUT sides only, else 2) is the K/V tile pipeline depth; ``register_split`` =
     (consumer, producer) setmaxnreg values (None: ``REGISTER_SPLIT``). ``pack_gqa`` folds the
     query heads of a KV head into the Q tile (FA4's PackGQA; opt-in, cluster_share=1)."""
-    if pack_gqa:
-        if cluster_share is None:
-            cluster_share = 1
-        if producer_wgs is None and head_dim == 128:
-            # one producer WG with a sliding window spills 16 B with pack_gqa (sm_90a, CPU)
-            producer_wgs = 2
     if producer_wgs is None:
-        producer_wgs = default_producer_wgs(head_dim, k_bits, v_bits, local)
+        producer_wgs = default_producer_wgs(head_dim, k_bits, v_bits, local, pack_gqa)
     if cluster_share is None:
         cluster_share, default_sides = default_cluster_share(
-            head_dim, k_bits, v_bits, local, qhead_per_kvhead, producer_wgs)
+            head_dim, k_bits, v_bits, local, qhead_per_kvhead, producer_wgs, pack_gqa)
         cluster_sides = cluster_sides or default_sides
     cluster_sides = cluster_sides or "kv"
     if producer_wgs not in REGISTER_SPLIT:
@@ -571,6 +569,12 @@ class PrefillSm90(FlashAttentionForwardSm90):
         self.cluster_shape_mn = (cfg.cluster_share, 1)
 
     # ------------------------------------------------------------------ shared memory
+    @property
+    def packgqa_factor(self) -> int:
+        """Query heads folded into one Q tile: qhead_per_kvhead with pack_gqa, else 1 (the
+        argument FA4's scheduler, BlockInfo and AttentionMask take)."""
+        return self.qhead_per_kvhead if self.pack_gqa else 1
+
     def _get_shared_storage_cls(self):
         cfg = self.cfg
         sQ_struct, sK_struct, sV_struct = [
@@ -628,7 +632,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
         mLSE = layout_utils.select(mLSE, [1, 0])  # (total_q, h)
         # pack_gqa: fold the G query heads of a KV head into the row mode, FA4's way:
         # ((G, total_q), d, h_kv) / ((G, total_q), h_kv); TMA keeps the unpacked tensors
-        G = self.qhead_per_kvhead
+        G = self.packgqa_factor
         mQ_og, mO_og = mQ, mO
         make_tma = cpasync.make_tiled_tma_atom
         if const_expr(self.pack_gqa):
@@ -689,7 +693,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
             tile_shape_mn=(self.tile_m, self.tile_n),
             mCuSeqlensQ=mCuSeqlensQ,
             mSeqUsedQ=None,
-            qhead_per_kvhead_packgqa=G if const_expr(self.pack_gqa) else 1,
+            qhead_per_kvhead_packgqa=G,
             element_size=self.dtype.width // 8,
             is_persistent=False,
             lpt=self.is_causal or self.is_local,
@@ -791,7 +795,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
         sVt = layout_utils.transpose_view(sV)
         sO = storage.sQ.get_tensor(sO_layout.outer, swizzle=sO_layout.inner, dtype=self.dtype)
 
-        packgqa = self.qhead_per_kvhead if const_expr(self.pack_gqa) else 1
+        packgqa = self.packgqa_factor
         block_info = BlockInfo(
             self.tile_m, self.tile_n, self.is_causal, self.is_local, False,
             window_size_left, window_size_right, qhead_per_kvhead_packgqa=packgqa)
@@ -951,7 +955,6 @@ class PrefillSm90(FlashAttentionForwardSm90):
         kn_base = mKN.iterator.toint()
         vn_base = mVN.iterator.toint()
 
-        q_producer_phase = Int32(1)
         kv_producer_state = pipeline.make_pipeline_state(
             pipeline.PipelineUserType.Producer, self.num_stages)
         tile_scheduler = TileSchedulerCls()
@@ -994,32 +997,26 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 # are decoded, so block i+1's loads fly while block i is decoded and stored),
                 # block i's norm, and block i+1's cache row (its page-table entry is looked up
                 # one block earlier still, so no code load waits on the page table).
-                is_k = do_k
                 pipe = pipeline_k if do_k else pipeline_v
                 s_base = sK_addr if do_k else sV_addr
                 nbytes = kbytes if do_k else vbytes
-                nchunks = nbytes // 16
                 cbase = kc_base if do_k else vc_base
                 nbase = kn_base if do_k else vn_base
-                words = cute.make_rmem_tensor((4 * nchunks,), Int32)
+                words = cute.make_rmem_tensor((4 * self._chunks(nbytes, do_k),), Int32)
                 row0, valid0 = self._cache_row(ctx, Int32(0))
-                for c in cutlass.range_constexpr(nchunks):
-                    w = dq.ld_global_words_pred(cbase + row0 * nbytes + c * 16, 4, valid0)
-                    for j in cutlass.range_constexpr(4):
-                        words[4 * c + j] = w[j]
+                for c in range(self._chunks(nbytes, do_k)):
+                    _refill_chunk(words, cbase + row0 * nbytes, valid0, c)
                 norm = dq.ld_global_bf16_pair(nbase + row0 * 2, valid0)
                 row1, valid1 = self._cache_row(ctx, Int32(1))
                 if const_expr(do_k):
-                    if warp_idx_in_wg == 0:
-                        pipeline_q.producer_acquire_w_index_phase(0, q_producer_phase)
-                        load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
+                    self._issue_q(pipeline_q, load_Q, warp_idx_in_wg)
                 for i in cutlass.range(n_count, unroll=1):
                     row2, valid2 = self._cache_row(ctx, i + 2)
                     norm_next = dq.ld_global_bf16_pair(nbase + row1 * 2, valid1)
                     pipe.producer_acquire(kv_producer_state)
                     tile_addr = s_base + kv_producer_state.index * tile_bytes
                     self._decode_chunks(
-                        ctx, is_k, norm, tile_addr,
+                        ctx, do_k, norm, tile_addr,
                         partial(_fragment_chunk, words),
                         partial(_refill_chunk, words, cbase + row1 * nbytes, valid1))
                     # this thread's generic-proxy tile stores -> the async proxy (wgmma)
@@ -1038,10 +1035,7 @@ class PrefillSm90(FlashAttentionForwardSm90):
                     if const_expr(do_v):
                         norms_v[s] = self._issue(ctx, Int32(s), False)
                 if const_expr(do_k):
-                    if warp_idx_in_wg == 0:
-                        pipeline_q.producer_acquire_w_index_phase(0, q_producer_phase)
-                        load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
-                    q_producer_phase ^= 1
+                    self._issue_q(pipeline_q, load_Q, warp_idx_in_wg)
 
                 nk0 = norms_k[0]
                 nv0 = norms_v[0]
@@ -1088,6 +1082,15 @@ class PrefillSm90(FlashAttentionForwardSm90):
         if const_expr(self.cfg.stage_slots == 2):
             return n1, self._issue(ctx, i + 2, is_k)
         return self._issue(ctx, i + 1, is_k), n1
+
+    @cute.jit
+    def _issue_q(self, pipeline_q, load_Q, warp_idx_in_wg: Int32) -> None:
+        """The K producer's Q tile: one warp acquires the (single-use) Q stage and issues the
+        TMA load. Each CTA handles one work tile (STATIC scheduler), so the phase is the
+        first round's, 1."""
+        if warp_idx_in_wg == 0:
+            pipeline_q.producer_acquire_w_index_phase(0, Int32(1))
+            load_Q(tma_bar_ptr=pipeline_q.sync_object_full.get_barrier(0))
 
     def _cache_row(self, ctx: "_ProducerCtx", i: Int32):
         """(row index into the (blocks * block_size * h_kv) code/norm rows, valid) of this
@@ -1273,7 +1276,7 @@ def _variant(cfg: PrefillSm90Config) -> str:
     lut = "".join(("r" if reg else "s") for reg in (cfg.k_register_lut, cfg.v_register_lut))
     pw = f"-pw{cfg.producer_wgs}" if cfg.producer_wgs != 1 else ""
     return (f"sm90-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}{pw}{cfg._cs_tag('-')}"
-            f"{cfg._load_tag('-')}")
+            f"{cfg._knob_tag('-')}")
 
 
 def register_configs(register) -> None:
