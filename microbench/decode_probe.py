@@ -380,7 +380,7 @@ def random_packed_cache(kb: int, vb: int, nblk: int, bs: int, hkv: int, d: int):
 
 def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
           sweep=False, nopf=False, candidates=("early", "ring", "ring_early"),
-          bits=(4, 2, 8), raw=True, pairs=(), pair_knobs=()):
+          bits=(4, 2, 8), raw=True, pairs=(), pair_knobs=(), pdl=False):
     from fa4_tq.kernels import decode as dec
     import torch.nn.functional as F
 
@@ -434,6 +434,30 @@ def bench(results, lengths=(8192, 32768, 131072), batches=(1, 8, 32), old=True,
                             row[f"K{kb}V{kb}_GBps"] = packed / us / 1e3
                     except Exception as exc:
                         row[f"K{kb}V{kb}_{tag}_err"] = repr(exc)[:300]
+                if pdl:  # the combine as a programmatic dependent launch, same data
+                    try:
+                        def run_pdl(flag):
+                            return dec.decode_cuda(
+                                q, kc, vc, kn, vn, bt, seq, codec.k_codebook,
+                                codec.v_codebook, codec.k_signs, codec.v_signs, scale, True,
+                                -1, -1, True, True, num_splits=0, combine_pdl=flag)
+                        a, b = run_pdl(False), run_pdl(True)
+                        holder = {}
+                        rep = graph_of(lambda: holder.__setitem__("o", run_pdl(True)))
+                        rep()
+                        torch.cuda.synchronize()
+                        # same kernels and split count: must be bit-identical, eager and graph
+                        same = all(torch.equal(x, y) for x, y in
+                                   ((a[0], b[0]), (a[1], b[1]), (a[0], holder["o"][0]),
+                                    (a[1], holder["o"][1])))
+                        row[f"K{kb}V{kb}_pdl_equal"] = same
+                        row[f"K{kb}V{kb}_pdl_us"] = gtime(lambda: run_pdl(True))
+                        row[f"K{kb}V{kb}_nopdl_us"] = gtime(lambda: run_pdl(False))
+                    except Exception as exc:
+                        row[f"K{kb}V{kb}_pdl_err"] = repr(exc)[:300]
+                    print(f"    L={L} B={B} K{kb}V{kb} pdl: equal="
+                          f"{row.get(f'K{kb}V{kb}_pdl_equal')} "
+                          f"{row.get(f'K{kb}V{kb}_pdl_err', '')}")
                 for cname in candidates:  # opt-in tunings, same data, same run
                     if cname not in dec.SPEED_CANDIDATES.get(kb, {}):
                         continue
@@ -687,6 +711,9 @@ def main():
     ap.add_argument("--pairs", default="", help="(k_bits, v_bits) pairs as digits, e.g. "
                     "42,24,88: the shipped config and the --pair-knobs sets (PAIR_KNOBS)")
     ap.add_argument("--pair-knobs", default=",".join(PAIR_KNOBS))
+    ap.add_argument("--pdl", action="store_true",
+                    help="also time the op with the combine as a programmatic dependent "
+                         "launch (decode_cuda(combine_pdl=True)) and check it bit-identical")
     ap.add_argument("--split-sweep", action="store_true",
                     help="only the split-count sweep of the full op (with rotations) at B=1 "
                          "and a refit of the heuristic's two constants; uses --lengths")
@@ -720,7 +747,7 @@ def main():
               candidates=tuple(x for x in ns.candidates.split(",") if x),
               bits=tuple(int(x) for x in ns.bits.split(",") if x), raw=not ns.no_raw,
               pairs=tuple((int(x[0]), int(x[1])) for x in ns.pairs.split(",") if x),
-              pair_knobs=tuple(x for x in ns.pair_knobs.split(",") if x))
+              pair_knobs=tuple(x for x in ns.pair_knobs.split(",") if x), pdl=ns.pdl)
         print(f"bench took {time.time() - t1:.0f}s")
     out = os.environ.get("OUT")
     if out:

@@ -4,7 +4,7 @@
 # 1. every GPU test (prefill sm90/sm80, decode, compress, dequantize). Session 5 refactored
 #    the prefill producers' shared code (_decode_chunks, dequant.paged_cache_row) and added the
 #    direct_loads tests; only 10 prefill tests + 9 probe checks ran on a GPU since then;
-# 2. the direct_loads probe again (K4V2 measured +4.6 % once, inside the noise; decide it);
+# 2. decode with the combine as a programmatic dependent launch (session 6) vs plain;
 # 3. pack_gqa (opt-in, session 5, compile-checked only): checks + chunked-prefill timings;
 # 4. Nsight Compute summary of the shipped K4V4 prefill (8K full).
 # Decode-only re-validation + timing: microbench/device_decode_check.sh.
@@ -19,10 +19,11 @@ echo "== GPU tests"
 timeout ${TESTS_S:-250} python3 -m pytest -q -m gpu tests/gpu -n 16 -p no:cacheprovider -rfE \
   > "$OUT/gpu_tests.log" 2>&1
 echo "rc=$?"; tail -25 "$OUT/gpu_tests.log"
-echo "== probe --direct"
-PYTHONUNBUFFERED=1 timeout ${PROBE_S:-120} python3 microbench/prefill_probe.py --direct \
-  > "$OUT/direct.log" 2>&1
-echo "rc=$?"; grep -E "CHECK|BENCH|ERROR|SKIP|total" "$OUT/direct.log"
+echo "== decode --pdl"
+PYTHONUNBUFFERED=1 timeout ${PDL_S:-90} python3 microbench/decode_probe.py --no-check --no-old \
+  --no-raw --candidates "" --bits 4,2 --lengths 8192,32768 --batches 1,8 --pdl \
+  > "$OUT/decode_pdl.log" 2>&1
+echo "rc=$?"; grep -E "L=|pdl|Error|error" "$OUT/decode_pdl.log" | head -30
 echo "== probe --pack-gqa"
 PYTHONUNBUFFERED=1 timeout ${PACK_S:-100} python3 microbench/prefill_probe.py --pack-gqa \
   > "$OUT/pack_gqa.log" 2>&1

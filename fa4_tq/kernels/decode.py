@@ -1001,6 +1001,10 @@ class TQDecodeSplitK:
         KCH = D // 16  # QK K-chunks == PV M-tiles
         tidx, _, _ = cute.arch.thread_idx()
         split, hy, b = cute.arch.block_idx()
+        # lets a combine launched with programmatic dependent launch (CombineConfig.pdl) be
+        # scheduled once every CTA of this grid has started; that combine still waits for
+        # this grid's completion (griddepcontrol.wait). A no-op for any other next launch.
+        cute.arch.griddepcontrol_launch_dependents()
         h = hy // self.cfg.col_ctas
         num_splits = mOp.shape[0]
         warp = tidx // 32
@@ -1327,17 +1331,23 @@ def register_configs(register) -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+# Launch the combine with programmatic dependent launch (decode_combine.CombineConfig.pdl).
+# Opt-in until measured on the device (microbench/decode_probe.py --pdl).
+COMBINE_PDL = False
+
+
 def decode_cuda(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k, k_codebook,
                 v_codebook, k_signs, v_signs, softmax_scale, causal, window_left, window_right,
                 rotate_query, unrotate_output, *, num_splits=0, out=None, lse=None,
-                config=None):
+                config=None, combine_pdl=None):
     """tqkv.decode on CUDA tensors (arguments already validated by fa4_tq.validate).
 
     Two launches: the split-K kernel (rotates the query in its Q load) and the combine
     (un-rotates the merged fp32 rows with a warp WHT and writes q.dtype). Returns
     (out [B, q_len, Hq, D] in q.dtype, lse fp32 [B, Hq, q_len]). ``out`` / ``lse`` may be
     given (preallocated, e.g. for CUDA graphs or NaN-poisoned tests); ``config`` overrides
-    the shipped tuning (benchmarks) and must agree with ``rotate_query``. The fp32 partials
+    the shipped tuning (benchmarks) and must agree with ``rotate_query``; ``combine_pdl``
+    overrides COMBINE_PDL (launch the combine as a programmatic dependent). The fp32 partials
     come from torch's caching allocator: capture-safe."""
     from . import decode_combine
 
@@ -1373,5 +1383,6 @@ def decode_cuda(q, k_cache, v_cache, k_norm, v_norm, block_table, seqused_k, k_c
                       k_codebook, v_codebook, k_signs, o_part, l_part,
                       float(softmax_scale) * LOG2E, int(window_left), int(wr))
     decode_combine.combine(o_part, l_part, out, lse,
-                           v_signs if unrotate_output else None)
+                           v_signs if unrotate_output else None,
+                           pdl=COMBINE_PDL if combine_pdl is None else bool(combine_pdl))
     return out, lse

@@ -39,6 +39,11 @@ class CombineConfig:
     head_dim: int
     out_dtype: str  # "bfloat16", "float16" or "float32"
     unrotate: bool = False  # apply the inverse V rotation (v signs) before the store
+    # programmatic dependent launch: the combine is launched while the split-K kernel runs
+    # (that kernel signals griddepcontrol.launch_dependents at its start) and waits in
+    # griddepcontrol.wait until the partials are complete and visible; hides the launch gap
+    # between the two kernels (B=1: one wave of short CTAs, the gap is on the critical path)
+    pdl: bool = False
 
     def __post_init__(self):
         if self.head_dim not in (64, 128, 256):
@@ -62,13 +67,16 @@ class TQDecodeCombine:
         rows = mO.shape[0] * mO.shape[1] * mO.shape[2]
         self.kernel(mOp, mLp, mO, mLse, mVs).launch(
             grid=[(rows + ROWS_PER_CTA - 1) // ROWS_PER_CTA, 1, 1],
-            block=[32 * ROWS_PER_CTA, 1, 1], stream=stream)
+            block=[32 * ROWS_PER_CTA, 1, 1], stream=stream, use_pdl=self.cfg.pdl)
 
     @cute.kernel
     def kernel(self, mOp: cute.Tensor, mLp: cute.Tensor, mO: cute.Tensor,
                mLse: cute.Tensor, mVs: cute.Tensor):
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
+        if const_expr(self.cfg.pdl):
+            # blocks until the split-K grid has completed and its writes are visible
+            cute.arch.griddepcontrol_wait()
         lane = tidx % 32
         batch, q_len, hq = mO.shape[0], mO.shape[1], mO.shape[2]
         num_splits = mOp.shape[0]
@@ -139,11 +147,12 @@ def get_compiled(cfg: CombineConfig):
 
 
 def combine(o_part: torch.Tensor, l_part: torch.Tensor, out: torch.Tensor,
-            lse: torch.Tensor, v_signs: torch.Tensor | None = None) -> None:
+            lse: torch.Tensor, v_signs: torch.Tensor | None = None, pdl: bool = False) -> None:
     """o_part [S,B,q,Hq,D] f32, l_part [S,B,q,Hq] f32 -> out [B,q,Hq,D], lse [B,Hq,q];
-    un-rotated with ``v_signs`` (fp32 [D]) when given."""
+    un-rotated with ``v_signs`` (fp32 [D]) when given. ``pdl``: launched as a programmatic
+    dependent of the kernel just launched on the stream (CombineConfig.pdl)."""
     cfg = CombineConfig(out.shape[-1], str(out.dtype).replace("torch.", ""),
-                        unrotate=v_signs is not None)
+                        unrotate=v_signs is not None, pdl=pdl)
     # the signs are read only when unrotating; otherwise any fp32 [D] view fills the slot
     # (no allocation, so graph capture stays clean)
     get_compiled(cfg)(o_part, l_part, out, lse,
@@ -155,8 +164,8 @@ def compile_configs():
 
     out = []
     for d in (64, 128, 256):
-        for unrotate in (True, False):
-            cfg = CombineConfig(d, "bfloat16", unrotate)
+        for unrotate, pdl in ((True, False), (False, False), (True, True)):
+            cfg = CombineConfig(d, "bfloat16", unrotate, pdl)
 
             def build(cfg=cfg):
                 import cutlass.cute as cute
@@ -164,6 +173,6 @@ def compile_configs():
                 return (functools.partial(cute.compile, options="--enable-tvm-ffi"),
                         (TQDecodeCombine(cfg),) + _compile_args(cfg))
 
-            out.append(KernelConfig("decode_combine", 0, 0, d,
-                                    "bfloat16_unrot" if unrotate else "bfloat16", build))
+            name = ("bfloat16_unrot" if unrotate else "bfloat16") + ("_pdl" if pdl else "")
+            out.append(KernelConfig("decode_combine", 0, 0, d, name, build))
     return out
