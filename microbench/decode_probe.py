@@ -109,6 +109,12 @@ def check_case(case):
                                            "float16" if case.get("fp16") else "bfloat16",
                                            rotate_query=case.get("rotq", True))
                 res["config"] = cfg.name
+            elif case.get("knobs"):  # DecodeConfig field overrides of the shipped config
+                cfg = dataclasses.replace(dec.DecodeConfig.for_problem(
+                    case["kb"], case["vb"], case["D"], case["G"], case["qlen"],
+                    "float16" if case.get("fp16") else "bfloat16",
+                    rotate_query=case.get("rotq", True)), **case["knobs"])
+                res["config"] = cfg.name
             dec.decode_cuda(*args, num_splits=case.get("splits", 0), out=o, lse=lse,
                             config=cfg)
         torch.cuda.synchronize()
@@ -230,6 +236,14 @@ def correctness_cases():
                                   kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=1, bs=64,
                                   lens=[5003, 1, 37], causal=True, wl=-1, wr=-1, splits=1,
                                   candidate=cname))
+    # byte_lut2 away from D=128 q_len 1 (candidate_config covers the prefetching configs
+    # only): D 64 q_len 4 and D 256 (no prefetch), mixed lengths, bs 32 (config= overrides)
+    cases.append(dict(name="K2V2 D64 G4 q4 bs32 causal byte_lut2", kb=2, vb=2, D=64, G=4,
+                      Hkv=2, qlen=4, bs=32, lens=mixed_b, causal=True, wl=-1, wr=-1,
+                      knobs=dict(byte_lut2=True)))
+    cases.append(dict(name="K2V2 D256 G4 q1 bs32 byte_lut2", kb=2, vb=2, D=256, G=4, Hkv=2,
+                      qlen=1, bs=32, lens=mixed_a, causal=True, wl=-1, wr=-1,
+                      knobs=dict(byte_lut2=True)))
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases
@@ -266,12 +280,13 @@ PAIR_KNOBS = {
 #: must configure CuTeDSL's environment before its first import); the compile test checks
 #: both agree.
 CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb"),
-                   2: ("early", "ring", "ring_early")}
+                   2: ("early", "ring", "ring_early", "bl2", "bl2_w4")}
 
 
 def config_key(case):
     return (case["kb"], case["vb"], case["D"], case["G"], case["qlen"], bool(case.get("fp16")),
-            case.get("rotq", True), case.get("candidate"))
+            case.get("rotq", True), case.get("candidate"),
+            tuple(sorted(case.get("knobs", {}).items())))
 
 
 def run_checks(workers: int):

@@ -73,6 +73,7 @@ from ..codec import codebook_bits
 
 NUM_SMS_H100 = 132
 TOKENS_PER_TILE = 16
+BYTE_LUT2_BYTES = 256 * 256  # DecodeConfig.byte_lut2: 256 byte values x (K, V) x 16 x 8 B
 MAX_COLUMNS = 128  # G * q_len: GQA 16 x q_len 8
 LOG2E = 1.4426950408889634
 
@@ -118,6 +119,17 @@ class DecodeConfig:
     # (three 64-bit multiplies by runtime strides) for each of the 10 loads of a tile
     # (SASS: ~90 of the ~570 instructions per tile-warp of the K4V4 loop).
     tile_bases: bool = False
+    # byte_lut2 (K2V2 only): one table indexed by a byte of four 2-bit codes that returns
+    # two mma operand registers at once, instead of the nibble-indexed pair table. The code
+    # words are first re-interleaved in registers (shifts + LOP3, a few per tile) so that
+    # each byte holds exactly the codes of two A registers that the mma wants adjacent
+    # (K: the same pair of rows g and g+8; V: element d and d+1 of a token pair), then per
+    # byte one PRMT (byte * 256 + the lane's slot offset, see byte_pairs) and one LDS.64
+    # straight into the operand pair, where the nibble table takes shift/mask, an address
+    # IMAD and an LDS per register (and a PRMT per V register). K and V entries interleave
+    # at 256 bytes per byte value (16 replicas x 8 bytes each: a half warp's LDS.64 hits
+    # 32 distinct banks); 64 KB of tables per CTA.
+    byte_lut2: bool = False
 
     def __post_init__(self):
         if self.k_bits not in (2, 4, 8) or self.v_bits not in (2, 4, 8):
@@ -138,6 +150,9 @@ class DecodeConfig:
         if self.table_lookahead and (not self.prefetch or self.smem_stages):
             raise ValueError("table_lookahead is a knob of the register prefetch "
                              "(prefetch=True, smem_stages=0); the smem ring always reads ahead")
+        if self.byte_lut2 and (self.k_bits, self.v_bits) != (2, 2):
+            raise NotImplementedError(f"byte_lut2 is implemented for k_bits = v_bits = 2 only, "
+                                      f"got K{self.k_bits}V{self.v_bits}")
         if self.smem_stages:
             if not self.prefetch:
                 raise ValueError("smem_stages needs prefetch=True (the ring is a prefetch)")
@@ -203,11 +218,19 @@ class DecodeConfig:
 
     @property
     def ring_offset(self) -> int:  # the ring lives after the tables / merge area
-        return max(self.lut_bytes(self.k_bits) + self.lut_bytes(self.v_bits), self.merge_bytes)
+        return max(self.table_bytes, self.merge_bytes)
 
     @staticmethod
     def lut_bytes(bits: int) -> int:
+        """One side's pair table (entries x 32 replicas x 4 bytes)."""
         return (16 if bits == 2 else 256) * 32 * 4
+
+    @property
+    def table_bytes(self) -> int:
+        """Both sides' tables: byte_lut2's 256 x 256 bytes, else the two pair tables."""
+        if self.byte_lut2:
+            return BYTE_LUT2_BYTES
+        return self.lut_bytes(self.k_bits) + self.lut_bytes(self.v_bits)
 
     @property
     def merge_bytes(self) -> int:
@@ -275,7 +298,8 @@ class DecodeConfig:
                 f"_q{self.q_len}_{self.dtype}_w{self.num_warps}{'_pf' if self.prefetch else ''}"
                 f"{'_rq' if self.rotate_query else ''}{'_ep' if self.early_prefetch else ''}"
                 f"{f'_ring{self.smem_stages}' if self.smem_stages else ''}"
-                f"{'_btla' if self.table_lookahead else ''}{'_tb' if self.tile_bases else ''}")
+                f"{'_btla' if self.table_lookahead else ''}{'_tb' if self.tile_bases else ''}"
+                f"{'_bl2' if self.byte_lut2 else ''}")
 
 
 #: Opt-in candidate tunings per bit width (k_bits == v_bits, D <= 128, one column tile
@@ -296,7 +320,14 @@ SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
         "ring_notb": dict(tile_bases=False)},
     2: {"early": dict(early_prefetch=True),
         "ring": dict(_RING, min_ctas_per_sm=3),
-        "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True)},
+        "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True),
+        # the byte-indexed table (session 6; SASS of the K2V2 D128 tile loop 435 -> 244
+        # instructions). At 8 warps x 2 CTAs (128 registers) it spills 60 B with the
+        # table lookahead, so "bl2" drops the lookahead and "bl2_w4" keeps it at 4 warps x
+        # 3 CTAs (164 registers); both 0 spills on sm_90a
+        "bl2": dict(byte_lut2=True, table_lookahead=False),
+        "bl2_w4": dict(byte_lut2=True, target_warps=4, min_ctas_per_sm=3,
+                       table_lookahead=True)},
 }
 
 
@@ -403,6 +434,13 @@ def ld_shared_u32(addr, *, loc=None, ip=None):
                       "ld.shared.u32 $0, [$1];", "=r,r"))
 
 @dsl_user_op
+def ld_shared_v2_u32(addr, *, loc=None, ip=None):
+    """Two words of shared memory (a pure load: free to schedule, like ld_shared_u32)."""
+    r = asm(llvm.StructType.get_literal([T.i32()] * 2), [Int32(addr).ir_value(loc=loc, ip=ip)],
+            "ld.shared.v2.u32 {$0,$1}, [$2];", "=r,=r,r")
+    return unpack(r, 2, T.i32, Uint32, loc, ip)
+
+@dsl_user_op
 def ld_shared_words(addr, nbytes: int, *, loc=None, ip=None):
     """``nbytes`` (4, 8 or 16) of shared memory as Uint32 words. Marked side-effecting so
     LLVM keeps it after the cp.async.wait_group that makes the bytes visible (an asm
@@ -444,6 +482,12 @@ def ld_shared_f32(addr, *, loc=None, ip=None):
 def st_shared_v4(addr, w, *, loc=None, ip=None):
     asm(None, [Int32(addr).ir_value(loc=loc, ip=ip)]
         + [Uint32(w).ir_value(loc=loc, ip=ip)] * 4,
+        "st.shared.v4.u32 [$0], {$1,$2,$3,$4};", "r,r,r,r,r", side=True)
+
+@dsl_user_op
+def st_shared_v4_words(addr, a, b, c, d, *, loc=None, ip=None):
+    asm(None, [Int32(addr).ir_value(loc=loc, ip=ip)]
+        + [Uint32(w).ir_value(loc=loc, ip=ip) for w in (a, b, c, d)],
         "st.shared.v4.u32 [$0], {$1,$2,$3,$4};", "r,r,r,r,r", side=True)
 
 @dsl_user_op
@@ -555,7 +599,8 @@ class ptx:
     """Namespace for the PTX helpers above (kernel code reads ptx.<name>)."""
 
 
-for _name in ("ld_global_words", "ld_global_u16", "ld_shared_u32", "ld_shared_words",
+for _name in ("ld_global_words", "ld_global_u16", "ld_shared_u32", "ld_shared_v2_u32",
+              "ld_shared_words", "st_shared_v4_words",
               "cp_async", "cp_async_commit", "cp_async_wait", "ld_shared_f32",
               "st_shared_v4", "st_shared_f32", "st_global_v2_f32", "mma_16816",
               "movmatrix_trans", "prmt", "pack2", "ex2", "lg2", "bf16_bits_to_f32", "fmax",
@@ -616,6 +661,55 @@ class TQDecodeSplitK:
             else:
                 word = ptx.pack2(mCb[e], mCb[e], self.is_bf16)
             ptx.st_shared_v4(base + e * 128 + (idx % 8) * 16, word)
+
+    @cute.jit
+    def build_byte_lut2(self, base: Int32, mKcb: cute.Tensor, mVcb: cute.Tensor, tidx: Int32):
+        """DecodeConfig.byte_lut2's table at smem ``base`` (256-byte aligned): byte value e
+        at base + 256 e; K's 16 replicas of (pair(c0, c1), pair(c2, c3)) at + 8 r, V's at
+        + 128 + 8 r, where c_i = (e >> 2i) & 3 (what the codes mean: k_bytes / v_bytes)."""
+        for idx in cutlass.range(tidx, 256 * 16, self.num_threads):
+            e = idx // 16
+            q = idx % 16  # 16-byte slot: 0..7 K (2 replicas each), 8..15 V
+            w0 = Uint32(0)
+            w1 = Uint32(0)
+            if q < 8:
+                w0 = ptx.pack2(mKcb[e & 3], mKcb[(e >> 2) & 3], self.is_bf16)
+                w1 = ptx.pack2(mKcb[(e >> 4) & 3], mKcb[e >> 6], self.is_bf16)
+            else:
+                w0 = ptx.pack2(mVcb[e & 3], mVcb[(e >> 2) & 3], self.is_bf16)
+                w1 = ptx.pack2(mVcb[(e >> 4) & 3], mVcb[e >> 6], self.is_bf16)
+            ptx.st_shared_v4_words(base + e * 256 + q * 16, w0, w1, w0, w1)
+
+    @cute.jit
+    def byte_pairs(self, base: Int32, lane_off: Int32, word, j: cutlass.Constexpr[int]):
+        """byte_lut2: the two operand registers of byte j of ``word``. One PRMT builds the
+        offset (byte << 8) | lane_off from the word and the lane's slot offset (< 256, so
+        its upper bytes supply the zeros); ``base`` = table base (+ 128 for V)."""
+        off = ptx.prmt(lane_off, word, 0x1100 | ((4 + j) << 4))
+        w = ptx.ld_shared_v2_u32(base + Int32(off))
+        return w[0], w[1]
+
+    @cute.jit
+    def k_bytes(self, w_g, w_g8):
+        """byte_lut2, K: 2-bit code words of rows g and g+8 (nibble p = pair p) -> (even,
+        odd): byte j of ``even`` = (row g nibble 2j, row g+8 nibble 2j), of ``odd`` the
+        nibbles 2j+1; so K-chunk k's A registers 0/1 are byte k % 4 of even word k // 4
+        and registers 2/3 the same byte of odd."""
+        even = (w_g & Uint32(0x0F0F0F0F)) | ((w_g8 << Uint32(4)) & Uint32(0xF0F0F0F0))
+        odd = ((w_g >> Uint32(4)) & Uint32(0x0F0F0F0F)) | (w_g8 & Uint32(0xF0F0F0F0))
+        return even, odd
+
+    @cute.jit
+    def v_bytes(self, w_a, w_b):
+        """byte_lut2, V: 2-bit code words of tokens a and b (code m = element m) -> (even,
+        odd): byte j of ``even`` = (a@4j, b@4j, a@4j+1, b@4j+1), i.e. M-tile i = 2j's
+        registers (row g: d = 2i of tokens a, b; row g+8: d = 2i + 1); ``odd`` M-tile
+        2j + 1."""
+        lo = (w_a & Uint32(0x33333333)) | ((w_b << Uint32(2)) & Uint32(0xCCCCCCCC))
+        hi = ((w_a >> Uint32(2)) & Uint32(0x33333333)) | (w_b & Uint32(0xCCCCCCCC))
+        even = (lo & Uint32(0x0F0F0F0F)) | ((hi << Uint32(4)) & Uint32(0xF0F0F0F0))
+        odd = ((lo >> Uint32(4)) & Uint32(0x0F0F0F0F)) | (hi & Uint32(0xF0F0F0F0))
+        return even, odd
 
     @cute.jit
     def lut(self, lane_base: Int32, index):
@@ -811,14 +905,24 @@ class TQDecodeSplitK:
         vw = [[vt[tt * VW + w] for w in range(VW)] for tt in range(4)]
         kn = [nt[0], nt[1]]
         vn = [nt[2], nt[3]]
+        if const_expr(self.cfg.byte_lut2):  # codes re-interleaved for the byte table
+            kx = [self.k_bytes(kw[0][w], kw[1][w]) for w in range(KW)]
+            vx = [[self.v_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
+                  for tp in range(2)]
         # ---- Sᵀ = K̃ Qᵀ
         for j in cutlass.range_constexpr(NTW):
             for r in cutlass.range_constexpr(4):
                 acc_s[j, r] = Float32(0.0)
         for k in cutlass.range_constexpr(KCH):
-            a_frag = [self.k_pair(k_lb, kw[0], 2 * k), self.k_pair(k_lb, kw[1], 2 * k),
-                      self.k_pair(k_lb, kw[0], 2 * k + 1),
-                      self.k_pair(k_lb, kw[1], 2 * k + 1)]
+            if const_expr(self.cfg.byte_lut2):
+                # k_lb = table base, v_lb = this lane's slot offset (see the kernel body)
+                r0, r1 = self.byte_pairs(k_lb, v_lb, kx[k // 4][0], k % 4)
+                r2, r3 = self.byte_pairs(k_lb, v_lb, kx[k // 4][1], k % 4)
+                a_frag = [r0, r1, r2, r3]
+            else:
+                a_frag = [self.k_pair(k_lb, kw[0], 2 * k), self.k_pair(k_lb, kw[1], 2 * k),
+                          self.k_pair(k_lb, kw[0], 2 * k + 1),
+                          self.k_pair(k_lb, kw[1], 2 * k + 1)]
             for j in cutlass.range_constexpr(NTW):
                 res = ptx.mma_16816([acc_s[j, 0], acc_s[j, 1], acc_s[j, 2], acc_s[j, 3]],
                                     a_frag, [qf[j, 2 * k], qf[j, 2 * k + 1]],
@@ -873,7 +977,17 @@ class TQDecodeSplitK:
             x1 = ptx.pack2(p[2] * vsc[1], p[3] * vsc[1], self.is_bf16)
             pb.append([ptx.movmatrix_trans(x0), ptx.movmatrix_trans(x1)])
         for i in cutlass.range_constexpr(KCH):
-            a_frag = self.v_frag(v_lb, vw, i)
+            if const_expr(self.cfg.byte_lut2):
+                # M-tile i = nibble i of the token words: word i // 8, nibble n = i % 8 ->
+                # byte n // 2 of the even (n even) or odd interleaved word; token pairs
+                # (2c, 2c+1) then (2c+8, 2c+9), as v_frag
+                a_frag = []
+                for tp in cutlass.range_constexpr(2):
+                    r_g, r_g8 = self.byte_pairs(k_lb + 128, v_lb,
+                                                vx[tp][i // 8][(i % 8) % 2], (i % 8) // 2)
+                    a_frag.extend([r_g, r_g8])
+            else:
+                a_frag = self.v_frag(v_lb, vw, i)
             for j in cutlass.range_constexpr(NTW):
                 res = ptx.mma_16816([acc_o[j, i, 0], acc_o[j, i, 1], acc_o[j, i, 2],
                                      acc_o[j, i, 3]], a_frag, pb[j], self.is_bf16)
@@ -1018,10 +1132,17 @@ class TQDecodeSplitK:
 
         smem = SmemAllocator()
         sbase = smem.allocate(self.cfg.smem_bytes, 128).toint()
-        k_lb = sbase + lane * 4
-        v_lb = sbase + self.k_lut_bytes + lane * 4
-        self.build_lut(sbase, mKcb, self.kb, tidx)
-        self.build_lut(sbase + self.k_lut_bytes, mVcb, self.vb, tidx)
+        if const_expr(self.cfg.byte_lut2):
+            # the tile step reads k_lb as the table base and v_lb as the lane's replica
+            # offset inside a 128-byte side (byte_pairs)
+            k_lb = sbase
+            v_lb = (lane % 16) * 8
+            self.build_byte_lut2(sbase, mKcb, mVcb, tidx)
+        else:
+            k_lb = sbase + lane * 4
+            v_lb = sbase + self.k_lut_bytes + lane * 4
+            self.build_lut(sbase, mKcb, self.kb, tidx)
+            self.build_lut(sbase + self.k_lut_bytes, mVcb, self.vb, tidx)
 
         KW = max(1, D * self.kb // 128)  # words per K row segment
         VW = max(1, D * self.vb // 256)  # words per V token segment
@@ -1297,6 +1418,12 @@ def _report_configs() -> list[DecodeConfig]:
     # first-tile loads before the Q rotation, and the smem cp.async ring
     cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4][n])
              for n in ("regpf", "ring_notb")]
+    # the byte-indexed 2-bit table (opt-in, session 6) at D 128 (both geometries), D 64
+    # with q_len 4 and D 256 (no prefetch there)
+    cfgs += [dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2][n])
+             for n in ("bl2", "bl2_w4")]
+    cfgs += [dataclasses.replace(fp(2, 2, 64, 4, 4), byte_lut2=True),
+             dataclasses.replace(fp(2, 2, 256, 4, 1), byte_lut2=True)]
     return cfgs
 
 
@@ -1310,7 +1437,8 @@ def compile_configs():
                    f"{'_pf' if cfg.prefetch else ''}{'_rq' if cfg.rotate_query else ''}"
                    f"{'_ep' if cfg.early_prefetch else ''}"
                    f"{f'_ring{cfg.smem_stages}' if cfg.smem_stages else ''}"
-                   f"{'_btla' if cfg.table_lookahead else ''}{'_tb' if cfg.tile_bases else ''}")
+                   f"{'_btla' if cfg.table_lookahead else ''}{'_tb' if cfg.tile_bases else ''}"
+                   f"{'_bl2' if cfg.byte_lut2 else ''}")
 
         def build(cfg=cfg):
             import cutlass.cute as cute

@@ -288,3 +288,16 @@ def test_probe_candidate_names_match_kernel():
         candidate_config(4, 128, 4, 4, "regpf")  # two column tiles: no prefetch to modify
     assert len(cases) == sum(2 * len(v) - ("ring_early" in v) + ("ring" in v)
                              for v in CANDIDATE_NAMES.values())
+
+
+@pytest.mark.compile
+def test_byte_lut2_is_k2v2_only_and_fits():
+    from fa4_tq.kernels.decode import BYTE_LUT2_BYTES, DecodeConfig
+
+    for kb, vb in ((4, 4), (2, 4), (4, 2), (8, 2)):
+        with pytest.raises(NotImplementedError, match="byte_lut2"):
+            DecodeConfig(kb, vb, 128, 4, 1, byte_lut2=True)
+    cfg = DecodeConfig(2, 2, 128, 4, 1, byte_lut2=True)
+    assert cfg.table_bytes == BYTE_LUT2_BYTES == 65536
+    assert cfg.ring_offset >= cfg.table_bytes  # the merge area and ring follow the table
+    assert DecodeConfig(2, 2, 128, 4, 1).table_bytes == 2 * 16 * 32 * 4
