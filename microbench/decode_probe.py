@@ -244,6 +244,27 @@ def correctness_cases():
     cases.append(dict(name="K2V2 D256 G4 q1 bs32 byte_lut2", kb=2, vb=2, D=256, G=4, Hkv=2,
                       qlen=1, bs=32, lens=mixed_a, causal=True, wl=-1, wr=-1,
                       knobs=dict(byte_lut2=True)))
+    # prmt_lut on the 4/8-bit pairs (K4V4 is a candidate above): 8-bit sides, the mixed
+    # pairs, two column tiles with a window, D 64 / 256, fp16, fixed splits
+    pl = dict(prmt_lut=True)
+    for name, kb, vb, D, G, q, bs, lens, extra_kw in (
+            ("K8V8 D128 G4 q1 bs16", 8, 8, 128, 4, 1, 16, mixed_a, {}),
+            ("K8V8 D128 G4 q1 bs16 w4c3", 8, 8, 128, 4, 1, 16, mixed_a,
+             dict(target_warps=4, min_ctas_per_sm=3)),
+            ("K4V8 D128 G2 q4 bs64 window40", 4, 8, 128, 2, 4, 64, mixed_b, {}),
+            ("K8V4 D128 G4 q1 bs128 splits=3", 8, 4, 128, 4, 1, 128, mixed_b, {}),
+            ("K4V4 D128 G16 q8 bs16 causal", 4, 4, 128, 16, 8, 16, mixed_b, {}),
+            ("K4V4 D64 G4 q1 bs32", 4, 4, 64, 4, 1, 32, mixed_a, {}),
+            ("K8V8 D256 G4 q2 bs64 causal", 8, 8, 256, 4, 2, 64, mixed_b, {}),
+            ("K4V4 D128 G4 q1 fp16", 4, 4, 128, 4, 1, 16, mixed_a, dict(fp16=True))):
+        case = dict(name=f"{name} prmt_lut", kb=kb, vb=vb, D=D, G=G, Hkv=2, qlen=q, bs=bs,
+                    lens=lens, causal=True, wl=40 if "window" in name else -1, wr=-1,
+                    knobs={**pl, **{k: v for k, v in extra_kw.items() if k != "fp16"}})
+        if "splits=" in name:
+            case["splits"] = int(name.split("splits=")[1])
+        if extra_kw.get("fp16"):
+            case["fp16"] = True
+        cases.append(case)
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases
@@ -272,6 +293,10 @@ PAIR_KNOBS = {
                     early_prefetch=True, table_lookahead=False, tile_bases=True),
     "ring_w4c1": dict(prefetch=True, target_warps=4, min_ctas_per_sm=1, smem_stages=4,
                       early_prefetch=True, table_lookahead=False, tile_bases=True),
+    # PRMT-addressed interleaved tables (4/8-bit sides, session 6); K8V8 needs 129
+    # registers with them (1 CTA of 8 warps per SM), hence also 4 warps x 3 CTAs
+    "pl": dict(prmt_lut=True),
+    "pl_w4c3": dict(prmt_lut=True, target_warps=4, min_ctas_per_sm=3),
 }
 
 
@@ -279,7 +304,7 @@ PAIR_KNOBS = {
 #: list never imports cutlass (pytest collects tests/gpu next to the compile tests, which
 #: must configure CuTeDSL's environment before its first import); the compile test checks
 #: both agree.
-CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb"),
+CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "pl"),
                    2: ("early", "ring", "ring_early", "bl2", "bl2_w4")}
 
 

@@ -73,7 +73,8 @@ from ..codec import codebook_bits
 
 NUM_SMS_H100 = 132
 TOKENS_PER_TILE = 16
-BYTE_LUT2_BYTES = 256 * 256  # DecodeConfig.byte_lut2: 256 byte values x (K, V) x 16 x 8 B
+# DecodeConfig.byte_lut2 / prmt_lut: 256 byte values x (K, V) x 128 B
+BYTE_LUT2_BYTES = 256 * 256
 MAX_COLUMNS = 128  # G * q_len: GQA 16 x q_len 8
 LOG2E = 1.4426950408889634
 
@@ -130,6 +131,14 @@ class DecodeConfig:
     # at 256 bytes per byte value (16 replicas x 8 bytes each: a half warp's LDS.64 hits
     # 32 distinct banks); 64 KB of tables per CTA.
     byte_lut2: bool = False
+    # prmt_lut (both sides 4- or 8-bit): the two sides' tables interleave at 256 bytes per
+    # entry (K at + 0, V at + 128, 32 replicas x 4 bytes each, the same words as the pair /
+    # single tables), so a lookup's offset (code byte * 256 + lane * 4) is one PRMT of the
+    # code word and the lane offset, and ptxas folds the base into LDS [R+UR]: no shift /
+    # mask and address IMAD per lookup. With 4-bit V the codes of the token pairs (2c, 2c+1)
+    # are first nibble-interleaved in registers, so a lookup returns the mma register of both
+    # tokens directly (no PRMT per V register). Same 64 KB of tables as two pair tables.
+    prmt_lut: bool = False
 
     def __post_init__(self):
         if self.k_bits not in (2, 4, 8) or self.v_bits not in (2, 4, 8):
@@ -150,6 +159,9 @@ class DecodeConfig:
         if self.table_lookahead and (not self.prefetch or self.smem_stages):
             raise ValueError("table_lookahead is a knob of the register prefetch "
                              "(prefetch=True, smem_stages=0); the smem ring always reads ahead")
+        if self.prmt_lut and (self.k_bits == 2 or self.v_bits == 2):
+            raise NotImplementedError(f"prmt_lut is implemented for 4- and 8-bit sides only (2-bit "
+                                      f"sides: byte_lut2), got K{self.k_bits}V{self.v_bits}")
         if self.byte_lut2 and (self.k_bits, self.v_bits) != (2, 2):
             raise NotImplementedError(f"byte_lut2 is implemented for k_bits = v_bits = 2 only, "
                                       f"got K{self.k_bits}V{self.v_bits}")
@@ -228,7 +240,7 @@ class DecodeConfig:
     @property
     def table_bytes(self) -> int:
         """Both sides' tables: byte_lut2's 256 x 256 bytes, else the two pair tables."""
-        if self.byte_lut2:
+        if self.byte_lut2 or self.prmt_lut:
             return BYTE_LUT2_BYTES
         return self.lut_bytes(self.k_bits) + self.lut_bytes(self.v_bits)
 
@@ -299,7 +311,7 @@ class DecodeConfig:
                 f"{'_rq' if self.rotate_query else ''}{'_ep' if self.early_prefetch else ''}"
                 f"{f'_ring{self.smem_stages}' if self.smem_stages else ''}"
                 f"{'_btla' if self.table_lookahead else ''}{'_tb' if self.tile_bases else ''}"
-                f"{'_bl2' if self.byte_lut2 else ''}")
+                f"{'_bl2' if self.byte_lut2 else ''}{'_pl' if self.prmt_lut else ''}")
 
 
 #: Opt-in candidate tunings per bit width (k_bits == v_bits, D <= 128, one column tile
@@ -317,7 +329,10 @@ SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
     # previous default, with and without early prefetch) and the ring without tile bases
     4: {"regpf": dict(_REGPF),
         "regpf_early": dict(_REGPF, early_prefetch=True),
-        "ring_notb": dict(tile_bases=False)},
+        "ring_notb": dict(tile_bases=False),
+        # PRMT-addressed interleaved tables (session 6; SASS of the 3-tile ring loop
+        # 1549 -> 1141 instructions, 168 registers, 0 spills)
+        "pl": dict(prmt_lut=True)},
     2: {"early": dict(early_prefetch=True),
         "ring": dict(_RING, min_ctas_per_sm=3),
         "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True),
@@ -648,8 +663,9 @@ class TQDecodeSplitK:
     # ------------------------------------------------------------------ helpers
     @cute.jit
     def build_lut(self, base: Int32, mCb: cute.Tensor, bits: cutlass.Constexpr[int],
-                  tidx: Int32):
-        """Replicated pair/single lookup table (see module docstring) at smem ``base``."""
+                  tidx: Int32, stride: cutlass.Constexpr[int] = 128):
+        """Replicated pair/single lookup table (see module docstring) at smem ``base``,
+        entry e's 128 bytes at base + e * stride (prmt_lut: 256, the other side between)."""
         n_entries = 16 if const_expr(bits == 2) else 256
         for idx in cutlass.range(tidx, n_entries * 8, self.num_threads):
             e = idx // 8
@@ -660,7 +676,7 @@ class TQDecodeSplitK:
                 word = ptx.pack2(mCb[e & 3], mCb[e >> 2], self.is_bf16)
             else:
                 word = ptx.pack2(mCb[e], mCb[e], self.is_bf16)
-            ptx.st_shared_v4(base + e * 128 + (idx % 8) * 16, word)
+            ptx.st_shared_v4(base + e * stride + (idx % 8) * 16, word)
 
     @cute.jit
     def build_byte_lut2(self, base: Int32, mKcb: cute.Tensor, mVcb: cute.Tensor, tidx: Int32):
@@ -688,6 +704,42 @@ class TQDecodeSplitK:
         off = ptx.prmt(lane_off, word, 0x1100 | ((4 + j) << 4))
         w = ptx.ld_shared_v2_u32(base + Int32(off))
         return w[0], w[1]
+
+    @cute.jit
+    def prmt_lookup(self, base: Int32, lane_off: Int32, word, j: cutlass.Constexpr[int]):
+        """prmt_lut: the table word for byte j of ``word`` (offset as in byte_pairs)."""
+        off = ptx.prmt(lane_off, word, 0x1100 | ((4 + j) << 4))
+        return ptx.ld_shared_u32(base + Int32(off))
+
+    @cute.jit
+    def k_pair_prmt(self, base: Int32, lane_off: Int32, words, p: cutlass.Constexpr[int]):
+        """prmt_lut: k_pair (packed elements 2p, 2p+1 of a K row segment)."""
+        if const_expr(self.kb == 4):
+            return self.prmt_lookup(base, lane_off, words[p // 4], p % 4)
+        w = words[p // 2]
+        lo = self.prmt_lookup(base, lane_off, w, 2 * (p % 2))
+        hi = self.prmt_lookup(base, lane_off, w, 2 * (p % 2) + 1)
+        return ptx.prmt(lo, hi, 0x5410)
+
+    @cute.jit
+    def v_frag_prmt(self, base: Int32, lane_off: Int32, vw, vx, i: cutlass.Constexpr[int]):
+        """prmt_lut: v_frag. 4-bit: ``vx[tp][w]`` = k_bytes(token 2c(+8), token 2c+1(+9))
+        of word w, whose byte j pairs the tokens' elements 2j (even) / 2j + 1 (odd), so the
+        table word is the register itself; 8-bit: two lookups and a PRMT per register."""
+        regs = []
+        for tp in cutlass.range_constexpr(2):
+            if const_expr(self.vb == 4):
+                regs.append(self.prmt_lookup(base, lane_off, vx[tp][i // 4][0], i % 4))
+                regs.append(self.prmt_lookup(base, lane_off, vx[tp][i // 4][1], i % 4))
+            else:
+                w0 = vw[2 * tp]
+                w1 = vw[2 * tp + 1]
+                for m in cutlass.range_constexpr(2):  # elements 2i (row g), 2i + 1 (g + 8)
+                    e = 2 * i + m
+                    a = self.prmt_lookup(base, lane_off, w0[e // 4], e % 4)
+                    b = self.prmt_lookup(base, lane_off, w1[e // 4], e % 4)
+                    regs.append(ptx.prmt(a, b, 0x5410))
+        return regs
 
     @cute.jit
     def k_bytes(self, w_g, w_g8):
@@ -909,6 +961,9 @@ class TQDecodeSplitK:
             kx = [self.k_bytes(kw[0][w], kw[1][w]) for w in range(KW)]
             vx = [[self.v_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
                   for tp in range(2)]
+        if const_expr(self.cfg.prmt_lut and self.vb == 4):  # token pairs' nibbles side by side
+            vx = [[self.k_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
+                  for tp in range(2)]
         # ---- Sᵀ = K̃ Qᵀ
         for j in cutlass.range_constexpr(NTW):
             for r in cutlass.range_constexpr(4):
@@ -919,6 +974,11 @@ class TQDecodeSplitK:
                 r0, r1 = self.byte_pairs(k_lb, v_lb, kx[k // 4][0], k % 4)
                 r2, r3 = self.byte_pairs(k_lb, v_lb, kx[k // 4][1], k % 4)
                 a_frag = [r0, r1, r2, r3]
+            elif const_expr(self.cfg.prmt_lut):  # k_lb = table base, v_lb = lane * 4
+                a_frag = [self.k_pair_prmt(k_lb, v_lb, kw[0], 2 * k),
+                          self.k_pair_prmt(k_lb, v_lb, kw[1], 2 * k),
+                          self.k_pair_prmt(k_lb, v_lb, kw[0], 2 * k + 1),
+                          self.k_pair_prmt(k_lb, v_lb, kw[1], 2 * k + 1)]
             else:
                 a_frag = [self.k_pair(k_lb, kw[0], 2 * k), self.k_pair(k_lb, kw[1], 2 * k),
                           self.k_pair(k_lb, kw[0], 2 * k + 1),
@@ -986,6 +1046,9 @@ class TQDecodeSplitK:
                     r_g, r_g8 = self.byte_pairs(k_lb + 128, v_lb,
                                                 vx[tp][i // 8][(i % 8) % 2], (i % 8) // 2)
                     a_frag.extend([r_g, r_g8])
+            elif const_expr(self.cfg.prmt_lut):
+                a_frag = self.v_frag_prmt(k_lb + 128, v_lb, vw,
+                                          vx if const_expr(self.vb == 4) else None, i)
             else:
                 a_frag = self.v_frag(v_lb, vw, i)
             for j in cutlass.range_constexpr(NTW):
@@ -1138,6 +1201,11 @@ class TQDecodeSplitK:
             k_lb = sbase
             v_lb = (lane % 16) * 8
             self.build_byte_lut2(sbase, mKcb, mVcb, tidx)
+        elif const_expr(self.cfg.prmt_lut):  # same meaning of k_lb / v_lb (prmt_lookup)
+            k_lb = sbase
+            v_lb = lane * 4
+            self.build_lut(sbase, mKcb, self.kb, tidx, 256)
+            self.build_lut(sbase + 128, mVcb, self.vb, tidx, 256)
         else:
             k_lb = sbase + lane * 4
             v_lb = sbase + self.k_lut_bytes + lane * 4
@@ -1424,6 +1492,17 @@ def _report_configs() -> list[DecodeConfig]:
              for n in ("bl2", "bl2_w4")]
     cfgs += [dataclasses.replace(fp(2, 2, 64, 4, 4), byte_lut2=True),
              dataclasses.replace(fp(2, 2, 256, 4, 1), byte_lut2=True)]
+    # PRMT-addressed tables (opt-in, session 6): K4V4 ring, K8V8 (both geometries), the
+    # mixed 4/8-bit pairs, two column tiles, D 64 / 256
+    cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True, target_warps=4,
+                                 min_ctas_per_sm=3),
+             dataclasses.replace(fp(4, 8, 128, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(8, 4, 128, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(4, 4, 128, 16, 8), prmt_lut=True),
+             dataclasses.replace(fp(4, 4, 64, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(8, 8, 256, 16, 8), prmt_lut=True)]
     return cfgs
 
 
@@ -1438,7 +1517,7 @@ def compile_configs():
                    f"{'_ep' if cfg.early_prefetch else ''}"
                    f"{f'_ring{cfg.smem_stages}' if cfg.smem_stages else ''}"
                    f"{'_btla' if cfg.table_lookahead else ''}{'_tb' if cfg.tile_bases else ''}"
-                   f"{'_bl2' if cfg.byte_lut2 else ''}")
+                   f"{'_bl2' if cfg.byte_lut2 else ''}{'_pl' if cfg.prmt_lut else ''}")
 
         def build(cfg=cfg):
             import cutlass.cute as cute
