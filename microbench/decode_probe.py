@@ -236,18 +236,17 @@ def correctness_cases():
                                   kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=1, bs=64,
                                   lens=[5003, 1, 37], causal=True, wl=-1, wr=-1, splits=1,
                                   candidate=cname))
-    # byte_lut2 away from D=128 q_len 1 (candidate_config covers the prefetching configs
-    # only): D 64 q_len 4 and D 256 (no prefetch), mixed lengths, bs 32 (config= overrides)
-    cases.append(dict(name="K2V2 D64 G4 q4 bs32 causal byte_lut2", kb=2, vb=2, D=64, G=4,
-                      Hkv=2, qlen=4, bs=32, lens=mixed_b, causal=True, wl=-1, wr=-1,
-                      knobs=dict(byte_lut2=True)))
-    cases.append(dict(name="K2V2 D256 G4 q1 bs32 byte_lut2", kb=2, vb=2, D=256, G=4, Hkv=2,
-                      qlen=1, bs=32, lens=mixed_a, causal=True, wl=-1, wr=-1,
-                      knobs=dict(byte_lut2=True)))
-    # prmt_lut on the 4/8-bit pairs (K4V4 is a candidate above): 8-bit sides, the mixed
-    # pairs, two column tiles with a window, D 64 / 256, fp16, fixed splits
+    # prmt_lut beyond the K4V4 / K2V2 candidates above (candidate_config covers the
+    # prefetching configs at D 128 only): 8-bit sides, the mixed pairs with 2-bit sides,
+    # two column tiles with a window, D 64 / 256, fp16, fixed splits (config= overrides)
     pl = dict(prmt_lut=True)
     for name, kb, vb, D, G, q, bs, lens, extra_kw in (
+            ("K2V2 D64 G4 q4 bs32", 2, 2, 64, 4, 4, 32, mixed_b, {}),
+            ("K2V2 D256 G4 q1 bs32", 2, 2, 256, 4, 1, 32, mixed_a, {}),
+            ("K4V2 D128 G4 q2 bs16 window33 splits=7", 4, 2, 128, 4, 2, 16, mixed_b, {}),
+            ("K2V4 D128 G5 q3 bs48", 2, 4, 128, 5, 3, 48, mixed_b, {}),
+            ("K2V8 D128 G8 q1 bs128 splits=1", 2, 8, 128, 8, 1, 128, [5003, 1, 37], {}),
+            ("K8V2 D128 G4 q1 bs16", 8, 2, 128, 4, 1, 16, mixed_a, {}),
             ("K8V8 D128 G4 q1 bs16", 8, 8, 128, 4, 1, 16, mixed_a, {}),
             ("K8V8 D128 G4 q1 bs16 w4c3", 8, 8, 128, 4, 1, 16, mixed_a,
              dict(target_warps=4, min_ctas_per_sm=3)),
@@ -258,7 +257,9 @@ def correctness_cases():
             ("K8V8 D256 G4 q2 bs64 causal", 8, 8, 256, 4, 2, 64, mixed_b, {}),
             ("K4V4 D128 G4 q1 fp16", 4, 4, 128, 4, 1, 16, mixed_a, dict(fp16=True))):
         case = dict(name=f"{name} prmt_lut", kb=kb, vb=vb, D=D, G=G, Hkv=2, qlen=q, bs=bs,
-                    lens=lens, causal=True, wl=40 if "window" in name else -1, wr=-1,
+                    lens=lens, causal=True,
+                    wl=int(name.split("window")[1].split()[0]) if "window" in name else -1,
+                    wr=-1,
                     knobs={**pl, **{k: v for k, v in extra_kw.items() if k != "fp16"}})
         if "splits=" in name:
             case["splits"] = int(name.split("splits=")[1])
@@ -305,7 +306,7 @@ PAIR_KNOBS = {
 #: must configure CuTeDSL's environment before its first import); the compile test checks
 #: both agree.
 CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "pl"),
-                   2: ("early", "ring", "ring_early", "bl2", "bl2_w4")}
+                   2: ("early", "ring", "ring_early", "pl", "pl_w4")}
 
 
 def config_key(case):

@@ -73,8 +73,8 @@ from ..codec import codebook_bits
 
 NUM_SMS_H100 = 132
 TOKENS_PER_TILE = 16
-# DecodeConfig.byte_lut2 / prmt_lut: 256 byte values x (K, V) x 128 B
-BYTE_LUT2_BYTES = 256 * 256
+# DecodeConfig.prmt_lut: 256 byte values x (K, V) x 128 B
+PRMT_LUT_BYTES = 256 * 256
 MAX_COLUMNS = 128  # G * q_len: GQA 16 x q_len 8
 LOG2E = 1.4426950408889634
 
@@ -120,24 +120,17 @@ class DecodeConfig:
     # (three 64-bit multiplies by runtime strides) for each of the 10 loads of a tile
     # (SASS: ~90 of the ~570 instructions per tile-warp of the K4V4 loop).
     tile_bases: bool = False
-    # byte_lut2 (K2V2 only): one table indexed by a byte of four 2-bit codes that returns
-    # two mma operand registers at once, instead of the nibble-indexed pair table. The code
-    # words are first re-interleaved in registers (shifts + LOP3, a few per tile) so that
-    # each byte holds exactly the codes of two A registers that the mma wants adjacent
-    # (K: the same pair of rows g and g+8; V: element d and d+1 of a token pair), then per
-    # byte one PRMT (byte * 256 + the lane's slot offset, see byte_pairs) and one LDS.64
-    # straight into the operand pair, where the nibble table takes shift/mask, an address
-    # IMAD and an LDS per register (and a PRMT per V register). K and V entries interleave
-    # at 256 bytes per byte value (16 replicas x 8 bytes each: a half warp's LDS.64 hits
-    # 32 distinct banks); 64 KB of tables per CTA.
-    byte_lut2: bool = False
-    # prmt_lut (both sides 4- or 8-bit): the two sides' tables interleave at 256 bytes per
-    # entry (K at + 0, V at + 128, 32 replicas x 4 bytes each, the same words as the pair /
-    # single tables), so a lookup's offset (code byte * 256 + lane * 4) is one PRMT of the
-    # code word and the lane offset, and ptxas folds the base into LDS [R+UR]: no shift /
-    # mask and address IMAD per lookup. With 4-bit V the codes of the token pairs (2c, 2c+1)
-    # are first nibble-interleaved in registers, so a lookup returns the mma register of both
-    # tokens directly (no PRMT per V register). Same 64 KB of tables as two pair tables.
+    # prmt_lut: PRMT-addressed tables, K's and V's interleaved at 256 bytes per byte value
+    # (K at + 0, V at + 128; 64 KB per CTA for any bit widths), so a lookup offset (code
+    # byte * 256 + the lane's slot) is one PRMT of the code word and the lane offset and
+    # ptxas folds the base into LDS [R+UR]: no shift / mask / address IMAD per lookup.
+    # 4/8-bit side: the usual pair / single words (32 replicas x 4 bytes). 2-bit side: a
+    # table indexed by a byte of four 2-bit codes that returns two mma registers with one
+    # LDS.64 (16 replicas x 8 bytes: a half warp hits 32 distinct banks); the code words are
+    # first re-interleaved in registers so that each byte holds exactly the codes of two
+    # registers the mma wants adjacent (K: the same pair of rows g and g+8; V: elements d
+    # and d+1 of a token pair). 4-bit V: the token pairs' nibbles are interleaved so that a
+    # lookup is the register of both tokens (no PRMT pairing).
     prmt_lut: bool = False
 
     def __post_init__(self):
@@ -159,12 +152,6 @@ class DecodeConfig:
         if self.table_lookahead and (not self.prefetch or self.smem_stages):
             raise ValueError("table_lookahead is a knob of the register prefetch "
                              "(prefetch=True, smem_stages=0); the smem ring always reads ahead")
-        if self.prmt_lut and (self.k_bits == 2 or self.v_bits == 2):
-            raise NotImplementedError(f"prmt_lut is implemented for 4- and 8-bit sides only (2-bit "
-                                      f"sides: byte_lut2), got K{self.k_bits}V{self.v_bits}")
-        if self.byte_lut2 and (self.k_bits, self.v_bits) != (2, 2):
-            raise NotImplementedError(f"byte_lut2 is implemented for k_bits = v_bits = 2 only, "
-                                      f"got K{self.k_bits}V{self.v_bits}")
         if self.smem_stages:
             if not self.prefetch:
                 raise ValueError("smem_stages needs prefetch=True (the ring is a prefetch)")
@@ -239,9 +226,9 @@ class DecodeConfig:
 
     @property
     def table_bytes(self) -> int:
-        """Both sides' tables: byte_lut2's 256 x 256 bytes, else the two pair tables."""
-        if self.byte_lut2 or self.prmt_lut:
-            return BYTE_LUT2_BYTES
+        """Both sides' tables: prmt_lut's 256 x 256 bytes, else the two pair tables."""
+        if self.prmt_lut:
+            return PRMT_LUT_BYTES
         return self.lut_bytes(self.k_bits) + self.lut_bytes(self.v_bits)
 
     @property
@@ -311,7 +298,7 @@ class DecodeConfig:
                 f"{'_rq' if self.rotate_query else ''}{'_ep' if self.early_prefetch else ''}"
                 f"{f'_ring{self.smem_stages}' if self.smem_stages else ''}"
                 f"{'_btla' if self.table_lookahead else ''}{'_tb' if self.tile_bases else ''}"
-                f"{'_bl2' if self.byte_lut2 else ''}{'_pl' if self.prmt_lut else ''}")
+                f"{'_pl' if self.prmt_lut else ''}")
 
 
 #: Opt-in candidate tunings per bit width (k_bits == v_bits, D <= 128, one column tile
@@ -336,13 +323,13 @@ SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
     2: {"early": dict(early_prefetch=True),
         "ring": dict(_RING, min_ctas_per_sm=3),
         "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True),
-        # the byte-indexed table (session 6; SASS of the K2V2 D128 tile loop 435 -> 244
-        # instructions). At 8 warps x 2 CTAs (128 registers) it spills 60 B with the
-        # table lookahead, so "bl2" drops the lookahead and "bl2_w4" keeps it at 4 warps x
-        # 3 CTAs (164 registers); both 0 spills on sm_90a
-        "bl2": dict(byte_lut2=True, table_lookahead=False),
-        "bl2_w4": dict(byte_lut2=True, target_warps=4, min_ctas_per_sm=3,
-                       table_lookahead=True)},
+        # prmt_lut's byte-indexed 2-bit tables (session 6; SASS of the K2V2 D128 tile loop
+        # 435 -> 244 instructions). At 8 warps x 2 CTAs (128 registers) it spills 60 B with
+        # the table lookahead, so "pl" drops the lookahead and "pl_w4" keeps it at 4 warps
+        # x 3 CTAs (164 registers); both 0 spills on sm_90a
+        "pl": dict(prmt_lut=True, table_lookahead=False),
+        "pl_w4": dict(prmt_lut=True, target_warps=4, min_ctas_per_sm=3,
+                      table_lookahead=True)},
 }
 
 
@@ -679,35 +666,38 @@ class TQDecodeSplitK:
             ptx.st_shared_v4(base + e * stride + (idx % 8) * 16, word)
 
     @cute.jit
-    def build_byte_lut2(self, base: Int32, mKcb: cute.Tensor, mVcb: cute.Tensor, tidx: Int32):
-        """DecodeConfig.byte_lut2's table at smem ``base`` (256-byte aligned): byte value e
-        at base + 256 e; K's 16 replicas of (pair(c0, c1), pair(c2, c3)) at + 8 r, V's at
-        + 128 + 8 r, where c_i = (e >> 2i) & 3 (what the codes mean: k_bytes / v_bytes)."""
-        for idx in cutlass.range(tidx, 256 * 16, self.num_threads):
-            e = idx // 16
-            q = idx % 16  # 16-byte slot: 0..7 K (2 replicas each), 8..15 V
-            w0 = Uint32(0)
-            w1 = Uint32(0)
-            if q < 8:
-                w0 = ptx.pack2(mKcb[e & 3], mKcb[(e >> 2) & 3], self.is_bf16)
-                w1 = ptx.pack2(mKcb[(e >> 4) & 3], mKcb[e >> 6], self.is_bf16)
-            else:
-                w0 = ptx.pack2(mVcb[e & 3], mVcb[(e >> 2) & 3], self.is_bf16)
-                w1 = ptx.pack2(mVcb[(e >> 4) & 3], mVcb[e >> 6], self.is_bf16)
-            ptx.st_shared_v4_words(base + e * 256 + q * 16, w0, w1, w0, w1)
+    def build_byte_table2(self, base: Int32, mCb: cute.Tensor, tidx: Int32):
+        """prmt_lut, 2-bit side at smem ``base``: byte value e's 16 replicas of (pair(c0, c1),
+        pair(c2, c3)) at base + 256 e + 8 r, where c_i = (e >> 2i) & 3 (what the codes are:
+        k_bytes / v_bytes)."""
+        for idx in cutlass.range(tidx, 256 * 8, self.num_threads):
+            e = idx // 8
+            w0 = ptx.pack2(mCb[e & 3], mCb[(e >> 2) & 3], self.is_bf16)
+            w1 = ptx.pack2(mCb[(e >> 4) & 3], mCb[e >> 6], self.is_bf16)
+            ptx.st_shared_v4_words(base + e * 256 + (idx % 8) * 16, w0, w1, w0, w1)
+
+    @cute.jit
+    def build_prmt_side(self, base: Int32, mCb: cute.Tensor, bits: cutlass.Constexpr[int],
+                        tidx: Int32):
+        """prmt_lut: one side's 128-byte entries at base + 256 e."""
+        if const_expr(bits == 2):
+            self.build_byte_table2(base, mCb, tidx)
+        else:
+            self.build_lut(base, mCb, bits, tidx, 256)
 
     @cute.jit
     def byte_pairs(self, base: Int32, lane_off: Int32, word, j: cutlass.Constexpr[int]):
-        """byte_lut2: the two operand registers of byte j of ``word``. One PRMT builds the
-        offset (byte << 8) | lane_off from the word and the lane's slot offset (< 256, so
-        its upper bytes supply the zeros); ``base`` = table base (+ 128 for V)."""
+        """prmt_lut, 2-bit side: the two operand registers of byte j of ``word``. One PRMT
+        builds the offset (byte << 8) | lane_off from the word and the lane's slot offset
+        (< 256, so its upper bytes supply the zeros); ``base`` = table base (+ 128 for V)."""
         off = ptx.prmt(lane_off, word, 0x1100 | ((4 + j) << 4))
         w = ptx.ld_shared_v2_u32(base + Int32(off))
         return w[0], w[1]
 
     @cute.jit
     def prmt_lookup(self, base: Int32, lane_off: Int32, word, j: cutlass.Constexpr[int]):
-        """prmt_lut: the table word for byte j of ``word`` (offset as in byte_pairs)."""
+        """prmt_lut, 4/8-bit side: the table word for byte j of ``word`` (offset as in
+        byte_pairs, lane_off = lane * 4)."""
         off = ptx.prmt(lane_off, word, 0x1100 | ((4 + j) << 4))
         return ptx.ld_shared_u32(base + Int32(off))
 
@@ -743,7 +733,7 @@ class TQDecodeSplitK:
 
     @cute.jit
     def k_bytes(self, w_g, w_g8):
-        """byte_lut2, K: 2-bit code words of rows g and g+8 (nibble p = pair p) -> (even,
+        """prmt_lut, 2-bit K (and 4-bit V, see v_frag_prmt): 2-bit code words of rows g and g+8 (nibble p = pair p) -> (even,
         odd): byte j of ``even`` = (row g nibble 2j, row g+8 nibble 2j), of ``odd`` the
         nibbles 2j+1; so K-chunk k's A registers 0/1 are byte k % 4 of even word k // 4
         and registers 2/3 the same byte of odd."""
@@ -753,7 +743,7 @@ class TQDecodeSplitK:
 
     @cute.jit
     def v_bytes(self, w_a, w_b):
-        """byte_lut2, V: 2-bit code words of tokens a and b (code m = element m) -> (even,
+        """prmt_lut, 2-bit V: 2-bit code words of tokens a and b (code m = element m) -> (even,
         odd): byte j of ``even`` = (a@4j, b@4j, a@4j+1, b@4j+1), i.e. M-tile i = 2j's
         registers (row g: d = 2i of tokens a, b; row g+8: d = 2i + 1); ``odd`` M-tile
         2j + 1."""
@@ -957,24 +947,27 @@ class TQDecodeSplitK:
         vw = [[vt[tt * VW + w] for w in range(VW)] for tt in range(4)]
         kn = [nt[0], nt[1]]
         vn = [nt[2], nt[3]]
-        if const_expr(self.cfg.byte_lut2):  # codes re-interleaved for the byte table
-            kx = [self.k_bytes(kw[0][w], kw[1][w]) for w in range(KW)]
-            vx = [[self.v_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
-                  for tp in range(2)]
-        if const_expr(self.cfg.prmt_lut and self.vb == 4):  # token pairs' nibbles side by side
-            vx = [[self.k_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
-                  for tp in range(2)]
+        if const_expr(self.cfg.prmt_lut):
+            # k_lb = table base, v_lb = lane * 4; a 2-bit side's slot is (lane % 16) * 8
+            lo8 = (v_lb & 63) * 2
+            if const_expr(self.kb == 2):  # codes re-interleaved for the byte table
+                kx = [self.k_bytes(kw[0][w], kw[1][w]) for w in range(KW)]
+            if const_expr(self.vb == 2):
+                vx = [[self.v_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
+                      for tp in range(2)]
+            elif const_expr(self.vb == 4):  # the token pairs' nibbles side by side
+                vx = [[self.k_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
+                      for tp in range(2)]
         # ---- Sᵀ = K̃ Qᵀ
         for j in cutlass.range_constexpr(NTW):
             for r in cutlass.range_constexpr(4):
                 acc_s[j, r] = Float32(0.0)
         for k in cutlass.range_constexpr(KCH):
-            if const_expr(self.cfg.byte_lut2):
-                # k_lb = table base, v_lb = this lane's slot offset (see the kernel body)
-                r0, r1 = self.byte_pairs(k_lb, v_lb, kx[k // 4][0], k % 4)
-                r2, r3 = self.byte_pairs(k_lb, v_lb, kx[k // 4][1], k % 4)
+            if const_expr(self.cfg.prmt_lut and self.kb == 2):
+                r0, r1 = self.byte_pairs(k_lb, lo8, kx[k // 4][0], k % 4)
+                r2, r3 = self.byte_pairs(k_lb, lo8, kx[k // 4][1], k % 4)
                 a_frag = [r0, r1, r2, r3]
-            elif const_expr(self.cfg.prmt_lut):  # k_lb = table base, v_lb = lane * 4
+            elif const_expr(self.cfg.prmt_lut):
                 a_frag = [self.k_pair_prmt(k_lb, v_lb, kw[0], 2 * k),
                           self.k_pair_prmt(k_lb, v_lb, kw[1], 2 * k),
                           self.k_pair_prmt(k_lb, v_lb, kw[0], 2 * k + 1),
@@ -1037,13 +1030,13 @@ class TQDecodeSplitK:
             x1 = ptx.pack2(p[2] * vsc[1], p[3] * vsc[1], self.is_bf16)
             pb.append([ptx.movmatrix_trans(x0), ptx.movmatrix_trans(x1)])
         for i in cutlass.range_constexpr(KCH):
-            if const_expr(self.cfg.byte_lut2):
+            if const_expr(self.cfg.prmt_lut and self.vb == 2):
                 # M-tile i = nibble i of the token words: word i // 8, nibble n = i % 8 ->
                 # byte n // 2 of the even (n even) or odd interleaved word; token pairs
                 # (2c, 2c+1) then (2c+8, 2c+9), as v_frag
                 a_frag = []
                 for tp in cutlass.range_constexpr(2):
-                    r_g, r_g8 = self.byte_pairs(k_lb + 128, v_lb,
+                    r_g, r_g8 = self.byte_pairs(k_lb + 128, lo8,
                                                 vx[tp][i // 8][(i % 8) % 2], (i % 8) // 2)
                     a_frag.extend([r_g, r_g8])
             elif const_expr(self.cfg.prmt_lut):
@@ -1195,17 +1188,13 @@ class TQDecodeSplitK:
 
         smem = SmemAllocator()
         sbase = smem.allocate(self.cfg.smem_bytes, 128).toint()
-        if const_expr(self.cfg.byte_lut2):
-            # the tile step reads k_lb as the table base and v_lb as the lane's replica
-            # offset inside a 128-byte side (byte_pairs)
-            k_lb = sbase
-            v_lb = (lane % 16) * 8
-            self.build_byte_lut2(sbase, mKcb, mVcb, tidx)
-        elif const_expr(self.cfg.prmt_lut):  # same meaning of k_lb / v_lb (prmt_lookup)
+        if const_expr(self.cfg.prmt_lut):
+            # the tile step reads k_lb as the table base and v_lb as the lane's offset
+            # inside a 128-byte side (prmt_lookup, byte_pairs)
             k_lb = sbase
             v_lb = lane * 4
-            self.build_lut(sbase, mKcb, self.kb, tidx, 256)
-            self.build_lut(sbase + 128, mVcb, self.vb, tidx, 256)
+            self.build_prmt_side(sbase, mKcb, self.kb, tidx)
+            self.build_prmt_side(sbase + 128, mVcb, self.vb, tidx)
         else:
             k_lb = sbase + lane * 4
             v_lb = sbase + self.k_lut_bytes + lane * 4
@@ -1489,17 +1478,21 @@ def _report_configs() -> list[DecodeConfig]:
     # the byte-indexed 2-bit table (opt-in, session 6) at D 128 (both geometries), D 64
     # with q_len 4 and D 256 (no prefetch there)
     cfgs += [dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2][n])
-             for n in ("bl2", "bl2_w4")]
-    cfgs += [dataclasses.replace(fp(2, 2, 64, 4, 4), byte_lut2=True),
-             dataclasses.replace(fp(2, 2, 256, 4, 1), byte_lut2=True)]
-    # PRMT-addressed tables (opt-in, session 6): K4V4 ring, K8V8 (both geometries), the
-    # mixed 4/8-bit pairs, two column tiles, D 64 / 256
+             for n in ("pl", "pl_w4")]
+    cfgs += [dataclasses.replace(fp(2, 2, 64, 4, 4), prmt_lut=True),
+             dataclasses.replace(fp(2, 2, 256, 4, 1), prmt_lut=True)]
+    # PRMT-addressed tables for the other pairs (opt-in, session 6): K4V4 ring, K8V8 (both
+    # geometries), the mixed pairs, two column tiles, D 64 / 256
     cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True, target_warps=4,
                                  min_ctas_per_sm=3),
              dataclasses.replace(fp(4, 8, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 4, 128, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(4, 2, 128, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(2, 4, 128, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(2, 8, 128, 4, 1), prmt_lut=True),
+             dataclasses.replace(fp(8, 2, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(4, 4, 128, 16, 8), prmt_lut=True),
              dataclasses.replace(fp(4, 4, 64, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 8, 256, 16, 8), prmt_lut=True)]
@@ -1517,7 +1510,7 @@ def compile_configs():
                    f"{'_ep' if cfg.early_prefetch else ''}"
                    f"{f'_ring{cfg.smem_stages}' if cfg.smem_stages else ''}"
                    f"{'_btla' if cfg.table_lookahead else ''}{'_tb' if cfg.tile_bases else ''}"
-                   f"{'_bl2' if cfg.byte_lut2 else ''}{'_pl' if cfg.prmt_lut else ''}")
+                   f"{'_pl' if cfg.prmt_lut else ''}")
 
         def build(cfg=cfg):
             import cutlass.cute as cute

@@ -291,13 +291,15 @@ def test_probe_candidate_names_match_kernel():
 
 
 @pytest.mark.compile
-def test_byte_lut2_is_k2v2_only_and_fits():
-    from fa4_tq.kernels.decode import BYTE_LUT2_BYTES, DecodeConfig
+def test_prmt_lut_tables_fit_every_pair():
+    from fa4_tq.kernels.decode import PRMT_LUT_BYTES, DecodeConfig
 
-    for kb, vb in ((4, 4), (2, 4), (4, 2), (8, 2)):
-        with pytest.raises(NotImplementedError, match="byte_lut2"):
-            DecodeConfig(kb, vb, 128, 4, 1, byte_lut2=True)
-    cfg = DecodeConfig(2, 2, 128, 4, 1, byte_lut2=True)
-    assert cfg.table_bytes == BYTE_LUT2_BYTES == 65536
-    assert cfg.ring_offset >= cfg.table_bytes  # the merge area and ring follow the table
+    for kb in (2, 4, 8):
+        for vb in (2, 4, 8):
+            cfg = DecodeConfig.for_problem(kb, vb, 128, 4, 1)
+            pl = DecodeConfig(**{**cfg.__dict__, "prmt_lut": True})
+            assert pl.table_bytes == PRMT_LUT_BYTES == 65536
+            assert pl.ring_offset >= pl.table_bytes  # merge area and ring follow the tables
+            # the tables fit next to the ring at the config's CTAs per SM
+            assert pl.smem_bytes + 1024 <= 228 * 1024 // max(1, pl.min_ctas_per_sm)
     assert DecodeConfig(2, 2, 128, 4, 1).table_bytes == 2 * 16 * 32 * 4
