@@ -670,10 +670,22 @@ class TQDecodeSplitK:
         """prmt_lut, 2-bit side at smem ``base``: byte value e's 16 replicas of (pair(c0, c1),
         pair(c2, c3)) at base + 256 e + 8 r, where c_i = (e >> 2i) & 3 (what the codes are:
         k_bytes / v_bytes)."""
+        # the 4 centroids once in registers: the loop's iterations then wait on no load (a
+        # 64 KB build per CTA is on the critical path of short B=1 splits)
+        c0 = Float32(mCb[0])
+        c1 = Float32(mCb[1])
+        c2 = Float32(mCb[2])
+        c3 = Float32(mCb[3])
         for idx in cutlass.range(tidx, 256 * 8, self.num_threads):
             e = idx // 8
-            w0 = ptx.pack2(mCb[e & 3], mCb[(e >> 2) & 3], self.is_bf16)
-            w1 = ptx.pack2(mCb[(e >> 4) & 3], mCb[e >> 6], self.is_bf16)
+            v = []
+            for f in cutlass.range_constexpr(4):  # code f of byte e, as three selects
+                c = (e >> (2 * f)) & 3
+                lo = ptx.select((c & 1) == 1, c1, c0, Float32)
+                hi = ptx.select((c & 1) == 1, c3, c2, Float32)
+                v.append(ptx.select((c & 2) == 2, hi, lo, Float32))
+            w0 = ptx.pack2(v[0], v[1], self.is_bf16)
+            w1 = ptx.pack2(v[2], v[3], self.is_bf16)
             ptx.st_shared_v4_words(base + e * 256 + (idx % 8) * 16, w0, w1, w0, w1)
 
     @cute.jit
