@@ -306,7 +306,7 @@ PAIR_KNOBS = {
 #: must configure CuTeDSL's environment before its first import); the compile test checks
 #: both agree.
 CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "pl"),
-                   2: ("early", "ring", "ring_early", "pl", "pl_w4")}
+                   2: ("early", "ring", "ring_early", "pl", "pl_w4tb")}
 
 
 def config_key(case):

@@ -6,7 +6,7 @@
 #    direct_loads tests; only 10 prefill tests + 9 probe checks ran on a GPU since then;
 # 2. decode (session 6 candidates; their float64 checks are in 1.): the combine as a
 #    programmatic dependent launch vs plain, the PRMT-addressed tables (DecodeConfig.prmt_lut:
-#    K4V4 / K2V2 candidates pl, pl_w4; pair knobs pl, pl_w4c3 for K8V8, K4V8, K8V4, K4V2,
+#    K4V4 candidate pl, K2V2 pl, pl_w4tb; pair knobs pl, pl_w4c3 for K8V8, K4V8, K8V4, K4V2,
 #    K2V4);
 # 3. pack_gqa (opt-in, session 5, compile-checked only): checks + chunked-prefill timings;
 # Decode-only re-validation + timing: microbench/device_decode_check.sh.
@@ -21,9 +21,9 @@ echo "== GPU tests"
 timeout ${TESTS_S:-250} python3 -m pytest -q -m gpu tests/gpu -n 16 -p no:cacheprovider -rfE \
   > "$OUT/gpu_tests.log" 2>&1
 echo "rc=$?"; tail -25 "$OUT/gpu_tests.log"
-echo "== decode: --pdl, PRMT tables (candidates pl, pl_w4; pairs 88/48/84/42/24)"
+echo "== decode: --pdl, PRMT tables (candidates pl, pl_w4tb; pairs 88/48/84/42/24)"
 PYTHONUNBUFFERED=1 timeout ${PDL_S:-170} python3 microbench/decode_probe.py --no-check --no-old \
-  --no-raw --candidates pl,pl_w4 --bits 4,2 --lengths 8192,131072 --batches 1,8,32 --pdl \
+  --no-raw --candidates pl,pl_w4tb --bits 4,2 --lengths 8192,131072 --batches 1,8,32 --pdl \
   --pairs 88,48,84,42,24 --pair-knobs pl,pl_w4c3 \
   > "$OUT/decode_pdl.log" 2>&1
 echo "rc=$?"; grep -E "L=|pdl|Error|error" "$OUT/decode_pdl.log" | head -30

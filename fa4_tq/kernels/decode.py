@@ -323,13 +323,14 @@ SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
     2: {"early": dict(early_prefetch=True),
         "ring": dict(_RING, min_ctas_per_sm=3),
         "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True),
-        # prmt_lut's byte-indexed 2-bit tables (session 6; SASS of the K2V2 D128 tile loop
-        # 435 -> 244 instructions). At 8 warps x 2 CTAs (128 registers) it spills 60 B with
-        # the table lookahead, so "pl" drops the lookahead and "pl_w4" keeps it at 4 warps
-        # x 3 CTAs (164 registers); both 0 spills on sm_90a
+        # prmt_lut's byte-indexed 2-bit tables (session 6; SASS per tile with the next
+        # tile's loads: shipped 569 -> pl 381, pl_w4tb 334). At 8 warps x 2 CTAs (128
+        # registers) it spills with the table lookahead (60 B) or tile bases (28 B), so
+        # "pl" has neither; at 4 warps x 3 CTAs (168 registers) "pl_w4tb" has both; 0
+        # spills. (The 3-stage ring, 335 per tile, needs 77 KB: 3 CTAs do not fit.)
         "pl": dict(prmt_lut=True, table_lookahead=False),
-        "pl_w4": dict(prmt_lut=True, target_warps=4, min_ctas_per_sm=3,
-                      table_lookahead=True)},
+        "pl_w4tb": dict(prmt_lut=True, target_warps=4, min_ctas_per_sm=3,
+                        table_lookahead=True, tile_bases=True)},
 }
 
 
@@ -1490,7 +1491,7 @@ def _report_configs() -> list[DecodeConfig]:
     # the byte-indexed 2-bit table (opt-in, session 6) at D 128 (both geometries), D 64
     # with q_len 4 and D 256 (no prefetch there)
     cfgs += [dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2][n])
-             for n in ("pl", "pl_w4")]
+             for n in ("pl", "pl_w4tb")]
     cfgs += [dataclasses.replace(fp(2, 2, 64, 4, 4), prmt_lut=True),
              dataclasses.replace(fp(2, 2, 256, 4, 1), prmt_lut=True)]
     # PRMT-addressed tables for the other pairs (opt-in, session 6): K4V4 ring, K8V8 (both
