@@ -70,6 +70,8 @@ from cutlass.cutlass_dsl import T, dsl_user_op
 from cutlass.memory import SmemAllocator
 
 from ..codec import codebook_bits
+from .code_interleave import (byte_offset_selector, code_field, interleave_2bit,
+                              interleave_nibbles)
 
 NUM_SMS_H100 = 132
 TOKENS_PER_TILE = 16
@@ -681,7 +683,7 @@ class TQDecodeSplitK:
             e = idx // 8
             v = []
             for f in cutlass.range_constexpr(4):  # code f of byte e, as three selects
-                c = (e >> (2 * f)) & 3
+                c = code_field(e, f)
                 lo = ptx.select((c & 1) == 1, c1, c0, Float32)
                 hi = ptx.select((c & 1) == 1, c3, c2, Float32)
                 v.append(ptx.select((c & 2) == 2, hi, lo, Float32))
@@ -703,7 +705,7 @@ class TQDecodeSplitK:
         """prmt_lut, 2-bit side: the two operand registers of byte j of ``word``. One PRMT
         builds the offset (byte << 8) | lane_off from the word and the lane's slot offset
         (< 256, so its upper bytes supply the zeros); ``base`` = table base (+ 128 for V)."""
-        off = ptx.prmt(lane_off, word, 0x1100 | ((4 + j) << 4))
+        off = ptx.prmt(lane_off, word, byte_offset_selector(j))
         w = ptx.ld_shared_v2_u32(base + Int32(off))
         return w[0], w[1]
 
@@ -711,7 +713,7 @@ class TQDecodeSplitK:
     def prmt_lookup(self, base: Int32, lane_off: Int32, word, j: cutlass.Constexpr[int]):
         """prmt_lut, 4/8-bit side: the table word for byte j of ``word`` (offset as in
         byte_pairs, lane_off = lane * 4)."""
-        off = ptx.prmt(lane_off, word, 0x1100 | ((4 + j) << 4))
+        off = ptx.prmt(lane_off, word, byte_offset_selector(j))
         return ptx.ld_shared_u32(base + Int32(off))
 
     @cute.jit
@@ -746,25 +748,17 @@ class TQDecodeSplitK:
 
     @cute.jit
     def k_bytes(self, w_g, w_g8):
-        """prmt_lut, 2-bit K (and 4-bit V, see v_frag_prmt): 2-bit code words of rows g and g+8 (nibble p = pair p) -> (even,
-        odd): byte j of ``even`` = (row g nibble 2j, row g+8 nibble 2j), of ``odd`` the
-        nibbles 2j+1; so K-chunk k's A registers 0/1 are byte k % 4 of even word k // 4
-        and registers 2/3 the same byte of odd."""
-        even = (w_g & Uint32(0x0F0F0F0F)) | ((w_g8 << Uint32(4)) & Uint32(0xF0F0F0F0))
-        odd = ((w_g >> Uint32(4)) & Uint32(0x0F0F0F0F)) | (w_g8 & Uint32(0xF0F0F0F0))
-        return even, odd
+        """prmt_lut, 2-bit K (and 4-bit V, see v_frag_prmt): code words of rows g and g+8
+        (nibble p = pair p) -> (even, odd), code_interleave.interleave_nibbles; K-chunk k's
+        A registers 0/1 are byte k % 4 of even word k // 4, registers 2/3 that of odd."""
+        return interleave_nibbles(w_g, w_g8, Uint32)
 
     @cute.jit
     def v_bytes(self, w_a, w_b):
-        """prmt_lut, 2-bit V: 2-bit code words of tokens a and b (code m = element m) -> (even,
-        odd): byte j of ``even`` = (a@4j, b@4j, a@4j+1, b@4j+1), i.e. M-tile i = 2j's
-        registers (row g: d = 2i of tokens a, b; row g+8: d = 2i + 1); ``odd`` M-tile
-        2j + 1."""
-        lo = (w_a & Uint32(0x33333333)) | ((w_b << Uint32(2)) & Uint32(0xCCCCCCCC))
-        hi = ((w_a >> Uint32(2)) & Uint32(0x33333333)) | (w_b & Uint32(0xCCCCCCCC))
-        even = (lo & Uint32(0x0F0F0F0F)) | ((hi << Uint32(4)) & Uint32(0xF0F0F0F0))
-        odd = ((lo >> Uint32(4)) & Uint32(0x0F0F0F0F)) | (hi & Uint32(0xF0F0F0F0))
-        return even, odd
+        """prmt_lut, 2-bit V: code words of tokens a and b -> (even, odd),
+        code_interleave.interleave_2bit: byte j of even holds M-tile 2j's registers (row g:
+        d = 2i of tokens a, b; row g+8: d = 2i + 1), of odd M-tile 2j + 1."""
+        return interleave_2bit(w_a, w_b, Uint32)
 
     @cute.jit
     def lut(self, lane_base: Int32, index):
