@@ -655,18 +655,34 @@ class TQDecodeSplitK:
     def build_lut(self, base: Int32, mCb: cute.Tensor, bits: cutlass.Constexpr[int],
                   tidx: Int32, stride: cutlass.Constexpr[int] = 128):
         """Replicated pair/single lookup table (see module docstring) at smem ``base``,
-        entry e's 128 bytes at base + e * stride (prmt_lut: 256, the other side between)."""
+        entry e's 128 bytes at base + e * stride (prmt_lut: 256, the other side between).
+
+        With prmt_lut (4/8-bit sides: 2048 slots, a multiple of the thread count) the loop
+        is unrolled: its codebook loads are independent and all in flight at once, instead
+        of one L1/L2 round trip per iteration (the build is on the critical path of the
+        short CTAs of B=1 calls)."""
         n_entries = 16 if const_expr(bits == 2) else 256
-        for idx in cutlass.range(tidx, n_entries * 8, self.num_threads):
-            e = idx // 8
-            word = Uint32(0)
-            if const_expr(bits == 4):
-                word = ptx.pack2(mCb[e & 15], mCb[e >> 4], self.is_bf16)
-            elif const_expr(bits == 2):
-                word = ptx.pack2(mCb[e & 3], mCb[e >> 2], self.is_bf16)
-            else:
-                word = ptx.pack2(mCb[e], mCb[e], self.is_bf16)
-            ptx.st_shared_v4(base + e * stride + (idx % 8) * 16, word)
+        slots = n_entries * 8
+        if const_expr(self.cfg.prmt_lut and slots % self.num_threads == 0):
+            for k in cutlass.range_constexpr(slots // self.num_threads):
+                self.lut_slot(base, mCb, bits, stride, tidx + k * self.num_threads)
+        else:
+            for idx in cutlass.range(tidx, slots, self.num_threads):
+                self.lut_slot(base, mCb, bits, stride, idx)
+
+    @cute.jit
+    def lut_slot(self, base: Int32, mCb: cute.Tensor, bits: cutlass.Constexpr[int],
+                 stride: cutlass.Constexpr[int], idx: Int32):
+        """16-byte slot idx % 8 (4 replicas) of table entry idx // 8."""
+        e = idx // 8
+        word = Uint32(0)
+        if const_expr(bits == 4):
+            word = ptx.pack2(mCb[e & 15], mCb[e >> 4], self.is_bf16)
+        elif const_expr(bits == 2):
+            word = ptx.pack2(mCb[e & 3], mCb[e >> 2], self.is_bf16)
+        else:
+            word = ptx.pack2(mCb[e], mCb[e], self.is_bf16)
+        ptx.st_shared_v4(base + e * stride + (idx % 8) * 16, word)
 
     @cute.jit
     def build_byte_table2(self, base: Int32, mCb: cute.Tensor, tidx: Int32):
