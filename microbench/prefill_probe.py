@@ -413,7 +413,7 @@ def main_direct(budget_s=150.0):
 
 
 def bench_chunk(kb, vb, q_len, k_len, batch, hq=32, hkv=8, d=128, block_size=16,
-                variants=({}, {"pack_gqa": True})):
+                variants=({"pack_gqa": False}, {"pack_gqa": True})):
     """Chunked-prefill shape (each sequence: q_len new queries over k_len cached keys, causal
     bottom-right): the kernel with each knob set in ``variants`` on the same data."""
     gen = torch.Generator().manual_seed(kb * 10 + vb + q_len)

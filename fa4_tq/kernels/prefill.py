@@ -115,7 +115,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                  window_left, window_right, rotate_query, unrotate_output, *, backend="auto",
                  kernel_out=None, kernel_lse=None, register_lut=(None, None),
                  producer_wgs=None, cluster_share=None, cluster_sides=None, direct_loads=None,
-                 num_stages=None, register_split=None, pack_gqa=False):
+                 num_stages=None, register_split=None, pack_gqa=None):
     """(out [total_q, Hq, D] in q.dtype, lse float32 [Hq, total_q]); see fa4_tq/ops.py.
 
     ``kernel_out`` (bf16 [total_q, Hq, D]) / ``kernel_lse`` (fp32 [Hq, total_q]) are optional
@@ -128,8 +128,9 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     kernel's measured default (``prefill_sm90.default_cluster_share``); ``direct_loads`` /
     ``num_stages`` / ``register_split`` = the staging-free producer, K/V pipeline depth and
     setmaxnreg split, ``pack_gqa`` = FA4's PackGQA tile (query heads of a KV head folded into
-    the Q tile; opt-in, not yet run on a GPU) (``prefill_sm90.make_config``). All are
-    benchmarking hooks and part of the compile-cache key (the config)."""
+    the Q tile; None: ``prefill_sm90.default_pack_gqa``, which never packs until the knob has
+    run on a GPU) (``prefill_sm90.make_config``). All are benchmarking hooks and part of the
+    compile-cache key (the config)."""
     if backend not in ("auto", "sm90", "sm80"):
         raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
     major, minor = torch.cuda.get_device_capability(q.device)
@@ -142,6 +143,11 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                       num_stages=num_stages, register_split=register_split, pack_gqa=pack_gqa)
     # (after resolving "auto", so a non-Hopper GPU never drops these silently)
     inert = {"cluster_share": 1, "cluster_sides": "kv", "pack_gqa": False}
+    if pack_gqa is None and backend == "sm90":
+        from .prefill_sm90 import default_pack_gqa
+        pack_gqa = cluster_share in (None, 1) and default_pack_gqa(
+            q.shape[2], q.shape[1] // k_cache.shape[2], int(max_seqlen_q))
+        sm90_knobs["pack_gqa"] = pack_gqa
     set_knobs = [k for k, v in sm90_knobs.items() if v is not None and v != inert.get(k)]
     if set_knobs and backend == "sm80":
         raise ValueError(f"tqkv.prefill: {', '.join(set_knobs)}: sm90 kernel knobs, not "

@@ -341,6 +341,23 @@ def default_direct_loads(head_dim: int, k_bits: int, v_bits: int, local: bool,
             and (k_bits, v_bits) in DIRECT_LOADS_MEASURED)
 
 
+# Whether pack_gqa has passed its GPU tests and shown the chunked-prefill gain on the device
+# (tests/gpu/test_prefill.py -k pack_gqa, microbench/prefill_probe.py --pack-gqa; notes step
+# 8). False: compiled (0 spills) but never run on a GPU, so default_pack_gqa never picks it.
+PACK_GQA_MEASURED = False
+
+
+def default_pack_gqa(head_dim: int, qhead_per_kvhead: int, max_seqlen_q: int,
+                     tile_m: int = 128) -> bool:
+    """The shipping rule of notes step 8, once PACK_GQA_MEASURED: pack the G query heads of
+    a KV head into one Q tile when a whole chunk of every head fits one tile (q_len x G <=
+    tile_m: chunked prefill, speculative verification), where the unpacked grid would run G
+    mostly-empty tiles that each decode every K/V tile."""
+    return (PACK_GQA_MEASURED and head_dim == 128 and qhead_per_kvhead >= 2
+            and tile_m % qhead_per_kvhead == 0
+            and max_seqlen_q * qhead_per_kvhead <= tile_m)
+
+
 def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, causal: bool,
                 local: bool, has_window_left: bool, has_window_right: bool,
                 k_register_lut: Optional[bool] = None,

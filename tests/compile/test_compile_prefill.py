@@ -123,6 +123,21 @@ def test_pack_gqa_knob():
 
 
 @pytest.mark.compile
+def test_default_pack_gqa_rule(monkeypatch):
+    # never packs before the knob has run on a GPU
+    assert not P.PACK_GQA_MEASURED
+    assert not any(P.default_pack_gqa(128, g, q) for g in (2, 4, 8) for q in (1, 16, 32))
+    # the rule it ships with once measured: a whole chunk of every head in one 128-row tile
+    monkeypatch.setattr(P, "PACK_GQA_MEASURED", True)
+    assert P.default_pack_gqa(128, 4, 16) and P.default_pack_gqa(128, 4, 32)
+    assert P.default_pack_gqa(128, 8, 16) and P.default_pack_gqa(128, 16, 1)
+    assert not P.default_pack_gqa(128, 4, 33)   # 132 rows > one tile
+    assert not P.default_pack_gqa(128, 1, 16)   # MHA: nothing to pack
+    assert not P.default_pack_gqa(128, 3, 16)   # 3 does not divide the tile
+    assert not P.default_pack_gqa(64, 4, 16)    # D=64 not measured
+
+
+@pytest.mark.compile
 @pytest.mark.parametrize("d", [64, 128])
 def test_swizzled_offset_matches_fa4_smem_layout(d):
     """The producer writes 16-byte chunks at hand-computed 128B-swizzled offsets; they must be
