@@ -18,9 +18,12 @@ export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-}
 date -u
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
 echo "== GPU tests"
-timeout ${TESTS_S:-250} python3 -m pytest -q -m gpu tests/gpu -n 16 -p no:cacheprovider -rfE \
+# -v: one line per finished test, so a run cut by the timeout still says what passed/failed
+timeout ${TESTS_S:-250} python3 -m pytest -v -m gpu tests/gpu -n 16 -p no:cacheprovider -rfE \
   > "$OUT/gpu_tests.log" 2>&1
-echo "rc=$?"; tail -25 "$OUT/gpu_tests.log"
+echo "rc=$?"; echo "PASSED $(grep -c ' PASSED ' "$OUT/gpu_tests.log") FAILED $(grep -c ' FAILED ' \
+  "$OUT/gpu_tests.log") SKIPPED $(grep -c ' SKIPPED ' "$OUT/gpu_tests.log")"
+grep -E ' FAILED |^FAILED|^ERROR' "$OUT/gpu_tests.log" | head -30; tail -3 "$OUT/gpu_tests.log"
 echo "== decode: --pdl, PRMT tables (candidates pl, pl_w4tb; pairs 88/48/84/42/24)"
 PYTHONUNBUFFERED=1 timeout ${PDL_S:-170} python3 microbench/decode_probe.py --no-check --no-old \
   --no-raw --candidates pl,pl_w4tb --bits 4,2 --lengths 8192,131072 --batches 1,8,32 --pdl \
