@@ -294,9 +294,13 @@ def kernel_function(op: str):
 
 
 def tq_kernel_call(op: str, case: Case, inp: PagedInputs, *, backend: str = "auto",
-                   num_splits: int = 0) -> Callable[[int], object]:
+                   num_splits: int = 0, decode_config: dict | None = None
+                   ) -> Callable[[int], object]:
     """Direct-kernel counterpart of tq_{prefill,decode,compress,dequantize}_call, with the
-    arguments the op would pass (fa4_tq/ops.py order; rotations on, default scale)."""
+    arguments the op would pass (fa4_tq/ops.py order; rotations on, default scale).
+    ``decode_config``: DecodeConfig field overrides of the shipped tuning, plus
+    ``combine_pdl`` (decode_cuda's); an unknown field raises TypeError here, before any
+    launch."""
     from fa4_tq.reference import default_softmax_scale
 
     fn = kernel_function(op)
@@ -311,10 +315,22 @@ def tq_kernel_call(op: str, case: Case, inp: PagedInputs, *, backend: str = "aut
                             case.seqlen_q, scale, case.causal, case.window_left,
                             case.window_right, True, True, backend=backend)
     if op == "decode":
+        knobs = dict(decode_config or {})
+        pdl = knobs.pop("combine_pdl", None)
+        cfg = None
+        if knobs:
+            import dataclasses
+
+            from fa4_tq.codec import codebook_bits
+            from fa4_tq.kernels.decode import DecodeConfig
+            cfg = dataclasses.replace(DecodeConfig.for_problem(
+                codebook_bits(c.k_codebook), codebook_bits(c.v_codebook), case.head_dim,
+                case.num_heads // case.num_kv_heads, case.seqlen_q,
+                "bfloat16" if dt == torch.bfloat16 else "float16"), **knobs)
         return lambda i: fn(inp.queries[i], *cache, inp.block_tables[i], inp.seqused_k,
                             c.k_codebook, c.v_codebook, c.k_signs, c.v_signs, scale,
                             case.causal, case.window_left, case.window_right, True, True,
-                            num_splits=num_splits)
+                            num_splits=num_splits, config=cfg, combine_pdl=pdl)
     if op == "compress_store":
         return lambda i: fn(inp.keys[i], inp.values[i], *cache, inp.slot_mappings[i],
                             c.k_signs, c.v_signs, c.k_codebook, c.v_codebook)

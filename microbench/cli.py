@@ -77,6 +77,30 @@ def _csv_list(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _knobs(text):
+    """'prmt_lut=1,target_warps=4,combine_pdl=true' -> {'prmt_lut': True, ...}: 1/0/true/
+    false are booleans, other integers ints, decimals floats."""
+    out = {}
+    for item in _csv_list(text):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+        v = val.strip()
+        low = v.lower()
+        if low in ("1", "true", "0", "false"):
+            out[key.strip()] = low in ("1", "true")
+            continue
+        try:
+            out[key.strip()] = int(v)
+        except ValueError:
+            try:
+                out[key.strip()] = float(v)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{key}: not a number or boolean: {v!r}") \
+                    from None
+    return out
+
+
 def _flatten(lists):
     if lists is None:
         return None
@@ -134,6 +158,10 @@ def _add_bench_options(p, *, sweep=False):
                    help="tqkv.prefill backend (default auto)")
     g.add_argument("--num-splits", type=int, default=0,
                    help="tqkv.decode split count (0 = the kernel's heuristic)")
+    g.add_argument("--decode-config", type=_knobs, default=None, metavar="KEY=VAL,...",
+                   help="tqkv.decode: DecodeConfig field overrides of the shipped tuning (e.g. "
+                   "prmt_lut=1,target_warps=4) and combine_pdl=1, applied to extra "
+                   "'tqkv-kernel' rows (always added and checked against float64 when set)")
 
 
 def _add_shape_options(p):
@@ -298,6 +326,10 @@ class Bench:
             raise ValueError(f"--impls: unknown {sorted(unknown)}; choose from {ALL_IMPLS}")
         self.check = getattr(args, "check", True)
         self.kernel_rows = getattr(args, "kernel_rows", "auto")
+        self.decode_config = getattr(args, "decode_config", None) or {}
+        if self.decode_config and self.device.type != "cuda":
+            raise ValueError("--decode-config selects CUDA decode kernels; it needs --device "
+                             "cuda")
         self.cache_build = getattr(args, "cache_build", "auto")
         budget = getattr(args, "time_budget", None)
         self.deadline = None if budget is None else time.perf_counter() + budget
@@ -480,9 +512,10 @@ class Bench:
             return False
         return self.kernel_rows == "always" or (m is not None and m.host_sync)
 
-    def _measure_kernel_row(self, op_row: dict, make, n, rate) -> object:
+    def _measure_kernel_row(self, op_row: dict, make, n, rate, check=None) -> object:
         """The "-kernel" twin of an op row: same kernels, called directly, no check (the op
-        row checked them), so its time is comparable with graph-timed baselines."""
+        row checked them), so its time is comparable with graph-timed baselines. With
+        ``check`` (a --decode-config row: other kernels than the op row's) it is checked."""
         row = dict(op_row)
         for k in ("status", "time_ms", "tflops", "gbps", "vs_fa4", "vs_unfused", "vs_sdpa",
                   "frac_ceiling", "check_rel_err", "check_lse_err", "check_ok", "compile_s",
@@ -494,12 +527,15 @@ class Bench:
         row["nvtx_range"] = f"{impl_name}-kernel.{op_name} {parts[1]}"
         if self.progress is not None:
             self.progress.extend(1)
-        m = self.measure(row, make, n)
+        m = self.measure(row, make, n, check=check)
         if m is not None:
             rate(row, m)
+            how = ("checked here, decode config " + ",".join(
+                f"{k}={v}" for k, v in sorted(self.decode_config.items()))
+                if check is not None else "checked in the op row")
             row["note"] = "; ".join(filter(None, [
                 row.get("note"), "kernel entry point called directly (no torch.ops dispatch "
-                "or validation); checked in the op row"]))
+                f"or validation); {how}"]))
         return row, m
 
     def _run_tq_attention(self, op, case, kv, times):
@@ -549,14 +585,18 @@ class Bench:
             else:
                 make = lambda: baselines.tq_decode_call(case, inputs, args.num_splits)  # noqa: E731
                 make_kernel = lambda: baselines.tq_kernel_call(  # noqa: E731
-                    "decode", case, inputs, num_splits=args.num_splits)
+                    "decode", case, inputs, num_splits=args.num_splits,
+                    decode_config=self.decode_config)
             check = lambda call: baselines.check_attention(case, inputs, last, *call(last))  # noqa: E731
             m = self.measure(row, make, n, check=check)
             if m is not None:
                 rate(row, m)
             self._emit(row)
-            if self._kernel_rows_wanted(m):
-                krow, _ = self._measure_kernel_row(row, make_kernel, n, rate)
+            knobbed = op == "decode" and impl == "tqkv" and bool(self.decode_config)
+            if knobbed or self._kernel_rows_wanted(m):
+                # a kernel row with a different config is not what the op row checked
+                krow, _ = self._measure_kernel_row(row, make_kernel, n, rate,
+                                                   check=check if knobbed else None)
                 self._emit(krow)
         inputs = None  # free the pool before the next config
 

@@ -47,7 +47,11 @@ def test_parse_decode_compress_sweep_compile_ncu_plot_smoke():
     cases = cli.cases_from_args("decode", d)
     assert [(c.seqlen_q, c.seqlen_k, c.batch, c.causal) for c in cases] == [
         (1, 32768, 8, True), (4, 32768, 8, True)]
-    assert d.num_splits == 3 and d.check is True
+    assert d.num_splits == 3 and d.check is True and d.decode_config is None
+    k = parse("decode", "--decode-config", "prmt_lut=1,target_warps=4,combine_pdl=true,"
+              "rescale=0.5")
+    assert k.decode_config == {"prmt_lut": True, "target_warps": 4, "combine_pdl": True,
+                               "rescale": 0.5}
 
     c = parse("compress", "--seqlens", "1", "64K", "--no-check", "--cache-build", "reference")
     cc = cli.cases_from_args("compress", c)
@@ -73,7 +77,9 @@ def test_parse_decode_compress_sweep_compile_ncu_plot_smoke():
 
 @pytest.mark.parametrize("bad", [["prefill", "--kv", "3,4"], ["prefill", "--kv", "4"],
                                  ["decode", "--seqlens", "8X"], ["prefill", "--window", "5"],
-                                 ["sweep", "--timing", "fast"]])
+                                 ["sweep", "--timing", "fast"],
+                                 ["decode", "--decode-config", "prmt_lut"],
+                                 ["decode", "--decode-config", "target_warps=four"]])
 def test_bad_arguments_are_usage_errors(bad, capsys):
     with pytest.raises(SystemExit) as e:
         parse(*bad)
@@ -473,3 +479,9 @@ def test_lse_tolerance_floor_and_bf16_operand_bound():
     assert lse_tolerance(torch.tensor([[ninf, 12.8], [-25.6, 2.0]], dtype=torch.float64)) == 25.6 / 256
     assert lse_tolerance(torch.tensor([ninf, ninf])) == 1e-2  # no row sees a key
     assert lse_tolerance(torch.tensor([12.8]), floor=0.1) == 0.1
+
+
+def test_decode_config_needs_cuda(capsys):
+    assert cli.main(["decode", "--device", "cpu", "--decode-config", "prmt_lut=1",
+                     "--kv", "4,4", "--seqlens", "64", "--batch", "1"]) != 0
+    assert "--decode-config" in capsys.readouterr().err
