@@ -46,6 +46,9 @@ before the Q load + rotation; ``table_lookahead`` reads the block-table entry on
 so a tile's code loads never wait for it; ``smem_stages`` replaces the one-tile register
 prefetch by a per-warp cp.async ring in shared memory (each thread copies and later reads
 back only its own bytes, so only its own cp.async.wait_group orders them; no barrier).
+``prmt_lut`` (session 6, not yet run on a GPU; docs/decode-notes.md §9) interleaves the K and
+V tables at 256 bytes per byte value so every lookup offset is one PRMT, and gives 2-bit sides
+a byte-indexed table that fills two mma registers per LDS.64.
 
 Masking: token j is visible to the query at position p = qi + L - q_len iff
 p - window_left <= j <= p + window_right (each bound only if >= 0; causal means
