@@ -319,14 +319,12 @@ def tq_kernel_call(op: str, case: Case, inp: PagedInputs, *, backend: str = "aut
         pdl = knobs.pop("combine_pdl", None)
         cfg = None
         if knobs:
-            import dataclasses
-
             from fa4_tq.codec import codebook_bits
-            from fa4_tq.kernels.decode import DecodeConfig
-            cfg = dataclasses.replace(DecodeConfig.for_problem(
-                codebook_bits(c.k_codebook), codebook_bits(c.v_codebook), case.head_dim,
-                case.num_heads // case.num_kv_heads, case.seqlen_q,
-                "bfloat16" if dt == torch.bfloat16 else "float16"), **knobs)
+            from fa4_tq.kernels.decode import tuned_config
+            cfg = tuned_config(codebook_bits(c.k_codebook), codebook_bits(c.v_codebook),
+                               case.head_dim, case.num_heads // case.num_kv_heads,
+                               case.seqlen_q, "bfloat16" if dt == torch.bfloat16 else
+                               "float16", **knobs)
         return lambda i: fn(inp.queries[i], *cache, inp.block_tables[i], inp.seqused_k,
                             c.k_codebook, c.v_codebook, c.k_signs, c.v_signs, scale,
                             case.causal, case.window_left, case.window_right, True, True,

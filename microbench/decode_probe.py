@@ -110,10 +110,9 @@ def check_case(case):
                                            rotate_query=case.get("rotq", True))
                 res["config"] = cfg.name
             elif case.get("knobs"):  # DecodeConfig field overrides of the shipped config
-                cfg = dataclasses.replace(dec.DecodeConfig.for_problem(
-                    case["kb"], case["vb"], case["D"], case["G"], case["qlen"],
-                    "float16" if case.get("fp16") else "bfloat16",
-                    rotate_query=case.get("rotq", True)), **case["knobs"])
+                cfg = dec.tuned_config(case["kb"], case["vb"], case["D"], case["G"],
+                                       case["qlen"], "float16" if case.get("fp16") else
+                                       "bfloat16", case.get("rotq", True), **case["knobs"])
                 res["config"] = cfg.name
             dec.decode_cuda(*args, num_splits=case.get("splits", 0), out=o, lse=lse,
                             config=cfg)
@@ -239,33 +238,29 @@ def correctness_cases():
     # prmt_lut beyond the K4V4 / K2V2 candidates above (candidate_config covers the
     # prefetching configs at D 128 only): 8-bit sides, the mixed pairs with 2-bit sides,
     # two column tiles with a window, D 64 / 256, fp16, fixed splits (config= overrides)
-    pl = dict(prmt_lut=True)
-    for name, kb, vb, D, G, q, bs, lens, extra_kw in (
-            ("K2V2 D64 G4 q4 bs32", 2, 2, 64, 4, 4, 32, mixed_b, {}),
-            ("K2V2 D256 G4 q1 bs32", 2, 2, 256, 4, 1, 32, mixed_a, {}),
-            ("K4V2 D128 G4 q2 bs16 window33 splits=7", 4, 2, 128, 4, 2, 16, mixed_b, {}),
-            ("K2V4 D128 G5 q3 bs48", 2, 4, 128, 5, 3, 48, mixed_b, {}),
-            ("K2V8 D128 G8 q1 bs128 splits=1", 2, 8, 128, 8, 1, 128, [5003, 1, 37], {}),
-            ("K8V2 D128 G4 q1 bs16", 8, 2, 128, 4, 1, 16, mixed_a, {}),
-            ("K8V8 D128 G4 q1 bs16", 8, 8, 128, 4, 1, 16, mixed_a, {}),
-            ("K8V8 D128 G4 q1 bs16 w4c3", 8, 8, 128, 4, 1, 16, mixed_a,
-             dict(target_warps=4, min_ctas_per_sm=3)),
-            ("K4V8 D128 G2 q4 bs64 window40", 4, 8, 128, 2, 4, 64, mixed_b, {}),
-            ("K8V4 D128 G4 q1 bs128 splits=3", 8, 4, 128, 4, 1, 128, mixed_b, {}),
-            ("K4V4 D128 G16 q8 bs16 causal", 4, 4, 128, 16, 8, 16, mixed_b, {}),
-            ("K4V4 D64 G4 q1 bs32", 4, 4, 64, 4, 1, 32, mixed_a, {}),
-            ("K8V8 D256 G4 q2 bs64 causal", 8, 8, 256, 4, 2, 64, mixed_b, {}),
-            ("K4V4 D128 G4 q1 fp16", 4, 4, 128, 4, 1, 16, mixed_a, dict(fp16=True))):
-        case = dict(name=f"{name} prmt_lut", kb=kb, vb=vb, D=D, G=G, Hkv=2, qlen=q, bs=bs,
-                    lens=lens, causal=True,
-                    wl=int(name.split("window")[1].split()[0]) if "window" in name else -1,
-                    wr=-1,
-                    knobs={**pl, **{k: v for k, v in extra_kw.items() if k != "fp16"}})
-        if "splits=" in name:
-            case["splits"] = int(name.split("splits=")[1])
-        if extra_kw.get("fp16"):
-            case["fp16"] = True
-        cases.append(case)
+    pl_cases = (
+        # (name, kb, vb, D, G, q_len, bs, lens, extra case fields, extra knobs)
+        ("K2V2 D64 G4 q4 bs32", 2, 2, 64, 4, 4, 32, mixed_b, {}, {}),
+        ("K2V2 D256 G4 q1 bs32", 2, 2, 256, 4, 1, 32, mixed_a, {}, {}),
+        ("K4V2 D128 G4 q2 bs16 window33 splits=7", 4, 2, 128, 4, 2, 16, mixed_b,
+         dict(wl=33, splits=7), {}),
+        ("K2V4 D128 G5 q3 bs48", 2, 4, 128, 5, 3, 48, mixed_b, {}, {}),
+        ("K2V8 D128 G8 q1 bs128 splits=1", 2, 8, 128, 8, 1, 128, [5003, 1, 37],
+         dict(splits=1), {}),
+        ("K8V2 D128 G4 q1 bs16", 8, 2, 128, 4, 1, 16, mixed_a, {}, {}),
+        ("K8V8 D128 G4 q1 bs16", 8, 8, 128, 4, 1, 16, mixed_a, {}, {}),
+        ("K8V8 D128 G4 q1 bs16 w4c3", 8, 8, 128, 4, 1, 16, mixed_a, {},
+         dict(target_warps=4, min_ctas_per_sm=3)),
+        ("K4V8 D128 G2 q4 bs64 window40", 4, 8, 128, 2, 4, 64, mixed_b, dict(wl=40), {}),
+        ("K8V4 D128 G4 q1 bs128 splits=3", 8, 4, 128, 4, 1, 128, mixed_b, dict(splits=3), {}),
+        ("K4V4 D128 G16 q8 bs16 causal", 4, 4, 128, 16, 8, 16, mixed_b, {}, {}),
+        ("K4V4 D64 G4 q1 bs32", 4, 4, 64, 4, 1, 32, mixed_a, {}, {}),
+        ("K8V8 D256 G4 q2 bs64 causal", 8, 8, 256, 4, 2, 64, mixed_b, {}, {}),
+        ("K4V4 D128 G4 q1 fp16", 4, 4, 128, 4, 1, 16, mixed_a, dict(fp16=True), {}))
+    for name, kb, vb, D, G, q, bs, lens, fields, knobs in pl_cases:
+        cases.append(dict(dict(name=f"{name} prmt_lut", kb=kb, vb=vb, D=D, G=G, Hkv=2, qlen=q,
+                               bs=bs, lens=lens, causal=True, wl=-1, wr=-1,
+                               knobs=dict(prmt_lut=True, **knobs)), **fields))
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases

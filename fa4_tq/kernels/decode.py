@@ -339,6 +339,16 @@ SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
 }
 
 
+def tuned_config(k_bits: int, v_bits: int, head_dim: int, qhead_per_kvhead: int, q_len: int,
+                 dtype: str = "bfloat16", rotate_query: bool = True,
+                 **overrides) -> DecodeConfig:
+    """The shipped tuning (DecodeConfig.for_problem) with DecodeConfig field overrides (an
+    unknown field raises TypeError, an invalid combination the config's own error)."""
+    return dataclasses.replace(
+        DecodeConfig.for_problem(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
+                                 rotate_query=rotate_query), **overrides)
+
+
 def candidate_config(k_bits: int, head_dim: int, qhead_per_kvhead: int, q_len: int,
                      name: str, dtype: str = "bfloat16", rotate_query: bool = True
                      ) -> DecodeConfig:
@@ -487,15 +497,11 @@ def ld_shared_f32(addr, *, loc=None, ip=None):
                        "ld.shared.f32 $0, [$1];", "=f,r"))
 
 @dsl_user_op
-def st_shared_v4(addr, w, *, loc=None, ip=None):
+def st_shared_v4(addr, *words, loc=None, ip=None):
+    """16 bytes to shared memory: four words, or one word replicated four times."""
+    ws = words * 4 if len(words) == 1 else words
     asm(None, [Int32(addr).ir_value(loc=loc, ip=ip)]
-        + [Uint32(w).ir_value(loc=loc, ip=ip)] * 4,
-        "st.shared.v4.u32 [$0], {$1,$2,$3,$4};", "r,r,r,r,r", side=True)
-
-@dsl_user_op
-def st_shared_v4_words(addr, a, b, c, d, *, loc=None, ip=None):
-    asm(None, [Int32(addr).ir_value(loc=loc, ip=ip)]
-        + [Uint32(w).ir_value(loc=loc, ip=ip) for w in (a, b, c, d)],
+        + [Uint32(w).ir_value(loc=loc, ip=ip) for w in ws],
         "st.shared.v4.u32 [$0], {$1,$2,$3,$4};", "r,r,r,r,r", side=True)
 
 @dsl_user_op
@@ -608,7 +614,7 @@ class ptx:
 
 
 for _name in ("ld_global_words", "ld_global_u16", "ld_shared_u32", "ld_shared_v2_u32",
-              "ld_shared_words", "st_shared_v4_words",
+              "ld_shared_words",
               "cp_async", "cp_async_commit", "cp_async_wait", "ld_shared_f32",
               "st_shared_v4", "st_shared_f32", "st_global_v2_f32", "mma_16816",
               "movmatrix_trans", "prmt", "pack2", "ex2", "lg2", "bf16_bits_to_f32", "fmax",
@@ -708,7 +714,13 @@ class TQDecodeSplitK:
                 v.append(ptx.select((c & 2) == 2, hi, lo, Float32))
             w0 = ptx.pack2(v[0], v[1], self.is_bf16)
             w1 = ptx.pack2(v[2], v[3], self.is_bf16)
-            ptx.st_shared_v4_words(base + e * 256 + (idx % 8) * 16, w0, w1, w0, w1)
+            ptx.st_shared_v4(base + e * 256 + (idx % 8) * 16, w0, w1, w0, w1)
+
+    @staticmethod
+    def prmt_lane_offset(bits: int, lane: Int32) -> Int32:
+        """prmt_lut: a lane's replica slot in a side's 128 bytes per entry (2-bit byte table:
+        16 x 8 bytes, read per half warp; pair / single tables: 32 x 4 bytes)."""
+        return (lane % 16) * 8 if bits == 2 else lane * 4
 
     @cute.jit
     def build_prmt_side(self, base: Int32, mCb: cute.Tensor, bits: cutlass.Constexpr[int],
@@ -720,54 +732,17 @@ class TQDecodeSplitK:
             self.build_lut(base, mCb, bits, tidx, 256)
 
     @cute.jit
-    def byte_pairs(self, base: Int32, lane_off: Int32, word, j: cutlass.Constexpr[int]):
-        """prmt_lut, 2-bit side: the two operand registers of byte j of ``word``. One PRMT
-        builds the offset (byte << 8) | lane_off from the word and the lane's slot offset
-        (< 256, so its upper bytes supply the zeros); ``base`` = table base (+ 128 for V)."""
+    def byte_pairs(self, lb, word, j: cutlass.Constexpr[int]):
+        """prmt_lut, 2-bit side: the two operand registers of byte j of ``word``; ``lb`` =
+        (side base, the lane's 8-byte slot offset)."""
+        base, lane_off = lb
         off = ptx.prmt(lane_off, word, byte_offset_selector(j))
         w = ptx.ld_shared_v2_u32(base + Int32(off))
         return w[0], w[1]
 
     @cute.jit
-    def prmt_lookup(self, base: Int32, lane_off: Int32, word, j: cutlass.Constexpr[int]):
-        """prmt_lut, 4/8-bit side: the table word for byte j of ``word`` (offset as in
-        byte_pairs, lane_off = lane * 4)."""
-        off = ptx.prmt(lane_off, word, byte_offset_selector(j))
-        return ptx.ld_shared_u32(base + Int32(off))
-
-    @cute.jit
-    def k_pair_prmt(self, base: Int32, lane_off: Int32, words, p: cutlass.Constexpr[int]):
-        """prmt_lut: k_pair (packed elements 2p, 2p+1 of a K row segment)."""
-        if const_expr(self.kb == 4):
-            return self.prmt_lookup(base, lane_off, words[p // 4], p % 4)
-        w = words[p // 2]
-        lo = self.prmt_lookup(base, lane_off, w, 2 * (p % 2))
-        hi = self.prmt_lookup(base, lane_off, w, 2 * (p % 2) + 1)
-        return ptx.prmt(lo, hi, 0x5410)
-
-    @cute.jit
-    def v_frag_prmt(self, base: Int32, lane_off: Int32, vw, vx, i: cutlass.Constexpr[int]):
-        """prmt_lut: v_frag. 4-bit: ``vx[tp][w]`` = k_bytes(token 2c(+8), token 2c+1(+9))
-        of word w, whose byte j pairs the tokens' elements 2j (even) / 2j + 1 (odd), so the
-        table word is the register itself; 8-bit: two lookups and a PRMT per register."""
-        regs = []
-        for tp in cutlass.range_constexpr(2):
-            if const_expr(self.vb == 4):
-                regs.append(self.prmt_lookup(base, lane_off, vx[tp][i // 4][0], i % 4))
-                regs.append(self.prmt_lookup(base, lane_off, vx[tp][i // 4][1], i % 4))
-            else:
-                w0 = vw[2 * tp]
-                w1 = vw[2 * tp + 1]
-                for m in cutlass.range_constexpr(2):  # elements 2i (row g), 2i + 1 (g + 8)
-                    e = 2 * i + m
-                    a = self.prmt_lookup(base, lane_off, w0[e // 4], e % 4)
-                    b = self.prmt_lookup(base, lane_off, w1[e // 4], e % 4)
-                    regs.append(ptx.prmt(a, b, 0x5410))
-        return regs
-
-    @cute.jit
     def k_bytes(self, w_g, w_g8):
-        """prmt_lut, 2-bit K (and 4-bit V, see v_frag_prmt): code words of rows g and g+8
+        """prmt_lut, 2-bit K (and 4-bit V, see v_frag): code words of rows g and g+8
         (nibble p = pair p) -> (even, odd), code_interleave.interleave_nibbles; K-chunk k's
         A registers 0/1 are byte k % 4 of even word k // 4, registers 2/3 that of odd."""
         return interleave_nibbles(w_g, w_g8, Uint32)
@@ -784,6 +759,18 @@ class TQDecodeSplitK:
         return ptx.ld_shared_u32(lane_base + Int32(index) * 128)
 
     @cute.jit
+    def lookup_byte(self, lb, word, j: cutlass.Constexpr[int]):
+        """The 4/8-bit table word for byte j of ``word``. ``lb``: the lane's base in the
+        side's pair table, or with prmt_lut (side base, lane * 4), where the offset (byte <<
+        8) | lane * 4 is one PRMT of the word and the lane offset (< 256, so its upper bytes
+        supply the zeros) and ptxas folds the base into LDS [R+UR]."""
+        if const_expr(self.cfg.prmt_lut):
+            base, lane_off = lb
+            off = ptx.prmt(lane_off, word, byte_offset_selector(j))
+            return ptx.ld_shared_u32(base + Int32(off))
+        return self.lut(lb, self.byte_of(word, j))
+
+    @cute.jit
     def byte_of(self, w, k: cutlass.Constexpr[int]):
         """Byte k of word w as a table index (0..255). (Extracting bytes 1/2 with one PRMT
         instead of shift + and cut the K4V4 tile loop from 439 to 410 SASS instructions but
@@ -791,33 +778,56 @@ class TQDecodeSplitK:
         return (w >> (8 * k)) & 0xFF
 
     @cute.jit
-    def k_pair(self, lb: Int32, words, p: cutlass.Constexpr[int]):
-        """Packed (elem 2p, elem 2p+1) of a thread's K row segment."""
+    def k_pair(self, lb, words, p: cutlass.Constexpr[int]):
+        """Packed (elem 2p, elem 2p+1) of a thread's K row segment (nibble table for 2-bit;
+        prmt_lut's 2-bit K goes through k_frag's byte table instead)."""
         if const_expr(self.kb == 4):
-            return self.lut(lb, self.byte_of(words[p // 4], p % 4))
+            return self.lookup_byte(lb, words[p // 4], p % 4)
         elif const_expr(self.kb == 2):
             return self.lut(lb, (words[p // 8] >> (4 * (p % 8))) & 0xF)
         else:
             w = words[p // 2]
-            lo = self.lut(lb, self.byte_of(w, 2 * (p % 2)))
-            hi = self.lut(lb, self.byte_of(w, 2 * (p % 2) + 1))
+            lo = self.lookup_byte(lb, w, 2 * (p % 2))
+            hi = self.lookup_byte(lb, w, 2 * (p % 2) + 1)
             return ptx.prmt(lo, hi, 0x5410)
 
     @cute.jit
-    def v_frag(self, lb: Int32, vw, i: cutlass.Constexpr[int]):
+    def k_frag(self, lb, kw, kx, k: cutlass.Constexpr[int]):
+        """A operand (4 regs) of QK K-chunk k from the K words of rows g, g+8 (``kw``) or,
+        prmt_lut with 2-bit K, their interleaved bytes ``kx`` (k_bytes)."""
+        if const_expr(self.cfg.prmt_lut and self.kb == 2):
+            r0, r1 = self.byte_pairs(lb, kx[k // 4][0], k % 4)
+            r2, r3 = self.byte_pairs(lb, kx[k // 4][1], k % 4)
+            return [r0, r1, r2, r3]
+        return [self.k_pair(lb, kw[0], 2 * k), self.k_pair(lb, kw[1], 2 * k),
+                self.k_pair(lb, kw[0], 2 * k + 1), self.k_pair(lb, kw[1], 2 * k + 1)]
+
+    @cute.jit
+    def v_frag(self, lb, vw, vx, i: cutlass.Constexpr[int]):
         """A operand (4 regs) of Oᵀ M-tile i from the V words of tokens 2c,2c+1,2c+8,2c+9:
-        rows g / g+8 = elements 2i / 2i+1 of the thread's V segment."""
+        rows g / g+8 = elements 2i / 2i+1 of the thread's V segment. With prmt_lut and 2- or
+        4-bit V, ``vx[tp][w]`` holds word w of token pair tp re-interleaved (v_bytes /
+        k_bytes), so each lookup is already the register of both tokens."""
         regs = []
         for tp in cutlass.range_constexpr(2):  # token pairs (2c, 2c+1), (2c+8, 2c+9)
             w0 = vw[2 * tp]
             w1 = vw[2 * tp + 1]
             if const_expr(self.vb == 8):
-                a0 = self.lut(lb, self.byte_of(w0[(2 * i) // 4], (2 * i) % 4))
-                a1 = self.lut(lb, self.byte_of(w1[(2 * i) // 4], (2 * i) % 4))
-                b0 = self.lut(lb, self.byte_of(w0[(2 * i + 1) // 4], (2 * i + 1) % 4))
-                b1 = self.lut(lb, self.byte_of(w1[(2 * i + 1) // 4], (2 * i + 1) % 4))
+                a0 = self.lookup_byte(lb, w0[(2 * i) // 4], (2 * i) % 4)
+                a1 = self.lookup_byte(lb, w1[(2 * i) // 4], (2 * i) % 4)
+                b0 = self.lookup_byte(lb, w0[(2 * i + 1) // 4], (2 * i + 1) % 4)
+                b1 = self.lookup_byte(lb, w1[(2 * i + 1) // 4], (2 * i + 1) % 4)
                 regs.append(ptx.prmt(a0, a1, 0x5410))
                 regs.append(ptx.prmt(b0, b1, 0x5410))
+            elif const_expr(self.cfg.prmt_lut and self.vb == 4):
+                # nibble 2i / 2i+1 of word i // 4 -> byte i % 4 of even / odd
+                regs.append(self.lookup_byte(lb, vx[tp][i // 4][0], i % 4))
+                regs.append(self.lookup_byte(lb, vx[tp][i // 4][1], i % 4))
+            elif const_expr(self.cfg.prmt_lut):
+                # 2-bit: M-tile i = nibble i of word i // 8, n = i % 8 -> byte n // 2 of the
+                # even (n even) or odd interleaved word
+                r_g, r_g8 = self.byte_pairs(lb, vx[tp][i // 8][(i % 8) % 2], (i % 8) // 2)
+                regs.extend([r_g, r_g8])
             else:
                 if const_expr(self.vb == 4):
                     x0 = self.lut(lb, self.byte_of(w0[i // 4], i % 4))
@@ -960,7 +970,7 @@ class TQDecodeSplitK:
     def tile_step(self, t0: Int32, kt: cute.Tensor, vt: cute.Tensor, nt: cute.Tensor,
                   qf: cute.Tensor, acc_s: cute.Tensor, acc_o: cute.Tensor,
                   row_m: cute.Tensor, row_l: cute.Tensor, col_lo: cute.Tensor,
-                  col_hi: cute.Tensor, k_lb: Int32, v_lb: Int32, L: Int32, lo_full: Int32,
+                  col_hi: cute.Tensor, k_lb, v_lb, L: Int32, lo_full: Int32,
                   hi_full: Int32, scale_log2: Float32, g: Int32):
         """One 16-token tile from its code words (kt: K rows g, g+8; vt: V tokens 2c, 2c+1,
         2c+8, 2c+9) and norms (nt: K g, K g+8, V g, V g+8): QK, masking, online softmax,
@@ -973,9 +983,9 @@ class TQDecodeSplitK:
         vw = [[vt[tt * VW + w] for w in range(VW)] for tt in range(4)]
         kn = [nt[0], nt[1]]
         vn = [nt[2], nt[3]]
+        kx = None
+        vx = None
         if const_expr(self.cfg.prmt_lut):
-            # k_lb = table base, v_lb = lane * 4; a 2-bit side's slot is (lane % 16) * 8
-            lo8 = (v_lb & 63) * 2
             if const_expr(self.kb == 2):  # codes re-interleaved for the byte table
                 kx = [self.k_bytes(kw[0][w], kw[1][w]) for w in range(KW)]
             if const_expr(self.vb == 2):
@@ -989,19 +999,7 @@ class TQDecodeSplitK:
             for r in cutlass.range_constexpr(4):
                 acc_s[j, r] = Float32(0.0)
         for k in cutlass.range_constexpr(KCH):
-            if const_expr(self.cfg.prmt_lut and self.kb == 2):
-                r0, r1 = self.byte_pairs(k_lb, lo8, kx[k // 4][0], k % 4)
-                r2, r3 = self.byte_pairs(k_lb, lo8, kx[k // 4][1], k % 4)
-                a_frag = [r0, r1, r2, r3]
-            elif const_expr(self.cfg.prmt_lut):
-                a_frag = [self.k_pair_prmt(k_lb, v_lb, kw[0], 2 * k),
-                          self.k_pair_prmt(k_lb, v_lb, kw[1], 2 * k),
-                          self.k_pair_prmt(k_lb, v_lb, kw[0], 2 * k + 1),
-                          self.k_pair_prmt(k_lb, v_lb, kw[1], 2 * k + 1)]
-            else:
-                a_frag = [self.k_pair(k_lb, kw[0], 2 * k), self.k_pair(k_lb, kw[1], 2 * k),
-                          self.k_pair(k_lb, kw[0], 2 * k + 1),
-                          self.k_pair(k_lb, kw[1], 2 * k + 1)]
+            a_frag = self.k_frag(k_lb, kw, kx, k)
             for j in cutlass.range_constexpr(NTW):
                 res = ptx.mma_16816([acc_s[j, 0], acc_s[j, 1], acc_s[j, 2], acc_s[j, 3]],
                                     a_frag, [qf[j, 2 * k], qf[j, 2 * k + 1]],
@@ -1056,20 +1054,7 @@ class TQDecodeSplitK:
             x1 = ptx.pack2(p[2] * vsc[1], p[3] * vsc[1], self.is_bf16)
             pb.append([ptx.movmatrix_trans(x0), ptx.movmatrix_trans(x1)])
         for i in cutlass.range_constexpr(KCH):
-            if const_expr(self.cfg.prmt_lut and self.vb == 2):
-                # M-tile i = nibble i of the token words: word i // 8, nibble n = i % 8 ->
-                # byte n // 2 of the even (n even) or odd interleaved word; token pairs
-                # (2c, 2c+1) then (2c+8, 2c+9), as v_frag
-                a_frag = []
-                for tp in cutlass.range_constexpr(2):
-                    r_g, r_g8 = self.byte_pairs(k_lb + 128, lo8,
-                                                vx[tp][i // 8][(i % 8) % 2], (i % 8) // 2)
-                    a_frag.extend([r_g, r_g8])
-            elif const_expr(self.cfg.prmt_lut):
-                a_frag = self.v_frag_prmt(k_lb + 128, v_lb, vw,
-                                          vx if const_expr(self.vb == 4) else None, i)
-            else:
-                a_frag = self.v_frag(v_lb, vw, i)
+            a_frag = self.v_frag(v_lb, vw, vx, i)
             for j in cutlass.range_constexpr(NTW):
                 res = ptx.mma_16816([acc_o[j, i, 0], acc_o[j, i, 1], acc_o[j, i, 2],
                                      acc_o[j, i, 3]], a_frag, pb[j], self.is_bf16)
@@ -1215,10 +1200,10 @@ class TQDecodeSplitK:
         smem = SmemAllocator()
         sbase = smem.allocate(self.cfg.smem_bytes, 128).toint()
         if const_expr(self.cfg.prmt_lut):
-            # the tile step reads k_lb as the table base and v_lb as the lane's offset
-            # inside a 128-byte side (prmt_lookup, byte_pairs)
-            k_lb = sbase
-            v_lb = lane * 4
+            # (side base, the lane's slot offset in the side's 128 bytes per entry):
+            # lookup_byte / byte_pairs
+            k_lb = (sbase, self.prmt_lane_offset(self.kb, lane))
+            v_lb = (sbase + 128, self.prmt_lane_offset(self.vb, lane))
             self.build_prmt_side(sbase, mKcb, self.kb, tidx)
             self.build_prmt_side(sbase + 128, mVcb, self.vb, tidx)
         else:

@@ -145,8 +145,8 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     inert = {"cluster_share": 1, "cluster_sides": "kv", "pack_gqa": False}
     if pack_gqa is None and backend == "sm90":
         from .prefill_sm90 import default_pack_gqa
-        pack_gqa = cluster_share in (None, 1) and default_pack_gqa(
-            q.shape[2], q.shape[1] // k_cache.shape[2], int(max_seqlen_q))
+        pack_gqa = default_pack_gqa(q.shape[2], q.shape[1] // k_cache.shape[2],
+                                    int(max_seqlen_q), cluster_share)
         sm90_knobs["pack_gqa"] = pack_gqa
     set_knobs = [k for k, v in sm90_knobs.items() if v is not None and v != inert.get(k)]
     if set_knobs and backend == "sm80":

@@ -348,13 +348,14 @@ PACK_GQA_MEASURED = False
 
 
 def default_pack_gqa(head_dim: int, qhead_per_kvhead: int, max_seqlen_q: int,
-                     tile_m: int = 128) -> bool:
+                     cluster_share: Optional[int] = None, tile_m: int = 128) -> bool:
     """The shipping rule of notes step 8, once PACK_GQA_MEASURED: pack the G query heads of
     a KV head into one Q tile when a whole chunk of every head fits one tile (q_len x G <=
     tile_m: chunked prefill, speculative verification), where the unpacked grid would run G
-    mostly-empty tiles that each decode every K/V tile."""
+    mostly-empty tiles that each decode every K/V tile. Never with a requested cluster pair
+    (pack_gqa has none)."""
     return (PACK_GQA_MEASURED and head_dim == 128 and qhead_per_kvhead >= 2
-            and tile_m % qhead_per_kvhead == 0
+            and cluster_share in (None, 1) and tile_m % qhead_per_kvhead == 0
             and max_seqlen_q * qhead_per_kvhead <= tile_m)
 
 
