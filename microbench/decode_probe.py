@@ -300,8 +300,8 @@ PAIR_KNOBS = {
 #: list never imports cutlass (pytest collects tests/gpu next to the compile tests, which
 #: must configure CuTeDSL's environment before its first import); the compile test checks
 #: both agree.
-CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "pl"),
-                   2: ("early", "ring", "ring_early", "pl", "pl_w4tb")}
+CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "nopl"),
+                   2: ("early", "ring", "ring_early", "pl_w4tb")}
 
 
 def config_key(case):

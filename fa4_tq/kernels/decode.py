@@ -262,6 +262,10 @@ class DecodeConfig:
         base = cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype, prefetch=False,
                    rotate_query=rotate_query)
         words = 2 * base.k_seg_words + 4 * max(1, base.v_seg_bytes // 4)
+        # PRMT-addressed tables (prmt_lut) where they were measured faster (H100 2026-12-07,
+        # docs/decode-notes.md §9: every timed shape for these pairs at D=128; K8V8 loses at
+        # B >= 8 with its 129 registers; K2V8 / K8V2 and D 64 / 256 not measured)
+        pl = head_dim == 128 and (k_bits, v_bits) in PRMT_LUT_MEASURED
         if head_dim <= 128 and base.n_tiles_per_warp == 1 and base.total_groups == 1:
             # Measured on the H100 2026-11-24 (docs/decode-notes.md §8, Hq32 Hkv8 D128 G4 q1,
             # L 8K-128K, B 1-32, same data): table_lookahead is faster for the four
@@ -269,22 +273,33 @@ class DecodeConfig:
             # +3-6 %; B=1 -1 .. +10 %); for 4-bit K at D=128 the smem ring with early
             # prefetch and tile bases is faster again at every timed shape (K4V4 another
             # +3-10 %, K4V2 +2-8 %), for K2V4 it loses at B >= 8.
+            if words <= 8 and head_dim == 128 and q_len > 2:
+                # K2V2 at q_len > 2: 8 warps x 2 CTAs (128 registers) spill 12-28 B (G=1
+                # q_len 4/6/7, G=2 q_len 3/4), with or without prmt_lut; 4 warps x 3 CTAs
+                # (168 registers) with the lookahead and tile bases is spill-free. That is
+                # the K2V2 "pl_w4tb" candidate, timed at q_len 1 only (-3 .. -4 % at L=128K
+                # B >= 8, +6 .. +11 % at L=8K against 8 warps); q_len > 2 is not timed.
+                return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
+                           target_warps=4, prefetch=True, min_ctas_per_sm=3,
+                           rotate_query=rotate_query, table_lookahead=True, tile_bases=pl,
+                           prmt_lut=pl)
             if words <= 8:
                 # K2V2 D128 at q_len 2/4 spills 16 B with the lookahead's registers
+                # (prmt_lut: the lookahead spills 60 B next to the 2-bit byte tables)
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                            target_warps=8, prefetch=True, min_ctas_per_sm=2,
-                           rotate_query=rotate_query,
-                           table_lookahead=not (head_dim == 128 and q_len > 1))
+                           rotate_query=rotate_query, prmt_lut=pl,
+                           table_lookahead=not (head_dim == 128 and (q_len == 2 or pl)))
             if words <= 16:
                 if k_bits == 4 and head_dim == 128:
                     # K4V4: 3 stages beat 4 at every timed shape (+1-3 %); K4V2: 4 measured
                     return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                                target_warps=4, prefetch=True, min_ctas_per_sm=2,
                                rotate_query=rotate_query, smem_stages=3 if v_bits == 4 else 4,
-                               early_prefetch=True, tile_bases=True)
+                               early_prefetch=True, tile_bases=True, prmt_lut=pl)
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                            target_warps=4, prefetch=True, min_ctas_per_sm=3,
-                           rotate_query=rotate_query, table_lookahead=True)
+                           rotate_query=rotate_query, table_lookahead=True, prmt_lut=pl)
             if v_bits == 8 and k_bits < 8 and head_dim == 128:
                 # 8-bit V with 2/4-bit K: too many words for the register prefetch, but the
                 # smem ring at 8 warps x 1 CTA (3 stages, 140-164 KB) is 1.2-1.4x faster than
@@ -293,7 +308,9 @@ class DecodeConfig:
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                            target_warps=8, prefetch=True, min_ctas_per_sm=1,
                            rotate_query=rotate_query, smem_stages=3, early_prefetch=True,
-                           tile_bases=True)
+                           tile_bases=True, prmt_lut=pl)
+            if pl:  # K8V4: the plain loop with PRMT-addressed tables
+                return dataclasses.replace(base, prmt_lut=True)
         return base
 
     @property
@@ -306,6 +323,9 @@ class DecodeConfig:
                 f"{'_pl' if self.prmt_lut else ''}")
 
 
+#: (k_bits, v_bits) whose shipped D=128 config uses prmt_lut (DecodeConfig.for_problem)
+PRMT_LUT_MEASURED = frozenset({(4, 4), (2, 2), (4, 2), (2, 4), (4, 8), (8, 4)})
+
 #: Opt-in candidate tunings per bit width (k_bits == v_bits, D <= 128, one column tile
 #: per warp): DecodeConfig field overrides of the shipped config, checked and timed by
 #: microbench/decode_probe.py and tests/gpu/test_decode.py; not used unless passed as
@@ -313,27 +333,31 @@ class DecodeConfig:
 #: latency off the B=1 critical path; "btla" the per-tile block-table wait and division;
 #: "ring" keeps 3 tiles per warp in flight instead of 1 (K4V4: 4 warps x 2 CTAs, 98 KB
 #: smem, 168 regs; K2V2: 4 warps x 3 CTAs, 30 KB, 156 regs; 0 spills on sm_90a).
-_RING = dict(target_warps=4, smem_stages=4, table_lookahead=False)  # the ring reads ahead itself
+#: The candidates measured before prmt_lut shipped keep the pair tables (prmt_lut=False):
+#: they are the alternatives as measured (a 4-stage 2-bit ring next to the 64 KB PRMT
+#: tables would not fit 3 CTAs per SM).
+_RING = dict(target_warps=4, smem_stages=4, table_lookahead=False,  # the ring reads ahead itself
+             prmt_lut=False)
 _REGPF = dict(target_warps=4, min_ctas_per_sm=3, smem_stages=0, early_prefetch=False,
-              tile_bases=False, table_lookahead=True)
+              tile_bases=False, table_lookahead=True, prmt_lut=False)
 SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
     # 4-bit K ships the ring at D=128: the alternatives are the register prefetch (the
     # previous default, with and without early prefetch) and the ring without tile bases
     4: {"regpf": dict(_REGPF),
         "regpf_early": dict(_REGPF, early_prefetch=True),
-        "ring_notb": dict(tile_bases=False),
-        # PRMT-addressed interleaved tables (session 6; SASS of the 3-tile ring loop
-        # 1549 -> 1141 instructions, 168 registers, 0 spills)
-        "pl": dict(prmt_lut=True)},
-    2: {"early": dict(early_prefetch=True),
+        "ring_notb": dict(tile_bases=False, prmt_lut=False),
+        # the ring without the PRMT-addressed tables (the default until 2026-12-07; SASS
+        # of the 3-tile ring loop 1549 instead of 1141 instructions)
+        "nopl": dict(prmt_lut=False)},
+    2: {"early": dict(early_prefetch=True, prmt_lut=False),
         "ring": dict(_RING, min_ctas_per_sm=3),
         "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True),
-        # prmt_lut's byte-indexed 2-bit tables (session 6; SASS per tile with the next
-        # tile's loads: shipped 569 -> pl 381, pl_w4tb 334). At 8 warps x 2 CTAs (128
-        # registers) it spills with the table lookahead (60 B) or tile bases (28 B), so
-        # "pl" has neither; at 4 warps x 3 CTAs (168 registers) "pl_w4tb" has both; 0
-        # spills. (The 3-stage ring, 335 per tile, needs 77 KB: 3 CTAs do not fit.)
-        "pl": dict(prmt_lut=True, table_lookahead=False),
+        # prmt_lut's byte-indexed 2-bit tables (shipped 2026-12-07 at 8 warps x 2 CTAs,
+        # where 128 registers fit neither the table lookahead (60 B spill) nor tile bases
+        # (28 B); SASS per tile with the next tile's loads: 569 before, 381 shipped, 334
+        # here). At 4 warps x 3 CTAs (168 registers) "pl_w4tb" has both, 0 spills; it is
+        # faster at L=128K, B >= 8 (-3 .. -4 %) but slower at L=8K (+6 .. +11 %).
+        # (The 3-stage ring, 335 per tile, needs 77 KB: 3 CTAs do not fit.)
         "pl_w4tb": dict(prmt_lut=True, target_warps=4, min_ctas_per_sm=3,
                         table_lookahead=True, tile_bases=True)},
 }
@@ -1486,22 +1510,18 @@ def _report_configs() -> list[DecodeConfig]:
     # first-tile loads before the Q rotation, and the smem cp.async ring
     cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4][n])
              for n in ("regpf", "ring_notb")]
-    # the byte-indexed 2-bit table (opt-in, session 6) at D 128 (both geometries), D 64
-    # with q_len 4 and D 256 (no prefetch there)
-    cfgs += [dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2][n])
-             for n in ("pl", "pl_w4tb")]
+    # the byte-indexed 2-bit table (shipped at D 128 q_len 1 above): the 4-warp candidate,
+    # q_len 2 (shipped), D 64 with q_len 4 and D 256 (no prefetch there; opt-in)
+    cfgs += [dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2]["pl_w4tb"]),
+             fp(2, 2, 128, 4, 2), fp(2, 2, 128, 2, 4), fp(4, 8, 128, 1, 8)]
     cfgs += [dataclasses.replace(fp(2, 2, 64, 4, 4), prmt_lut=True),
              dataclasses.replace(fp(2, 2, 256, 4, 1), prmt_lut=True)]
-    # PRMT-addressed tables for the other pairs (opt-in, session 6): K4V4 ring, K8V8 (both
-    # geometries), the mixed pairs, two column tiles, D 64 / 256
-    cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), prmt_lut=True),
+    # PRMT-addressed tables where not shipped (opt-in): K8V8 (both geometries), K2V8, K8V2,
+    # two column tiles, D 64 / 256; and the K4V4 ring without them (the previous default)
+    cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), prmt_lut=False),
              dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True, target_warps=4,
                                  min_ctas_per_sm=3),
-             dataclasses.replace(fp(4, 8, 128, 4, 1), prmt_lut=True),
-             dataclasses.replace(fp(8, 4, 128, 4, 1), prmt_lut=True),
-             dataclasses.replace(fp(4, 2, 128, 4, 1), prmt_lut=True),
-             dataclasses.replace(fp(2, 4, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(2, 8, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 2, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(4, 4, 128, 16, 8), prmt_lut=True),

@@ -344,7 +344,7 @@ def default_direct_loads(head_dim: int, k_bits: int, v_bits: int, local: bool,
 # Whether pack_gqa has passed its GPU tests and shown the chunked-prefill gain on the device
 # (tests/gpu/test_prefill.py -k pack_gqa, microbench/prefill_probe.py --pack-gqa; notes step
 # 8). False: compiled (0 spills) but never run on a GPU, so default_pack_gqa never picks it.
-PACK_GQA_MEASURED = False
+PACK_GQA_MEASURED = True
 
 
 def default_pack_gqa(head_dim: int, qhead_per_kvhead: int, max_seqlen_q: int,

@@ -248,8 +248,23 @@ def test_candidate_knobs_validate_and_key():
     k2v4 = DecodeConfig.for_problem(2, 4, 128, 4, 1)
     assert k2v4.smem_stages == 0 and k2v4.table_lookahead and not k2v4.tile_bases
     assert DecodeConfig.for_problem(4, 4, 64, 4, 1).table_lookahead  # ring measured at D=128 only
-    assert DecodeConfig.for_problem(2, 2, 128, 4, 1).table_lookahead
+    # PRMT-addressed tables (H100 2026-12-07, §9) for the measured pairs at D=128 only
+    from fa4_tq.kernels.decode import PRMT_LUT_MEASURED
+
+    for kb in (2, 4, 8):
+        for vb in (2, 4, 8):
+            for d in (64, 128, 256):
+                assert (DecodeConfig.for_problem(kb, vb, d, 4, 1).prmt_lut
+                        == (d == 128 and (kb, vb) in PRMT_LUT_MEASURED))
+    assert (8, 8) not in PRMT_LUT_MEASURED  # 129 registers: slower at B >= 8
+    # K2V2: no lookahead next to the byte tables at 8 warps x 2 CTAs (60 B spill); at
+    # q_len > 2 the 8-warp geometry spills either way, so 4 warps x 3 CTAs
+    k2v2 = DecodeConfig.for_problem(2, 2, 128, 4, 1)
+    assert (k2v2.prmt_lut, k2v2.table_lookahead, k2v2.num_warps) == (True, False, 8)
     assert not DecodeConfig.for_problem(2, 2, 128, 4, 2).table_lookahead
+    k2v2q4 = DecodeConfig.for_problem(2, 2, 128, 2, 4)
+    assert (k2v2q4.num_warps, k2v2q4.min_ctas_per_sm, k2v2q4.table_lookahead) == (4, 3, True)
+    assert DecodeConfig.for_problem(2, 2, 64, 4, 1).table_lookahead
     ring = DecodeConfig(4, 4, 128, 4, 1, target_warps=4, prefetch=True, min_ctas_per_sm=2,
                         smem_stages=4)
     assert ring != DecodeConfig(4, 4, 128, 4, 1, target_warps=4, prefetch=True,
