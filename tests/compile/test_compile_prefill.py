@@ -124,17 +124,18 @@ def test_pack_gqa_knob():
 
 @pytest.mark.compile
 def test_default_pack_gqa_rule(monkeypatch):
-    # never packs before the knob has run on a GPU
-    assert not P.PACK_GQA_MEASURED
-    assert not any(P.default_pack_gqa(128, g, q) for g in (2, 4, 8) for q in (1, 16, 32))
-    # the rule it ships with once measured: a whole chunk of every head in one 128-row tile
-    monkeypatch.setattr(P, "PACK_GQA_MEASURED", True)
+    # shipped (H100 2026-12-07, notes step 8): a whole chunk of every head in one 128-row tile
+    assert P.PACK_GQA_MEASURED
     assert P.default_pack_gqa(128, 4, 16) and P.default_pack_gqa(128, 4, 32)
     assert P.default_pack_gqa(128, 8, 16) and P.default_pack_gqa(128, 16, 1)
     assert not P.default_pack_gqa(128, 4, 33)   # 132 rows > one tile
     assert not P.default_pack_gqa(128, 1, 16)   # MHA: nothing to pack
     assert not P.default_pack_gqa(128, 3, 16)   # 3 does not divide the tile
     assert not P.default_pack_gqa(64, 4, 16)    # D=64 not measured
+    assert not P.default_pack_gqa(128, 4, 16, cluster_share=2)  # pack_gqa has no cluster pair
+    # the gate: with it off nothing packs
+    monkeypatch.setattr(P, "PACK_GQA_MEASURED", False)
+    assert not any(P.default_pack_gqa(128, g, q) for g in (2, 4, 8) for q in (1, 16, 32))
 
 
 @pytest.mark.compile
