@@ -261,6 +261,12 @@ class DecodeConfig:
         ptxas-chosen registers."""
         base = cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype, prefetch=False,
                    rotate_query=rotate_query)
+        if not (base.n_tiles_per_warp == 1 and head_dim <= 128):
+            # Two column tiles per warp, or D=256: left to itself ptxas caps these at 128
+            # (8 warps) / 168 (5-6 warps) registers and spills 8-52 B (a CPU compile of all
+            # 1512 shipped configs, 2026-12-07); a one-CTA-per-SM bound lets it take what it
+            # needs (e.g. 212) spill-free, which is what ctas_per_sm() assumes for them.
+            base = dataclasses.replace(base, min_ctas_per_sm=1)
         words = 2 * base.k_seg_words + 4 * max(1, base.v_seg_bytes // 4)
         # PRMT-addressed tables (prmt_lut) where they were measured faster (H100 2026-12-07,
         # docs/decode-notes.md §9: every timed shape for these pairs at D=128; K8V8 loses at
@@ -1514,6 +1520,9 @@ def _report_configs() -> list[DecodeConfig]:
     # q_len 2 (shipped), D 64 with q_len 4 and D 256 (no prefetch there; opt-in)
     cfgs += [dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2]["pl_w4tb"]),
              fp(2, 2, 128, 4, 2), fp(2, 2, 128, 2, 4), fp(4, 8, 128, 1, 8)]
+    # shapes that spilled 8-52 B before the one-CTA bound of two-column-tile / D=256 configs
+    cfgs += [fp(2, 2, 64, 3, 4), fp(8, 2, 64, 4, 6), fp(2, 2, 128, 16, 5),
+             fp(4, 2, 256, 16, 6)]
     cfgs += [dataclasses.replace(fp(2, 2, 64, 4, 4), prmt_lut=True),
              dataclasses.replace(fp(2, 2, 256, 4, 1), prmt_lut=True)]
     # PRMT-addressed tables where not shipped (opt-in): K8V8 (both geometries), K2V8, K8V2,
