@@ -265,6 +265,19 @@ def test_candidate_knobs_validate_and_key():
     k2v2q4 = DecodeConfig.for_problem(2, 2, 128, 2, 4)
     assert (k2v2q4.num_warps, k2v2q4.min_ctas_per_sm, k2v2q4.table_lookahead) == (4, 3, True)
     assert DecodeConfig.for_problem(2, 2, 64, 4, 1).table_lookahead
+    # every shipped config carries a register bound except one-column-tile D <= 128 ones
+    # (unbounded two-column-tile / D=256 builds spilled at ptxas's own 128/168 caps)
+    from fa4_tq.kernels.decode import ctas_per_sm
+
+    for kb in (2, 4, 8):
+        for vb in (2, 4, 8):
+            for d in (64, 128, 256):
+                for g in (1, 3, 4, 16):
+                    for q in (1, 5, 8):
+                        cfg = DecodeConfig.for_problem(kb, vb, d, g, q)
+                        assert cfg.min_ctas_per_sm >= 1 or (cfg.n_tiles_per_warp == 1
+                                                             and d <= 128), cfg
+                        assert ctas_per_sm(cfg) == (cfg.min_ctas_per_sm or 2)
     ring = DecodeConfig(4, 4, 128, 4, 1, target_warps=4, prefetch=True, min_ctas_per_sm=2,
                         smem_stages=4)
     assert ring != DecodeConfig(4, 4, 128, 4, 1, target_warps=4, prefetch=True,
