@@ -293,6 +293,8 @@ PAIR_KNOBS = {
     # registers with them (1 CTA of 8 warps per SM), hence also 4 warps x 3 CTAs
     "pl": dict(prmt_lut=True),
     "pl_w4c3": dict(prmt_lut=True, target_warps=4, min_ctas_per_sm=3),
+    # the pair tables where prmt_lut ships (A/B against the default before 2026-12-07)
+    "nopl": dict(prmt_lut=False),
 }
 
 

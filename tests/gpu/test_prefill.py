@@ -202,7 +202,7 @@ def test_direct_loads_bit_identical_to_staged(kb, vb, causal, lut, stages, split
              register_lut=lut, producer_wgs=2, cluster_share=1, **knobs)
 
 
-# ----------------------------------------------------------------- pack_gqa (opt-in)
+# ------------------------------------------ pack_gqa (default for short chunks since 2026-12-07)
 @pytest.mark.parametrize("kb,vb,hq,hkv,causal,wl,wr,bs", [
     (4, 4, 8, 2, False, -1, -1, 16), (4, 4, 8, 2, True, -1, -1, 128),
     (2, 2, 16, 2, True, -1, -1, 16), (8, 8, 8, 2, False, -1, -1, 128),
@@ -217,3 +217,29 @@ def test_pack_gqa(kb, vb, hq, hkv, causal, wl, wr, bs):
 
 def test_pack_gqa_d64():
     _run([1, 17, 300], [40, 17, 1000], 8, 2, 64, 4, 4, 16, True, seed=95, pack_gqa=True)
+
+
+@pytest.mark.parametrize("kb,vb,causal", [(4, 4, True), (2, 2, False)])
+def test_default_path_packs_short_chunks(kb, vb, causal):
+    """The op's default (pack_gqa=None) packs chunks with q_len x G <= 128
+    (prefill_sm90.default_pack_gqa): bit-identical to pack_gqa=True, against the float64
+    reference; a long chunk stays unpacked (bit-identical to pack_gqa=False)."""
+    from fa4_tq.kernels.prefill import prefill_cuda
+    from fa4_tq.kernels.prefill_sm90 import default_pack_gqa
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("PrefillSm90 needs a Hopper GPU")
+    for q_lens, k_lens, packed in (([1, 32, 5], [40, 2000, 17], True),
+                                   ([1, 33], [40, 300], False)):
+        args = random_prefill_args(q_lens, k_lens, 8, 2, 128, kb, vb, 16, causal,
+                                   generator=torch.Generator().manual_seed(7 * kb + vb))
+        assert default_pack_gqa(128, 4, max(q_lens)) == packed
+        outs = []
+        for pg in (None, packed):
+            kout = torch.full((args[0].shape[0], 8, 128), float("nan"), dtype=torch.bfloat16,
+                              device="cuda")
+            klse = torch.full((8, args[0].shape[0]), float("nan"), device="cuda")
+            outs.append(prefill_cuda(*args, kernel_out=kout, kernel_lse=klse, pack_gqa=pg))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+        ref_o, _ = reference.prefill(*args, compute_dtype=torch.float64)
+        assert rel_error(outs[0][0], ref_o) <= 1e-2
+        assert not bool(torch.isnan(outs[0][1]).any())
