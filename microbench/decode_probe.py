@@ -235,9 +235,9 @@ def correctness_cases():
                                   kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=1, bs=64,
                                   lens=[5003, 1, 37], causal=True, wl=-1, wr=-1, splits=1,
                                   candidate=cname))
-    # prmt_lut beyond the K4V4 / K2V2 candidates above (candidate_config covers the
-    # prefetching configs at D 128 only): 8-bit sides, the mixed pairs with 2-bit sides,
-    # two column tiles with a window, D 64 / 256, fp16, fixed splits (config= overrides)
+    # prmt_lut forced on (config= overrides) over more geometries: the pairs that do not ship
+    # it (8-bit sides, K2V8 / K8V2, D 64 / 256, two column tiles) and, for the shipped
+    # pairs (where the knob is already on), windows, GQA 2/5, q_len 2-4, fp16, fixed splits
     pl_cases = (
         # (name, kb, vb, D, G, q_len, bs, lens, extra case fields, extra knobs)
         ("K2V2 D64 G4 q4 bs32", 2, 2, 64, 4, 4, 32, mixed_b, {}, {}),

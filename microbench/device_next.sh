@@ -27,7 +27,7 @@ for spec in "prefill:${PRE_S:-200}" "prefill_sm80:${SM80_S:-150}" "compress:${CO
     "$OUT/gpu_tests_$f.log") SKIPPED $(grep -c ' SKIPPED ' "$OUT/gpu_tests_$f.log")"
   grep -E ' FAILED |^FAILED|^ERROR' "$OUT/gpu_tests_$f.log" | head -20; tail -2 "$OUT/gpu_tests_$f.log"
 done
-echo "== decode shipped, L=32K (A/B against the previous default: nopl; pairs via pl=off knob)"
+echo "== decode shipped, L=32K (A/B: nopl = the pair tables, the default before 2026-12-07)"
 PYTHONUNBUFFERED=1 timeout ${DECODE_S:-150} python3 microbench/decode_probe.py --no-check \
   --no-old --no-raw --bits 4,2 --candidates nopl,pl_w4tb --pairs 88,42,24,48,84 \
   --pair-knobs nopl --lengths 32768 --batches 1,8,32 > "$OUT/decode_32k.log" 2>&1

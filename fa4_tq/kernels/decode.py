@@ -46,9 +46,9 @@ before the Q load + rotation; ``table_lookahead`` reads the block-table entry on
 so a tile's code loads never wait for it; ``smem_stages`` replaces the one-tile register
 prefetch by a per-warp cp.async ring in shared memory (each thread copies and later reads
 back only its own bytes, so only its own cp.async.wait_group orders them; no barrier).
-``prmt_lut`` (session 6, not yet run on a GPU; docs/decode-notes.md §9) interleaves the K and
-V tables at 256 bytes per byte value so every lookup offset is one PRMT, and gives 2-bit sides
-a byte-indexed table that fills two mma registers per LDS.64.
+``prmt_lut`` (docs/decode-notes.md §9-10; the default for the pairs in PRMT_LUT_MEASURED at
+D=128) interleaves the K and V tables at 256 bytes per byte value so every lookup offset is
+one PRMT, and gives 2-bit sides a byte-indexed table that fills two mma registers per LDS.64.
 
 Masking: token j is visible to the query at position p = qi + L - q_len iff
 p - window_left <= j <= p + window_right (each bound only if >= 0; causal means
@@ -295,7 +295,7 @@ class DecodeConfig:
                 return cls(k_bits, v_bits, head_dim, qhead_per_kvhead, q_len, dtype,
                            target_warps=8, prefetch=True, min_ctas_per_sm=2,
                            rotate_query=rotate_query, prmt_lut=pl,
-                           table_lookahead=not (head_dim == 128 and (q_len == 2 or pl)))
+                           table_lookahead=not (head_dim == 128 and (q_len > 1 or pl)))
             if words <= 16:
                 if k_bits == 4 and head_dim == 128:
                     # K4V4: 3 stages beat 4 at every timed shape (+1-3 %); K4V2: 4 measured
@@ -762,12 +762,19 @@ class TQDecodeSplitK:
             self.build_lut(base, mCb, bits, tidx, 256)
 
     @cute.jit
+    def prmt_entry(self, lb, word, j: cutlass.Constexpr[int]) -> Int32:
+        """prmt_lut: shared-memory address of this lane's slot in the entry of byte j of
+        ``word``; ``lb`` = (side base, lane slot offset < 256). The offset (byte << 8) |
+        slot is one PRMT of the word and the slot (its upper bytes supply the zeros), and
+        ptxas folds the base into LDS [R+UR]."""
+        base, lane_off = lb
+        return base + Int32(ptx.prmt(lane_off, word, byte_offset_selector(j)))
+
+    @cute.jit
     def byte_pairs(self, lb, word, j: cutlass.Constexpr[int]):
         """prmt_lut, 2-bit side: the two operand registers of byte j of ``word``; ``lb`` =
         (side base, the lane's 8-byte slot offset)."""
-        base, lane_off = lb
-        off = ptx.prmt(lane_off, word, byte_offset_selector(j))
-        w = ptx.ld_shared_v2_u32(base + Int32(off))
+        w = ptx.ld_shared_v2_u32(self.prmt_entry(lb, word, j))
         return w[0], w[1]
 
     @cute.jit
@@ -791,13 +798,9 @@ class TQDecodeSplitK:
     @cute.jit
     def lookup_byte(self, lb, word, j: cutlass.Constexpr[int]):
         """The 4/8-bit table word for byte j of ``word``. ``lb``: the lane's base in the
-        side's pair table, or with prmt_lut (side base, lane * 4), where the offset (byte <<
-        8) | lane * 4 is one PRMT of the word and the lane offset (< 256, so its upper bytes
-        supply the zeros) and ptxas folds the base into LDS [R+UR]."""
+        side's pair table, or with prmt_lut (side base, lane * 4) (prmt_entry)."""
         if const_expr(self.cfg.prmt_lut):
-            base, lane_off = lb
-            off = ptx.prmt(lane_off, word, byte_offset_selector(j))
-            return ptx.ld_shared_u32(base + Int32(off))
+            return ptx.ld_shared_u32(self.prmt_entry(lb, word, j))
         return self.lut(lb, self.byte_of(word, j))
 
     @cute.jit
@@ -1516,14 +1519,16 @@ def _report_configs() -> list[DecodeConfig]:
     # first-tile loads before the Q rotation, and the smem cp.async ring
     cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4][n])
              for n in ("regpf", "ring_notb")]
-    # the byte-indexed 2-bit table (shipped at D 128 q_len 1 above): the 4-warp candidate,
-    # q_len 2 (shipped), D 64 with q_len 4 and D 256 (no prefetch there; opt-in)
-    cfgs += [dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2]["pl_w4tb"]),
-             fp(2, 2, 128, 4, 2), fp(2, 2, 128, 2, 4), fp(4, 8, 128, 1, 8)]
-    # shapes that spilled 8-52 B before the one-CTA bound of two-column-tile / D=256 configs
+    # shipped prmt_lut geometries beyond the benchmark shape: K2V2 q_len 2 (8 warps, no
+    # lookahead) and q_len 4 (4 warps x 3 CTAs), K4V8 q_len 8; shapes that spilled 8-52 B
+    # before the one-CTA bound of two-column-tile / D=256 configs
+    cfgs += [fp(2, 2, 128, 4, 2), fp(2, 2, 128, 2, 4), fp(4, 8, 128, 1, 8)]
     cfgs += [fp(2, 2, 64, 3, 4), fp(8, 2, 64, 4, 6), fp(2, 2, 128, 16, 5),
              fp(4, 2, 256, 16, 6)]
-    cfgs += [dataclasses.replace(fp(2, 2, 64, 4, 4), prmt_lut=True),
+    # the byte-indexed 2-bit table where not shipped (opt-in): the 4-warp candidate, D 64
+    # with q_len 4 and D 256 (no prefetch there)
+    cfgs += [dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2]["pl_w4tb"]),
+             dataclasses.replace(fp(2, 2, 64, 4, 4), prmt_lut=True),
              dataclasses.replace(fp(2, 2, 256, 4, 1), prmt_lut=True)]
     # PRMT-addressed tables where not shipped (opt-in): K8V8 (both geometries), K2V8, K8V2,
     # two column tiles, D 64 / 256; and the K4V4 ring without them (the previous default)

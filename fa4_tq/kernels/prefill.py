@@ -56,7 +56,8 @@ def canonical_mask(causal: bool, window_left: int, window_right: int):
 
 def config_for(q, k_cache, k_codebook, v_codebook, causal, window_left, window_right,
                register_lut=(None, None), **sm90_knobs):
-    """(PrefillSm90Config, window_left, window_right); ``sm90_knobs`` go to ``make_config``."""
+    """(PrefillSm90Config, window_left, window_right); ``sm90_knobs`` (and max_seqlen_q, for
+    the pack_gqa=None rule) go to ``make_config``."""
     from .prefill_sm90 import make_config
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
@@ -144,11 +145,6 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                       num_stages=num_stages, register_split=register_split, pack_gqa=pack_gqa)
     # (after resolving "auto", so a non-Hopper GPU never drops these silently)
     inert = {"cluster_share": 1, "cluster_sides": "kv", "pack_gqa": False}
-    if pack_gqa is None and backend == "sm90":
-        from .prefill_sm90 import default_pack_gqa
-        pack_gqa = default_pack_gqa(q.shape[2], q.shape[1] // k_cache.shape[2],
-                                    int(max_seqlen_q), cluster_share)
-        sm90_knobs["pack_gqa"] = pack_gqa
     set_knobs = [k for k, v in sm90_knobs.items() if v is not None and v != inert.get(k)]
     if set_knobs and backend == "sm80":
         raise ValueError(f"tqkv.prefill: {', '.join(set_knobs)}: sm90 kernel knobs, not "
@@ -166,7 +162,8 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
             raise ValueError(f"tqkv.prefill: {name} must be 16-byte aligned (cp.async/TMA)")
     # raises NotImplementedError for head_dim 256 and unsupported cluster_share cases
     cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
-                             window_right, register_lut, **sm90_knobs)
+                             window_right, register_lut, max_seqlen_q=int(max_seqlen_q),
+                             **sm90_knobs)
     _ensure_arch_env()
     from .prefill_sm90 import PrefillSm90
     return _run_kernel(PrefillSm90, _compiled, cfg, wl, wr, q, k_cache, v_cache, k_norm, v_norm,

@@ -32,11 +32,11 @@ Design (see docs/prefill-sm90-notes.md for the measured history):
   shared::cluster, completing bytes on the peer's full barrier) into the peer's, so decode
   work per CTA halves; ``ClusterPairPipeline`` (the barrier protocol over both CTAs'
   producers and consumers) and ``ClusterPairVarlenScheduler`` (head-pair tiles) implement it.
-* Opt-in knobs (measured or compile-checked, not defaults; docs/prefill-sm90-notes.md steps
-  7-8): ``direct_loads`` (staging-free producer: code rows LDG'd into registers one block
-  ahead; with register LUTs it leaves room for ``num_stages=3``; H100: correct, not faster)
-  and ``pack_gqa`` (FA4's PackGQA tile: the G query heads of a KV head share one Q tile, for
-  short query chunks; not yet run on a GPU).
+* ``pack_gqa`` (FA4's PackGQA tile: the G query heads of a KV head share one Q tile; the
+  op's default for short query chunks, ``default_pack_gqa``; notes step 8).
+* Opt-in knob (measured, not a default; notes step 7): ``direct_loads`` (staging-free
+  producer: code rows LDG'd into registers one block ahead; with register LUTs it leaves
+  room for ``num_stages=3``; H100: correct, not faster).
 * Q is loaded by TMA (FA4's path), O stored by TMA; varlen Q (cu_seqlens_q) only.
 
 The class keeps FA4's configuration machinery (tile sizes, smem layouts, tiled MMAs, masks,
@@ -140,7 +140,7 @@ class PrefillSm90Config:
     # side and block, twice) on the shared-memory pipe, and the staging space, which lets
     # 2/4-bit pairs with register LUTs keep 3 K/V stages. producer_wgs=2, cluster_share=1 only.
     direct_loads: bool = False
-    # FA4's PackGQA (opt-in, not yet run on a GPU): the 128-row Q tile spans the
+    # FA4's PackGQA (default_pack_gqa; notes step 8): the 128-row Q tile spans the
     # qhead_per_kvhead query heads of one KV head (row r = query r // G of head r % G), so a
     # short query chunk (chunked prefill, speculative verification: q_len * G <= 128) fills
     # one tile per KV head instead of G mostly-empty tiles, and each K/V tile is decoded once
@@ -370,7 +370,8 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 direct_loads: Optional[bool] = None,
                 num_stages: Optional[int] = None,
                 register_split: Optional[tuple[int, int]] = None,
-                pack_gqa: bool = False) -> PrefillSm90Config:
+                pack_gqa: Optional[bool] = False,
+                max_seqlen_q: Optional[int] = None) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
@@ -383,7 +384,12 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     staging ring, step 7); ``num_stages`` (None: 3 where it fits, i.e. staging-free with
     register-LUT sides only, else 2) is the K/V tile pipeline depth; ``register_split`` =
     (consumer, producer) setmaxnreg values (None: ``REGISTER_SPLIT``). ``pack_gqa`` folds the
-    query heads of a KV head into the Q tile (FA4's PackGQA; opt-in, cluster_share=1)."""
+    query heads of a KV head into the Q tile (FA4's PackGQA, cluster_share=1; None:
+    ``default_pack_gqa`` for the call's ``max_seqlen_q``)."""
+    if pack_gqa is None:
+        if max_seqlen_q is None:
+            raise ValueError("make_config: pack_gqa=None (the default rule) needs max_seqlen_q")
+        pack_gqa = default_pack_gqa(head_dim, qhead_per_kvhead, max_seqlen_q, cluster_share)
     if producer_wgs is None:
         producer_wgs = default_producer_wgs(head_dim, k_bits, v_bits, local, pack_gqa)
     if cluster_share is None:
@@ -1282,7 +1288,7 @@ def shipped_configs() -> list[PrefillSm90Config]:
                           num_stages=stages, register_split=split)
         if cfg not in out:
             out.append(cfg)
-    # FA4's PackGQA tile (opt-in, not yet run on a GPU): full, causal GQA 8, sliding window
+    # FA4's PackGQA tile (the default for short chunks): full, causal GQA 8, sliding window
     for kb, vb, g, causal, local in ((4, 4, 4, False, False), (2, 2, 8, True, False),
                                      (4, 4, 4, False, True)):
         out.append(make_config(128, kb, vb, g, causal, local, local, local, pack_gqa=True))
