@@ -348,6 +348,13 @@ def default_direct_loads(head_dim: int, k_bits: int, v_bits: int, local: bool,
 PACK_GQA_MEASURED = True
 
 
+# Pairs whose pack_gqa causal build at the (208, 48) split spills (8 B, every G: the CPU
+# compile sweep of all nine pairs x G {2,4,8,16} x full / causal / window, 2026-12-07): their
+# producers get 56 registers (200 for the consumers, the split the direct_loads builds use);
+# 0 spills. Not timed.
+PACK_GQA_WIDE_PRODUCER = frozenset({(2, 4)})
+
+
 def default_pack_gqa(head_dim: int, qhead_per_kvhead: int, max_seqlen_q: int,
                      cluster_share: Optional[int] = None, tile_m: int = 128) -> bool:
     """The shipping rule of notes step 8, once PACK_GQA_MEASURED: pack the G query heads of
@@ -404,6 +411,9 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                                             cluster_share)
     if register_split is None:
         register_split = REGISTER_SPLIT[producer_wgs]
+        if (pack_gqa and causal and producer_wgs == 2
+                and (k_bits, v_bits) in PACK_GQA_WIDE_PRODUCER):
+            register_split = (200, 56)
     k_default, v_default = default_register_lut(k_bits, v_bits)
     if k_register_lut is None:
         k_register_lut = k_default
@@ -1293,6 +1303,7 @@ def shipped_configs() -> list[PrefillSm90Config]:
                                      (4, 4, 4, False, True)):
         out.append(make_config(128, kb, vb, g, causal, local, local, local, pack_gqa=True))
     out.append(make_config(64, 4, 4, 4, True, False, False, False, pack_gqa=True))
+    out.append(make_config(128, 2, 4, 4, True, False, False, False, pack_gqa=True))  # 200/56
     return out
 
 
