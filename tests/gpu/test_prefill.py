@@ -206,7 +206,8 @@ def test_direct_loads_bit_identical_to_staged(kb, vb, causal, lut, stages, split
 @pytest.mark.parametrize("kb,vb,hq,hkv,causal,wl,wr,bs", [
     (4, 4, 8, 2, False, -1, -1, 16), (4, 4, 8, 2, True, -1, -1, 128),
     (2, 2, 16, 2, True, -1, -1, 16), (8, 8, 8, 2, False, -1, -1, 128),
-    (4, 2, 8, 2, True, 64, -1, 16), (2, 4, 8, 2, False, 32, 16, 48), (8, 4, 8, 1, True, -1, -1, 16)])
+    (4, 2, 8, 2, True, 64, -1, 16), (2, 4, 8, 2, False, 32, 16, 48), (8, 4, 8, 1, True, -1, -1, 16),
+    (2, 4, 16, 2, True, -1, -1, 16)])  # K2V4 causal: the (200, 56) PACK_GQA_WIDE_PRODUCER split
 def test_pack_gqa(kb, vb, hq, hkv, causal, wl, wr, bs):
     """FA4's PackGQA tile over the compressed cache: short chunks (1, 3, 17 queries: one packed
     tile per KV head), a long one (300 queries, several packed m_blocks), rows that see no key
