@@ -122,3 +122,36 @@ def random_prefill_args(q_lens, k_lens, hq: int, hkv: int, head_dim: int, k_bits
             c.codec.k_codebook, c.codec.v_codebook, c.codec.k_signs, c.codec.v_signs,
             max(q_lens), scale, causal, window[0], window[1], rotate, unrotate)
 
+
+
+#: The prefill correctness matrix of issues 3 and 6 (tests/gpu/test_prefill.py and
+#: test_prefill_sm80.py, ``test_matrix``): every (k_bits, v_bits) x head_dim {64, 128} x GQA
+#: {1, 4, 8} x mask {full, causal, window}, one varlen batch with odd lengths (1, 17, 1000
+#: queries against 4097, 33, 1000 keys: a one-query chunk at a long context, a short causal
+#: square-ish chunk, a long one), block sizes 16 and 128 alternating over the cells. Windows
+#: alternate between a causal left window (257, -1) and a two-sided one (100, 33).
+PREFILL_MATRIX_Q_LENS = (1, 17, 1000)
+PREFILL_MATRIX_K_LENS = (4097, 33, 1000)
+
+
+def prefill_matrix() -> list[dict]:
+    """The cells of the prefill matrix as dicts (kb, vb, d, hq, hkv, causal, wl, wr, bs,
+    seed, id)."""
+    cells = []
+    pairs = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
+    for p, (kb, vb) in enumerate(pairs):
+        for di, d in enumerate((64, 128)):
+            for gi, g in enumerate((1, 4, 8)):
+                hkv = 1 if g == 8 else 2
+                for mask in ("full", "causal", "window"):
+                    causal, wl, wr = False, -1, -1
+                    if mask == "causal":
+                        causal = True
+                    elif mask == "window":
+                        causal, wl, wr = ((True, 257, -1) if (p + di + gi) % 2 == 0
+                                          else (False, 100, 33))
+                    bs = (16, 128)[(p + di + gi + len(cells)) % 2]
+                    cells.append(dict(kb=kb, vb=vb, d=d, hq=g * hkv, hkv=hkv, causal=causal,
+                                      wl=wl, wr=wr, bs=bs, seed=1000 + len(cells),
+                                      id=f"K{kb}V{vb}-D{d}-G{g}-{mask}-bs{bs}"))
+    return cells

@@ -146,6 +146,29 @@ def check_group(cases):
     return [check_case(c) for c in cases]
 
 
+def decode_matrix_cases():
+    """The issue's matrix beyond the D=128 pairs above: every (k_bits, v_bits) x head_dim
+    64/128/256, with GQA {1, 4, 8, 16} x q_len {1, 4, 8} x block size {16, 128} x {causal,
+    sliding window} rotating over the 27 cells (each value of each factor meets every pair
+    and every head_dim), mixed lengths with a 128K-token sequence at D=128 (a 20K one
+    elsewhere), odd lengths, a length-1 and an empty sequence."""
+    cells = []
+    pairs = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
+    for p, (kb, vb) in enumerate(pairs):
+        for di, D in enumerate((64, 128, 256)):
+            G = (1, 4, 8, 16)[(p + di) % 4]
+            q = (1, 4, 8)[(p + 2 * di) % 3]
+            bs = (16, 128)[(p + di) % 2]
+            wl = 100 if (p + di) % 3 == 0 else -1
+            long = 131072 if D == 128 else 20001
+            lens = [long, 1, 0, 777] if (p + di) % 2 else [3, long, 4097]
+            cells.append(dict(name=f"matrix K{kb}V{vb} D{D} G{G} q{q} bs{bs}"
+                              f"{f' window{wl}' if wl >= 0 else ''} L{max(lens)}",
+                              kb=kb, vb=vb, D=D, G=G, Hkv=1 if G == 16 else 2, qlen=q, bs=bs,
+                              lens=lens, causal=True, wl=wl, wr=-1))
+    return cells
+
+
 def correctness_cases():
     cases = []
     mixed_a = [1, 5003, 37, 0, 300]
@@ -261,6 +284,7 @@ def correctness_cases():
         cases.append(dict(dict(name=f"{name} prmt_lut", kb=kb, vb=vb, D=D, G=G, Hkv=2, qlen=q,
                                bs=bs, lens=lens, causal=True, wl=-1, wr=-1,
                                knobs=dict(prmt_lut=True, **knobs)), **fields))
+    cases += decode_matrix_cases()  # last: the earlier cases keep their seeds
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Next session's first device call (written 2026-12-07, session 7):
+# Session 8's first device call (written 2026-12-07, session 7; matrix added in session 8):
 #   run(command="bash microbench/device_next.sh", carry=[".devenv"], timeout_s=600)
 # Session 7 ran every decode GPU test on the new defaults (83/83) and 56 of the 82 Sm90 prefill
 # tests after pack_gqa became the default; its device time ran out before:
 # 1. the rest of tests/gpu/test_prefill.py (cluster_share / direct_loads / explicit pack_gqa,
-#    the new test_default_path_packs_short_chunks) and tests/gpu/test_prefill_sm80.py (49 of
-#    its tests were cut by session 7's first call; its code is unchanged since session 5);
+#    test_default_path_packs_short_chunks) plus, new in session 8, the issue's correctness
+#    matrix (test_matrix: nine pairs x D 64/128 x GQA 1/4/8 x full/causal/window, lengths up
+#    to 4097, block sizes 16/128); the decode matrix cases (27: nine pairs x D 64/128/256,
+#    lengths up to 128K); tests/gpu/test_prefill_sm80.py (with the same matrix);
 # 2. the shipped decode at L=32K (8K and 128K were timed) with the previous default (nopl) as
 #    A/B, and the two-column-tile / D=256 / K2V2 q_len>2 register bounds (never timed: a
 #    q_len 4 / G 16 row against the same config without the bound).
@@ -16,13 +18,14 @@ source .devenv/setup.sh
 export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-}
 date -u
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
-for spec in "prefill:${PRE_S:-200}" "prefill_sm80:${SM80_S:-150}" "compress:${COMP_S:-0}" \
-            "decode:${DEC_S:-0}"; do
+for spec in "prefill:${PRE_S:-230}" "decode:${DEC_S:-80}" "prefill_sm80:${SM80_S:-150}" \
+            "compress:${COMP_S:-0}"; do
   f=${spec%%:*}; t=${spec##*:}
   [ "$t" -gt 0 ] || continue
   echo "== GPU tests: test_$f.py (${t} s)"
-  timeout "$t" python3 -m pytest -v -m gpu "tests/gpu/test_$f.py" -n 16 -p no:cacheprovider \
-    -rfE > "$OUT/gpu_tests_$f.log" 2>&1
+  sel=(); [ "$f" = decode ] && sel=(-k "${DEC_K:-matrix}")  # session 7 ran the rest: 83/83
+  timeout "$t" python3 -m pytest -v -m gpu "tests/gpu/test_$f.py" "${sel[@]}" -n 16 \
+    -p no:cacheprovider -rfE > "$OUT/gpu_tests_$f.log" 2>&1
   echo "rc=$? PASSED $(grep -c ' PASSED ' "$OUT/gpu_tests_$f.log") FAILED $(grep -c ' FAILED ' \
     "$OUT/gpu_tests_$f.log") SKIPPED $(grep -c ' SKIPPED ' "$OUT/gpu_tests_$f.log")"
   grep -E ' FAILED |^FAILED|^ERROR' "$OUT/gpu_tests_$f.log" | head -20; tail -2 "$OUT/gpu_tests_$f.log"
