@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from ..codec import codebook_bits as _bits
+from . import dequant as _dq
 
 import cutlass
 import cutlass.cute as cute
@@ -149,6 +150,14 @@ COMPRESS_VARIANTS = {
     "lut-pf": dict(algo="lut", prefetch=True),
     "lut-pf-s4": dict(algo="lut", prefetch=True, sum_chains=4),
     "lut-wide-s4": dict(algo="lut", chunks=4, num_threads=128, min_ctas_per_sm=3, sum_chains=4),
+    # Session 8 candidates (not yet measured): the loads of the next 2 vectors through a
+    # 3-stage cp.async ring in shared memory (CompressConfig.smem_stages): "lut-wide-r3"
+    # gives the wide variant the load-ahead that lut-pf has without prefetch registers;
+    # "lut-r2" the 16-element variant with one vector ahead (like lut-pf), for the pairs
+    # prefetch does not fit (8-bit sides: K8V8 at 2 CTAs per SM needs the 2-stage ring).
+    "lut-wide-r3": dict(algo="lut", chunks=4, num_threads=128, min_ctas_per_sm=3,
+                        smem_stages=3),
+    "lut-r2": dict(algo="lut", smem_stages=2),
 }
 # Grid-table cells per bit width: cell k covers u = y / n in about
 # [(k - G/2 - 0.5) / S, (k - G/2 + 0.5) / S] with S = G/2 - 2, so |u| <= 1 never leaves the
@@ -513,6 +522,11 @@ class CompressConfig:
     # starting after the previous iteration's stores (+2 * 4 * chunks + 2 registers for
     # 16-bit inputs). Opt-in (not yet measured).
     prefetch: bool = False
+    # smem_stages = S >= 2: the input words and slot of a lane's next S - 1 vectors are
+    # copied into a per-thread shared-memory ring with cp.async (S - 1 vectors in flight,
+    # like prefetch, but without its registers: the wide variant, at 168 registers, has no
+    # room for a register buffer at 3 CTAs per SM). 0: plain or prefetch loads.
+    smem_stages: int = 0
 
     def __post_init__(self):
         if self.head_dim not in _SUPPORTED_HEAD_DIMS:
@@ -529,6 +543,11 @@ class CompressConfig:
                 raise ValueError(f"compress: algo='lut' needs num_threads dividing {_LUT_CELLS[b]}")
         if self.sum_chains not in (1, 2, 4):
             raise ValueError(f"compress: sum_chains must be 1, 2 or 4, got {self.sum_chains}")
+        if self.smem_stages not in (0, 2, 3, 4):
+            raise ValueError(f"compress: smem_stages must be 0 or 2..4, got {self.smem_stages}")
+        if self.smem_stages and self.prefetch:
+            raise ValueError("compress: smem_stages and prefetch are two ways of loading ahead; "
+                             "pick one")
         if self.chunks not in (2, 4):
             raise ValueError(f"compress: chunks must be 2 or 4, got {self.chunks}")
         if self.num_threads % 32 or self.num_threads % _Geometry(self.head_dim, self.chunks).lanes:
@@ -543,6 +562,8 @@ class CompressConfig:
             alg += f"_s{self.sum_chains}"
         if self.prefetch:
             alg += "_pf"
+        if self.smem_stages:
+            alg += f"_r{self.smem_stages}"
 
         return f"compress_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_{self.in_dtype}{alg}"
 
@@ -601,6 +622,51 @@ class CompressStoreKernel:
             buf[q] = words[q]
         buf[len(words)] = lo
         buf[len(words) + 1] = hi
+
+    @property
+    def _ring_pieces(self) -> int:
+        """16-byte input pieces per side and lane (one per 8 16-bit elements)."""
+        return self.geo.chunks * (self.in_bytes // 2)
+
+    @property
+    def ring_stage_bytes(self) -> int:
+        """One ring stage: every thread's input pieces (piece q of thread t at 16 (q T + t):
+        a warp's copies and reads of one piece are 512 contiguous bytes) then its slot."""
+        return self.cfg.num_threads * (2 * self._ring_pieces * 16 + 8)
+
+    @cute.jit
+    def _issue_vector(self, stage: Int32, tok: Int32, head: Int32, num_tokens: Int32,
+                      num_heads: Int32, key_base: Int64, val_base: Int64, slot_base: Int64,
+                      tidx: Int32, lane: Int32):
+        """smem_stages: cp.async this lane's words of vector (tok, head) and its slot into
+        ring stage ``stage`` (past the end: the last token's, as _load_vector)."""
+        cfg = self.cfg
+        T = cfg.num_threads
+        tc = Int64(cutlass.select_(tok < num_tokens, tok, num_tokens - 1))
+        pc = tc * Int64(num_heads) + Int64(head)
+        mine = stage + tidx * 16
+        q = 0
+        for base in (key_base, val_base):
+            for k in cutlass.range_constexpr(self.geo.chunks):
+                off = (pc * cfg.head_dim + self.geo.chunk_offset(k) + Int64(lane) * 8) * \
+                    self.in_bytes
+                for h in cutlass.range_constexpr(self.in_bytes // 2):
+                    _dq.cp_async_16(mine + q * T * 16, base + off + 16 * h, Int32(16))
+                    q += 1
+        _dq.cp_async_ca(stage + 2 * self._ring_pieces * T * 16 + tidx * 8, slot_base + tc * 8,
+                        8, Int32(8))
+
+    @cute.jit
+    def _read_vector(self, stage: Int32, tidx: Int32):
+        """smem_stages: (key words, value words, slot lo, slot hi) of ring stage ``stage``."""
+        T = self.cfg.num_threads
+        P = self._ring_pieces
+        words = []
+        for q in cutlass.range_constexpr(2 * P):
+            w = _dq.ld_shared_v4(stage + tidx * 16 + q * T * 16)
+            words.extend([Uint32(x) for x in w])
+        lo, hi = _lds_v2(stage + 2 * P * T * 16 + tidx * 8)
+        return words[:4 * P], words[4 * P:], lo, hi
 
     @cute.jit
     def _to_f32(self, words: list, smask: Uint32):
@@ -905,6 +971,10 @@ class CompressStoreKernel:
                     if const_expr(_LUT_ENTRY_BYTES[cfg.v_bits] == 1):
                         if (sFlag[3] & Uint32(_LUT_CELLS[cfg.v_bits] - 1)) != Uint32(0):
                             sFlag[1] = Uint32(0)
+        S = cfg.smem_stages
+        ring = Int32(0)
+        if const_expr(S > 0):
+            ring = smem.allocate(S * self.ring_stage_bytes, 128).toint()
         kmask = _sign_mask(mKSigns, geo, lane)
         vmask = _sign_mask(mVSigns, geo, lane)
         cute.arch.sync_threads()
@@ -953,10 +1023,35 @@ class CompressStoreKernel:
         if const_expr(cfg.prefetch):
             self._load_vector(pf, tok, head, num_tokens, num_heads, key_base, val_base,
                               slot_base, lane)
+        # smem_stages: (token, head) of the next vector to issue, S - 1 ahead of (tok, head)
+        itok = tok
+        ihead = head
+        if const_expr(S > 0):
+            for s_ in cutlass.range_constexpr(S - 1):
+                self._issue_vector(ring + s_ * self.ring_stage_bytes, itok, ihead, num_tokens,
+                                   num_heads, key_base, val_base, slot_base, tidx, lane)
+                cute.arch.cp_async_commit_group()
+                ihead = ihead + step_head
+                iwrap = ihead >= num_heads
+                ihead = Int32(cutlass.select_(iwrap, ihead - num_heads, ihead))
+                itok = itok + step_tok + Int32(cutlass.select_(iwrap, Int32(1), Int32(0)))
         for it in cutlass.range(iters):
             valid = tok < num_tokens
             cur_head = head
-            if const_expr(cfg.prefetch):
+            if const_expr(S > 0):
+                # stage (it - 1) % S was read (and its words consumed) last iteration
+                self._issue_vector(ring + ((it + S - 1) % S) * self.ring_stage_bytes, itok,
+                                   ihead, num_tokens, num_heads, key_base, val_base,
+                                   slot_base, tidx, lane)
+                cute.arch.cp_async_commit_group()
+                ihead = ihead + step_head
+                iwrap = ihead >= num_heads
+                ihead = Int32(cutlass.select_(iwrap, ihead - num_heads, ihead))
+                itok = itok + step_tok + Int32(cutlass.select_(iwrap, Int32(1), Int32(0)))
+                cute.arch.cp_async_wait_group(S - 1)
+                kw, vw, lo, hi = self._read_vector(ring + (it % S) * self.ring_stage_bytes,
+                                                   tidx)
+            elif const_expr(cfg.prefetch):
                 buf = [pf[q] for q in range(2 * nside + 2)]
                 kw = buf[:nside]
                 vw = buf[nside:2 * nside]
@@ -1366,7 +1461,10 @@ def shipped_configs() -> list:
     cfgs += [compress_config(d, kb, vb, dt, "lut-pf") for d, kb, vb, dt in
              sorted(_PREFETCH_DEFAULT)]
     cfgs += [compress_config(128, 4, 4, "bfloat16", "lut-pf-s4"),
-             compress_config(128, 4, 4, "bfloat16", "lut-wide-s4")]
+             compress_config(128, 4, 4, "bfloat16", "lut-wide-s4"),
+             # session 8 candidates: the cp.async ring (smem_stages)
+             compress_config(128, 4, 4, "bfloat16", "lut-wide-r3"),
+             compress_config(128, 8, 8, "bfloat16", "lut-r2")]
     for algo in _COMPRESS_ALGOS:
         cfgs += [CompressConfig(128, 4, 2, "bfloat16", algo=algo),
                  CompressConfig(128, 8, 4, "bfloat16", algo=algo),
@@ -1392,7 +1490,8 @@ def _variant(cfg) -> str:
     if isinstance(cfg, CompressConfig):
         wide = "" if cfg.chunks == _CHUNKS else "-wide"
         extra = ("-pf" if cfg.prefetch else "") + \
-            (f"-s{cfg.sum_chains}" if cfg.sum_chains != 1 else "")
+            (f"-s{cfg.sum_chains}" if cfg.sum_chains != 1 else "") + \
+            (f"-r{cfg.smem_stages}" if cfg.smem_stages else "")
         return cfg.in_dtype + ("" if cfg.algo == "binary" else f"-{cfg.algo}") + wide + extra
     return cfg.out_dtype + ("-unrotate" if cfg.unrotate else "")
 

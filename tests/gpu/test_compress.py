@@ -356,12 +356,14 @@ def test_compile_cache_reused(algo):
     assert len(compress._COMPILED) == n
 
 
-# ------------------------------------------------------------------ H7 opt-in candidates
-# compress_store variants that no default picks yet (COMPRESS_VARIANTS; compile-checked on
-# the CPU, not measured): float64 partial sums (sum_chains=4) and/or software-pipelined
-# loads (prefetch). Tested here on their own so that the ALGOS fixture above (every test x
-# every variant) does not grow.
-CANDIDATES = ("lut-s4", "lut-pf", "lut-pf-s4", "lut-wide-s4")
+# ------------------------------------------------------------------ opt-in candidates
+# compress_store variants besides the ALGOS fixture's (COMPRESS_VARIANTS): float64 partial
+# sums (sum_chains=4) and/or software-pipelined loads (prefetch; "lut-pf" is "auto"'s
+# choice for large 4/2-bit calls since session 3), and (session 8, not yet measured) the
+# loads through a cp.async ring in shared memory (smem_stages: "lut-wide-r3", "lut-r2").
+# Tested here on their own so that the ALGOS fixture above (every test x every variant) does
+# not grow.
+CANDIDATES = ("lut-s4", "lut-pf", "lut-pf-s4", "lut-wide-s4", "lut-wide-r3", "lut-r2")
 CANDIDATE_CASES = [(128, 4, 4, "bfloat16", 150), (128, 4, 4, "bfloat16", 9000),
                    (64, 4, 4, "bfloat16", 150), (256, 4, 4, "bfloat16", 150),
                    (128, 2, 2, "bfloat16", 150), (128, 4, 2, "bfloat16", 9000),
@@ -381,8 +383,8 @@ def _candidate(monkeypatch, cand, kb, vb, dtype="bfloat16"):
 @pytest.mark.parametrize("cand", CANDIDATES)
 @pytest.mark.parametrize("d,kb,vb,dtype,t", CANDIDATE_CASES, ids=lambda x: str(x))
 def test_compress_store_candidate_bit_exact(d, kb, vb, dtype, t, cand, monkeypatch):
-    """t=9000 x 8 heads: several grid-stride passes (prefetch carries loads across
-    iterations); t=1: one vector, the prefetch of the next one reads the clamped last token."""
+    """t=9000 x 8 heads: several grid-stride passes (prefetch and the smem ring carry loads
+    across iterations); t=1: one vector, the loads ahead read the clamped last token."""
     _skip_without_cuda()
     _candidate(monkeypatch, cand, kb, vb, dtype)
     gen = torch.Generator().manual_seed(17 * d + 3 * kb + vb + t)
