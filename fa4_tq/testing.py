@@ -136,7 +136,8 @@ PREFILL_MATRIX_K_LENS = (4097, 33, 1000)
 
 def prefill_matrix() -> list[dict]:
     """The cells of the prefill matrix as dicts (kb, vb, d, hq, hkv, causal, wl, wr, bs,
-    seed, id)."""
+    seed, id; ``args``: the tests' positional (q_lens, k_lens, hq, hkv, d, kb, vb, bs,
+    causal, wl, wr))."""
     cells = []
     pairs = [(kb, vb) for kb in (2, 4, 8) for vb in (2, 4, 8)]
     for p, (kb, vb) in enumerate(pairs):
@@ -153,5 +154,8 @@ def prefill_matrix() -> list[dict]:
                     bs = (16, 128)[(p + di + gi + len(cells)) % 2]
                     cells.append(dict(kb=kb, vb=vb, d=d, hq=g * hkv, hkv=hkv, causal=causal,
                                       wl=wl, wr=wr, bs=bs, seed=1000 + len(cells),
-                                      id=f"K{kb}V{vb}-D{d}-G{g}-{mask}-bs{bs}"))
+                                      id=f"K{kb}V{vb}-D{d}-G{g}-{mask}-bs{bs}",
+                                      args=(list(PREFILL_MATRIX_Q_LENS),
+                                            list(PREFILL_MATRIX_K_LENS), g * hkv, hkv, d, kb,
+                                            vb, bs, causal, wl, wr)))
     return cells

@@ -25,6 +25,9 @@ def test_prefill_matrix_is_the_full_product():
     keys = [(c["kb"], c["vb"], c["d"], c["hq"] // c["hkv"], _mask(c)) for c in cells]
     assert sorted(keys) == sorted(itertools.product((2, 4, 8), (2, 4, 8), (64, 128), (1, 4, 8),
                                                     ("full", "causal", "window")))
+    assert all(c["args"] == (list(PREFILL_MATRIX_Q_LENS), list(PREFILL_MATRIX_K_LENS), c["hq"],
+                             c["hkv"], c["d"], c["kb"], c["vb"], c["bs"], c["causal"], c["wl"],
+                             c["wr"]) for c in cells)
     assert len({c["id"] for c in cells}) == len(cells)
     assert len({c["seed"] for c in cells}) == len(cells)
     # both block sizes for every pair and every head_dim; both window kinds
