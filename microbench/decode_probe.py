@@ -146,6 +146,31 @@ def check_group(cases):
     return [check_case(c) for c in cases]
 
 
+def _candidate_cases(keep, mixed_a, mixed_b):
+    """The correctness cases of the speed candidates (CANDIDATE_NAMES) that ``keep`` selects:
+    q_len 1, and q_len 2 with a window and 7 splits (all but ring_early), the ring also over
+    many tiles per warp in one split at a block size of 64."""
+    cases = []
+    for kb, cands in CANDIDATE_NAMES.items():
+        for cname in filter(keep, cands):
+            cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs16 cand={cname}", kb=kb, vb=kb,
+                              D=128, G=4, Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True,
+                              wl=-1, wr=-1, candidate=cname))
+            if cname == "ring_early":  # both parts are checked alone below (device time)
+                continue
+            # (q_len 2: G x q_len <= 8 keeps the one-column-tile prefetching config)
+            cases.append(dict(name=f"K{kb}V{kb} D128 G4 q2 bs16 window33 splits=7 "
+                              f"cand={cname}", kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=2, bs=16,
+                              lens=mixed_b, causal=True, wl=33, wr=-1, splits=7,
+                              candidate=cname))
+            if cname == "ring":
+                cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs64 splits=1 cand={cname}",
+                                  kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=1, bs=64,
+                                  lens=[5003, 1, 37], causal=True, wl=-1, wr=-1, splits=1,
+                                  candidate=cname))
+    return cases
+
+
 def decode_matrix_cases():
     """The issue's matrix beyond the D=128 pairs above: every (k_bits, v_bits) x head_dim
     64/128/256, with GQA {1, 4, 8, 16} x q_len {1, 4, 8} x block size {16, 128} x {causal,
@@ -241,23 +266,7 @@ def correctness_cases():
     # opt-in speed candidates (decode.SPEED_CANDIDATES; not shipped unless measured faster):
     # same checks; the ring also over many tiles per warp in one split (steady state of the
     # unrolled ring loop) at a block size of 64
-    for kb, cands in CANDIDATE_NAMES.items():
-        for cname in cands:
-            cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs16 cand={cname}", kb=kb, vb=kb,
-                              D=128, G=4, Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True,
-                              wl=-1, wr=-1, candidate=cname))
-            if cname == "ring_early":  # both parts are checked alone below (device time)
-                continue
-            # (q_len 2: G x q_len <= 8 keeps the one-column-tile prefetching config)
-            cases.append(dict(name=f"K{kb}V{kb} D128 G4 q2 bs16 window33 splits=7 "
-                              f"cand={cname}", kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=2, bs=16,
-                              lens=mixed_b, causal=True, wl=33, wr=-1, splits=7,
-                              candidate=cname))
-            if cname == "ring":
-                cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs64 splits=1 cand={cname}",
-                                  kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=1, bs=64,
-                                  lens=[5003, 1, 37], causal=True, wl=-1, wr=-1, splits=1,
-                                  candidate=cname))
+    cases += _candidate_cases(lambda name: name not in LATE_CANDIDATES, mixed_a, mixed_b)
     # prmt_lut forced on (config= overrides) over more geometries: the pairs that do not ship
     # it (8-bit sides, K2V8 / K8V2, D 64 / 256, two column tiles) and, for the shipped
     # pairs (where the knob is already on), windows, GQA 2/5, q_len 2-4, fp16, fixed splits
@@ -285,6 +294,8 @@ def correctness_cases():
                                bs=bs, lens=lens, causal=True, wl=-1, wr=-1,
                                knobs=dict(prmt_lut=True, **knobs)), **fields))
     cases += decode_matrix_cases()  # last: the earlier cases keep their seeds
+    cases += _candidate_cases(lambda name: name in LATE_CANDIDATES, mixed_a,
+                              mixed_b)  # (same reason)
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases
@@ -300,6 +311,8 @@ PAIR_KNOBS = {
     "ring_early_tb": dict(target_warps=4, min_ctas_per_sm=2, smem_stages=4,
                           early_prefetch=True, table_lookahead=False, tile_bases=True),
     "tb": dict(tile_bases=True),
+    # session 8: the 4-bit-K ring at 6 warps x 2 CTAs (decode.SPEED_CANDIDATES[4]["w6"])
+    "w6": dict(target_warps=6),
     # the smem ring at other geometries (8-bit sides have no register prefetch: 48 words)
     "ring_s3": dict(prefetch=True, target_warps=4, min_ctas_per_sm=2, smem_stages=3,
                     early_prefetch=True, table_lookahead=False, tile_bases=True),
@@ -326,8 +339,11 @@ PAIR_KNOBS = {
 #: list never imports cutlass (pytest collects tests/gpu next to the compile tests, which
 #: must configure CuTeDSL's environment before its first import); the compile test checks
 #: both agree.
-CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "nopl"),
+CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "nopl", "w6"),
                    2: ("early", "ring", "ring_early", "pl_w4tb")}
+#: Candidates added after the case list was first run on a GPU: their cases go after every
+#: other case, so the earlier ones keep the seeds (case index) they passed with.
+LATE_CANDIDATES = frozenset({"w6"})
 
 
 def config_key(case):

@@ -10,7 +10,10 @@
 #    lut-wide / lut-pf (compress only);
 # 2. the candidate GPU tests (bit-exact against reference.compress_store over 12 shapes,
 #    edge vectors, rejections);
-# 3. the rest of the compress GPU test file (unchanged kernels at their defaults).
+# 3. the rest of the compress GPU test file (unchanged kernels at their defaults);
+# 4. the decode candidate "w6" (the 4-bit-K ring at 6 warps x 2 CTAs per SM instead of 4 x 2;
+#    docs/decode-notes.md §11): its float64 cases, then timed against the shipped config
+#    (K4V4 candidate, K4V2 pair knob) at L 8K/32K/128K x B 1/8/32.
 set -uo pipefail
 OUT=${OUT:-/tmp/fa4tq-out}
 mkdir -p "$OUT"
@@ -36,3 +39,12 @@ for spec in "candidate:${CAND_S:-150}" "not candidate:${REST_S:-120}"; do
 $(grep -c ' SKIPPED ' "$f")"
   grep -E ' FAILED |^FAILED|^ERROR' "$f" | head -20; tail -2 "$f"
 done
+echo "== decode candidate w6: float64 cases (${W6T_S:-60} s), timing (${W6_S:-150} s)"
+timeout "${W6T_S:-60}" python3 -m pytest -v -m gpu tests/gpu/test_decode.py -k w6 -n 4 \
+  -p no:cacheprovider -rfE > "$OUT/gpu_tests_decode_w6.log" 2>&1
+echo "rc=$? PASSED $(grep -c ' PASSED ' "$OUT/gpu_tests_decode_w6.log") FAILED \
+$(grep -c ' FAILED ' "$OUT/gpu_tests_decode_w6.log")"
+PYTHONUNBUFFERED=1 timeout "${W6_S:-150}" python3 microbench/decode_probe.py --no-check \
+  --no-old --no-raw --bits 4 --candidates w6 --pairs 42 --pair-knobs w6 \
+  --lengths 8192,32768,131072 --batches 1,8,32 > "$OUT/decode_w6.log" 2>&1
+echo "rc=$?"; grep -E "^L=|Error|error" "$OUT/decode_w6.log" | head -12

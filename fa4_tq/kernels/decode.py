@@ -354,7 +354,13 @@ SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
         "ring_notb": dict(tile_bases=False, prmt_lut=False),
         # the ring without the PRMT-addressed tables (the default until 2026-12-07; SASS
         # of the 3-tile ring loop 1549 instead of 1141 instructions)
-        "nopl": dict(prmt_lut=False)},
+        "nopl": dict(prmt_lut=False),
+        # session 8, not yet measured: 6 warps per CTA instead of 4. The shipped ring runs 2
+        # CTAs of 4 warps per SM (88 KB of smem each, 64 KB of it the tables; 3 CTAs do not
+        # fit); 2 CTAs of 6 warps fit both the smem (100 KB each) and the registers (168 of
+        # 170), so 12 warps per SM instead of 8 hide the latency of the serial per-tile chain
+        # (K4V4 reads at 2.2 TB/s at B=8 L=32K, 73 % of copy: not memory-bound there)
+        "w6": dict(target_warps=6)},
     2: {"early": dict(early_prefetch=True, prmt_lut=False),
         "ring": dict(_RING, min_ctas_per_sm=3),
         "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True),
@@ -1541,6 +1547,8 @@ def _report_configs() -> list[DecodeConfig]:
              dataclasses.replace(fp(4, 4, 128, 16, 8), prmt_lut=True),
              dataclasses.replace(fp(4, 4, 64, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 8, 256, 16, 8), prmt_lut=True)]
+    # session 8 candidate: the K4V4 ring at 6 warps x 2 CTAs (168 of 170 registers)
+    cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4]["w6"])]
     return cfgs
 
 
