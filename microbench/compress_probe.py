@@ -46,7 +46,8 @@ import torch
 
 ALGOS = ("binary", "lut", "lut-wide")  # compress_store variants timed side by side
 # --candidates: opt-in variants (fa4_tq.kernels.compress.COMPRESS_VARIANTS) timed against ALGOS
-CANDIDATES = ("lut-s4", "lut-pf", "lut-pf-s4", "lut-wide-s4", "lut-wide-r3", "lut-r2")
+CANDIDATES = ("lut-s4", "lut-pf", "lut-pf-s4", "lut-wide-s4", "lut-wide-r3", "lut-pf-i8",
+              "lut-r2")
 
 
 def _algo_supported(algo, kb, vb):

@@ -152,11 +152,14 @@ COMPRESS_VARIANTS = {
     "lut-wide-s4": dict(algo="lut", chunks=4, num_threads=128, min_ctas_per_sm=3, sum_chains=4),
     # Session 8 candidates (not yet measured): the loads of the next 2 vectors through a
     # 3-stage cp.async ring in shared memory (CompressConfig.smem_stages): "lut-wide-r3"
-    # gives the wide variant the load-ahead that lut-pf has without prefetch registers;
-    # "lut-r2" the 16-element variant with one vector ahead (like lut-pf), for the pairs
-    # prefetch does not fit (8-bit sides: K8V8 at 2 CTAs per SM needs the 2-stage ring).
+    # gives the wide variant the load-ahead that lut-pf has without prefetch registers (and
+    # the 8-byte code index, CompressConfig.index8); "lut-pf-i8" is today's default with
+    # only the index change (its A/B); "lut-r2" the 16-element variant with one vector
+    # ahead (like lut-pf), for the pairs prefetch does not fit (8-bit sides: K8V8 at 2 CTAs
+    # per SM needs the 2-stage ring).
     "lut-wide-r3": dict(algo="lut", chunks=4, num_threads=128, min_ctas_per_sm=3,
-                        smem_stages=3),
+                        smem_stages=3, index8=True),
+    "lut-pf-i8": dict(algo="lut", prefetch=True, index8=True),
     "lut-r2": dict(algo="lut", smem_stages=2),
 }
 # Grid-table cells per bit width: cell k covers u = y / n in about
@@ -527,6 +530,11 @@ class CompressConfig:
     # like prefetch, but without its registers: the wide variant, at 168 registers, has no
     # room for a register buffer at 3 CTAs per SM). 0: plain or prefetch loads.
     smem_stages: int = 0
+    # index8 (4-bit grid tables): the byte table stores 8 c instead of 4 c, the byte offset of
+    # the c-th 8-byte entry, so the same register addresses the threshold (a copy of thr[]
+    # at an 8-byte stride) and c[c]^2 (LDS.64 [R + UR]) without the shift (LEA) per element;
+    # the packing shifts by 3 instead of 2. Same values, same compares: bit-identical.
+    index8: bool = False
 
     def __post_init__(self):
         if self.head_dim not in _SUPPORTED_HEAD_DIMS:
@@ -564,6 +572,8 @@ class CompressConfig:
             alg += "_pf"
         if self.smem_stages:
             alg += f"_r{self.smem_stages}"
+        if self.index8:
+            alg += "_i8"
 
         return f"compress_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_{self.in_dtype}{alg}"
 
@@ -748,7 +758,8 @@ class CompressStoreKernel:
         certainly below and every t_j (j > c) certainly above y, so code = c + (t_c * n < y)."""
         G = _LUT_CELLS[bits]
         magic = Float32(_LUT_MAGIC + G // 2)
-        thr_addr = Int32(sThr.iterator.toint())
+        thr_addr = Int32(sThr.iterator.toint())  # (index8: the 8-byte-strided copy)
+        i8 = const_expr(self.cfg.index8)
         cb2_addr = Int32(sCb2.iterator.toint())
         nch = self.cfg.sum_chains
         cs = [Float64(0.0)] * nch
@@ -766,16 +777,19 @@ class CompressStoreKernel:
                 sh = (bits * i) % 32
                 if const_expr(_LUT_ENTRY_BYTES[bits] == 1):
                     # The byte entry is 4 * c: it is the byte offset of thr[c] (LDS [R + UR],
-                    # no LEA), and 4 * code << (sh - 2) = code << sh packs it.
-                    c4 = _lds_u8(Int32(kb | lut_off))
-                    t = _mul_rn(_lds_f32(Int32(c4) + thr_addr), n)
-                    code4 = _inc_if_lt(c4, t, yr, 4)
-                    cs[i % nch] = _add_f64(cs[i % nch],
-                                           _lds_f64(Int32(code4 << Uint32(1)) + cb2_addr))
+                    # no LEA), and 4 * code << (sh - 2) = code << sh packs it. index8: 8 * c,
+                    # also the byte offset of c[c]^2 (float64), so no shift for that lookup.
+                    e = 8 if i8 else 4
+                    ce = _lds_u8(Int32(kb | lut_off))
+                    t = _mul_rn(_lds_f32(Int32(ce) + thr_addr), n)
+                    code_e = _inc_if_lt(ce, t, yr, e)
+                    cb2_off = code_e if i8 else code_e << Uint32(1)
+                    cs[i % nch] = _add_f64(cs[i % nch], _lds_f64(Int32(cb2_off) + cb2_addr))
+                    lg = 3 if i8 else 2
                     if const_expr(sh == 0):
-                        field = code4 >> Uint32(2)
+                        field = code_e >> Uint32(lg)
                     else:
-                        field = code4 << Uint32(sh - 2)
+                        field = code_e << Uint32(sh - lg)
                 else:
                     tb, c = _lds_v2(Int32((kb << Uint32(3)) + lut_off))
                     t = _mul_rn(_bits_to_f32(tb), n)
@@ -790,7 +804,7 @@ class CompressStoreKernel:
     @cute.jit
     def _quantize(self, words: list, smask: Uint32, sThr: cute.Tensor, sCb2: cute.Tensor,
                   lut_off: Uint32, lut_ok: Boolean, lut_one: Int32, bits: cutlass.Constexpr,
-                  lane: Int32):
+                  lane: Int32, sThrL: cute.Tensor):
         """-> (packed code words per chunk, n, group sum of c[code]^2)."""
         geo = self.geo
         lut = const_expr(self.cfg.algo == "lut")
@@ -819,7 +833,7 @@ class CompressStoreKernel:
             # from shared memory (lut_one == 1, unknown to the compilers) and its body is
             # not idempotent (it accumulates), so LLVM cannot fold it into an if and ptxas
             # keeps a real branch with a back edge.
-            lw, lcs = self._codes_lut(y, n, scale, lut_off, sThr, sCb2, bits)
+            lw, lcs = self._codes_lut(y, n, scale, lut_off, sThrL, sCb2, bits)
             f0, f1, f2, f3, f4, f5, f6, f7 = [Uint32(0)] * 8
             fcs = Float64(0.0)
             for _ in cutlass.range(Int32(cutlass.select_(use_lut, Int32(0), lut_one))):
@@ -880,7 +894,8 @@ class CompressStoreKernel:
             nxt = Int32(cutlass.select_(c < m, c + 1, Int32(m)))
             ok = ok & (sThr[nxt] > hi)
             if const_expr(_LUT_ENTRY_BYTES[bits] == 1):
-                sLut[k0 + q] = cutlass.Uint8(4 * c)  # byte offset of thr[c]
+                # byte offset of thr[c] (index8: of entry c of the 8-byte-strided copy)
+                sLut[k0 + q] = cutlass.Uint8((8 if self.cfg.index8 else 4) * c)
             else:
                 sLut[2 * (k0 + q)] = _f32_to_bits(sThr[c])
                 sLut[2 * (k0 + q) + 1] = Uint32(c)
@@ -928,6 +943,16 @@ class CompressStoreKernel:
         sFlag = smem.allocate_tensor(Uint32, cute.make_layout(8), byte_alignment=16)
         sKLut = sKThr
         sVLut = sVThr
+        # thresholds the grid-table path reads (index8 with a 4-bit table: an 8-byte-strided
+        # copy, element 2 j = thr[j])
+        k_i8 = const_expr(cfg.index8 and k_lut and _LUT_ENTRY_BYTES[cfg.k_bits] == 1)
+        v_i8 = const_expr(cfg.index8 and v_lut and _LUT_ENTRY_BYTES[cfg.v_bits] == 1)
+        sKThrL = sKThr
+        sVThrL = sVThr
+        if const_expr(k_i8):
+            sKThrL = smem.allocate_tensor(Float32, cute.make_layout(2 * nk), byte_alignment=16)
+        if const_expr(v_i8):
+            sVThrL = smem.allocate_tensor(Float32, cute.make_layout(2 * nv), byte_alignment=16)
         if const_expr(k_lut):
             sKLut = self._alloc_lut(smem, cfg.k_bits)
         if const_expr(v_lut):
@@ -936,19 +961,27 @@ class CompressStoreKernel:
         # centroids in float64 (exact) for the norm correction.
         for j in cutlass.range(tidx, nk, cfg.num_threads):
             cj = mKCb[j]
+            tj = Float32(float("inf"))  # sentinel for the grid-table build (lut)
             if j < nk - 1:
-                sKThr[j] = _mul_rn(_add_rn(cj, mKCb[j + 1]), Float32(0.5))
+                tj = _mul_rn(_add_rn(cj, mKCb[j + 1]), Float32(0.5))
+                sKThr[j] = tj
             if const_expr(cfg.algo == "lut"):
                 if j == nk - 1:
-                    sKThr[j] = Float32(float("inf"))  # sentinel for the grid-table build
+                    sKThr[j] = tj
+            if const_expr(k_i8):
+                sKThrL[2 * j] = tj
             sKCb2[j] = _sq_f64(cj)
         for j in cutlass.range(tidx, nv, cfg.num_threads):
             cj = mVCb[j]
+            tj = Float32(float("inf"))
             if j < nv - 1:
-                sVThr[j] = _mul_rn(_add_rn(cj, mVCb[j + 1]), Float32(0.5))
+                tj = _mul_rn(_add_rn(cj, mVCb[j + 1]), Float32(0.5))
+                sVThr[j] = tj
             if const_expr(cfg.algo == "lut"):
                 if j == nv - 1:
-                    sVThr[j] = Float32(float("inf"))
+                    sVThr[j] = tj
+            if const_expr(v_i8):
+                sVThrL[2 * j] = tj
             sVCb2[j] = _sq_f64(cj)
         if tidx == 0:
             sFlag[0] = Uint32(1)
@@ -1076,10 +1109,10 @@ class CompressStoreKernel:
             ok = valid & (slot >= 0) & (slot < num_slots)
             row = slot * Int64(num_heads) + cur_head
             kpacked, kn, kcs = self._quantize(kw, kmask, sKThr, sKCb2, k_off, k_ok, lut_one,
-                                              cfg.k_bits, lane)
+                                              cfg.k_bits, lane, sKThrL)
             self._store_codes(kc_base, row, kpacked, cfg.k_bits, lane, ok)
             vpacked, vn, vcs = self._quantize(vw, vmask, sVThr, sVCb2, v_off, v_ok, lut_one,
-                                              cfg.v_bits, lane)
+                                              cfg.v_bits, lane, sVThrL)
             self._store_codes(vc_base, row, vpacked, cfg.v_bits, lane, ok)
             # Norm correction (float64 sqrt + div, ~60 SASS) once for both sides: even lanes
             # compute K's, odd lanes V's (every lane of a group holds both sums); lane 0
@@ -1464,6 +1497,7 @@ def shipped_configs() -> list:
              compress_config(128, 4, 4, "bfloat16", "lut-wide-s4"),
              # session 8 candidates: the cp.async ring (smem_stages)
              compress_config(128, 4, 4, "bfloat16", "lut-wide-r3"),
+             compress_config(128, 4, 4, "bfloat16", "lut-pf-i8"),
              compress_config(128, 8, 8, "bfloat16", "lut-r2")]
     for algo in _COMPRESS_ALGOS:
         cfgs += [CompressConfig(128, 4, 2, "bfloat16", algo=algo),
@@ -1491,7 +1525,8 @@ def _variant(cfg) -> str:
         wide = "" if cfg.chunks == _CHUNKS else "-wide"
         extra = ("-pf" if cfg.prefetch else "") + \
             (f"-s{cfg.sum_chains}" if cfg.sum_chains != 1 else "") + \
-            (f"-r{cfg.smem_stages}" if cfg.smem_stages else "")
+            (f"-r{cfg.smem_stages}" if cfg.smem_stages else "") + \
+            ("-i8" if cfg.index8 else "")
         return cfg.in_dtype + ("" if cfg.algo == "binary" else f"-{cfg.algo}") + wide + extra
     return cfg.out_dtype + ("-unrotate" if cfg.unrotate else "")
 

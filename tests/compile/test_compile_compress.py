@@ -28,8 +28,9 @@ def results():
 def test_compress_configs_compile_without_spills(results):
     # 35 binary/dequantize + 14 compress 'lut' + 5 'lut-wide' + 3 'lut-pf' ("auto"'s choice
     # for large K4V4/K4V2/K2V2 calls) + 2 opt-in H7 candidates ('lut-pf-s4', 'lut-wide-s4',
-    # D128 K4V4) + 2 session-8 candidates ('lut-wide-r3' D128 K4V4, 'lut-r2' D128 K8V8)
-    assert len(results) == 61
+    # D128 K4V4) + 3 session-8 candidates ('lut-wide-r3' and 'lut-pf-i8' D128 K4V4,
+    # 'lut-r2' D128 K8V8)
+    assert len(results) == 62
     bad = []
     for key, r in results.items():
         if r.error is not None or r.spill_bytes != 0 or r.registers is None or r.registers > 255:

@@ -360,10 +360,12 @@ def test_compile_cache_reused(algo):
 # compress_store variants besides the ALGOS fixture's (COMPRESS_VARIANTS): float64 partial
 # sums (sum_chains=4) and/or software-pipelined loads (prefetch; "lut-pf" is "auto"'s
 # choice for large 4/2-bit calls since session 3), and (session 8, not yet measured) the
-# loads through a cp.async ring in shared memory (smem_stages: "lut-wide-r3", "lut-r2").
+# loads through a cp.async ring in shared memory (smem_stages: "lut-wide-r3", "lut-r2") and
+# the 8-byte code index of the 4-bit grid table (index8: "lut-wide-r3", "lut-pf-i8").
 # Tested here on their own so that the ALGOS fixture above (every test x every variant) does
 # not grow.
-CANDIDATES = ("lut-s4", "lut-pf", "lut-pf-s4", "lut-wide-s4", "lut-wide-r3", "lut-r2")
+CANDIDATES = ("lut-s4", "lut-pf", "lut-pf-s4", "lut-wide-s4", "lut-wide-r3", "lut-pf-i8",
+              "lut-r2")
 CANDIDATE_CASES = [(128, 4, 4, "bfloat16", 150), (128, 4, 4, "bfloat16", 9000),
                    (64, 4, 4, "bfloat16", 150), (256, 4, 4, "bfloat16", 150),
                    (128, 2, 2, "bfloat16", 150), (128, 4, 2, "bfloat16", 9000),
