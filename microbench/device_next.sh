@@ -3,8 +3,9 @@
 #   run(command="bash microbench/device_next.sh", carry=[".devenv"], timeout_s=600)
 # Session 8 ran every prefill (Sm90 247/247, Sm80 227/227, incl. the matrix) and the
 # decode matrix (27/27) GPU test at the shipped defaults; nothing there changed since. New and
-# never run on a GPU: the compress cp.async-ring candidates (CompressConfig.smem_stages:
-# "lut-wide-r3", "lut-r2"; docs/compress-notes.md, 2026-12-08 prediction). This call:
+# never run on a GPU: the compress candidates (CompressConfig.smem_stages / index8:
+# "lut-wide-r3", "lut-pf-i8", "lut-r2"; docs/compress-notes.md, 2026-12-08 prediction) and the
+# decode candidate "w6". This call:
 # 1. compiles the compress probe's configs in parallel (CuTeDSL file cache), then smoke-checks
 #    every candidate bit-exact and times it at 4096 / 65536 tokens next to binary / lut /
 #    lut-wide / lut-pf (compress only);
