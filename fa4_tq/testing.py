@@ -123,7 +123,6 @@ def random_prefill_args(q_lens, k_lens, hq: int, hkv: int, head_dim: int, k_bits
             max(q_lens), scale, causal, window[0], window[1], rotate, unrotate)
 
 
-
 #: The prefill correctness matrix of issues 3 and 6 (tests/gpu/test_prefill.py and
 #: test_prefill_sm80.py, ``test_matrix``): every (k_bits, v_bits) x head_dim {64, 128} x GQA
 #: {1, 4, 8} x mask {full, causal, window}, one varlen batch with odd lengths (1, 17, 1000

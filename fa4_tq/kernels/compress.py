@@ -644,6 +644,25 @@ class CompressStoreKernel:
         a warp's copies and reads of one piece are 512 contiguous bytes) then its slot."""
         return self.cfg.num_threads * (2 * self._ring_pieces * 16 + 8)
 
+    def _ring_piece(self, stage: Int32, tidx: Int32, q: int) -> Int32:
+        """Shared address of input piece q of thread tidx in ring stage ``stage``."""
+        return stage + tidx * 16 + q * self.cfg.num_threads * 16
+
+    def _ring_slot(self, stage: Int32, tidx: Int32) -> Int32:
+        """Shared address of thread tidx's slot (8 bytes) in ring stage ``stage``."""
+        return stage + 2 * self._ring_pieces * self.cfg.num_threads * 16 + tidx * 8
+
+    @cute.jit
+    def _advance(self, tok: Int32, head: Int32, step_tok: Int32, step_head: Int32,
+                 num_heads: Int32):
+        """(token, head) of a lane group's vector one grid stride later (no division: the
+        stride is step_tok tokens + step_head heads, with a carry)."""
+        head = head + step_head
+        wrap = head >= num_heads
+        head = Int32(cutlass.select_(wrap, head - num_heads, head))
+        tok = tok + step_tok + Int32(cutlass.select_(wrap, Int32(1), Int32(0)))
+        return tok, head
+
     @cute.jit
     def _issue_vector(self, stage: Int32, tok: Int32, head: Int32, num_tokens: Int32,
                       num_heads: Int32, key_base: Int64, val_base: Int64, slot_base: Int64,
@@ -651,31 +670,27 @@ class CompressStoreKernel:
         """smem_stages: cp.async this lane's words of vector (tok, head) and its slot into
         ring stage ``stage`` (past the end: the last token's, as _load_vector)."""
         cfg = self.cfg
-        T = cfg.num_threads
         tc = Int64(cutlass.select_(tok < num_tokens, tok, num_tokens - 1))
         pc = tc * Int64(num_heads) + Int64(head)
-        mine = stage + tidx * 16
         q = 0
         for base in (key_base, val_base):
             for k in cutlass.range_constexpr(self.geo.chunks):
                 off = (pc * cfg.head_dim + self.geo.chunk_offset(k) + Int64(lane) * 8) * \
                     self.in_bytes
                 for h in cutlass.range_constexpr(self.in_bytes // 2):
-                    _dq.cp_async_16(mine + q * T * 16, base + off + 16 * h, Int32(16))
+                    _dq.cp_async_16(self._ring_piece(stage, tidx, q), base + off + 16 * h,
+                                    Int32(16))
                     q += 1
-        _dq.cp_async_ca(stage + 2 * self._ring_pieces * T * 16 + tidx * 8, slot_base + tc * 8,
-                        8, Int32(8))
+        _dq.cp_async_ca(self._ring_slot(stage, tidx), slot_base + tc * 8, 8, Int32(8))
 
     @cute.jit
     def _read_vector(self, stage: Int32, tidx: Int32):
         """smem_stages: (key words, value words, slot lo, slot hi) of ring stage ``stage``."""
-        T = self.cfg.num_threads
         P = self._ring_pieces
         words = []
         for q in cutlass.range_constexpr(2 * P):
-            w = _dq.ld_shared_v4(stage + tidx * 16 + q * T * 16)
-            words.extend([Uint32(x) for x in w])
-        lo, hi = _lds_v2(stage + 2 * P * T * 16 + tidx * 8)
+            words.extend([Uint32(x) for x in _dq.ld_shared_v4(self._ring_piece(stage, tidx, q))])
+        lo, hi = _lds_v2(self._ring_slot(stage, tidx))
         return words[:4 * P], words[4 * P:], lo, hi
 
     @cute.jit
@@ -856,6 +871,24 @@ class CompressStoreKernel:
         cs = _group_sum_f64(cs, geo.log_lanes)
         return packed, n, cs
 
+    @cute.jit
+    def _fill_side(self, mCb: cute.Tensor, sThr: cute.Tensor, sThrL: cute.Tensor,
+                   sCb2: cute.Tensor, n: cutlass.Constexpr, i8: cutlass.Constexpr, tidx: Int32):
+        """One side's thresholds (+ the lut sentinel, + index8's strided copy) and squared
+        centroids from its codebook."""
+        for j in cutlass.range(tidx, n, self.cfg.num_threads):
+            cj = mCb[j]
+            tj = Float32(float("inf"))  # sentinel for the grid-table build (lut)
+            if j < n - 1:
+                tj = _mul_rn(_add_rn(cj, mCb[j + 1]), Float32(0.5))
+                sThr[j] = tj
+            if const_expr(self.cfg.algo == "lut"):
+                if j == n - 1:
+                    sThr[j] = tj
+            if const_expr(i8):
+                sThrL[2 * j] = tj
+            sCb2[j] = _sq_f64(cj)
+
     def _alloc_lut(self, smem, bits: int):
         G = _LUT_CELLS[bits]
         if _LUT_ENTRY_BYTES[bits] == 1:
@@ -959,30 +992,8 @@ class CompressStoreKernel:
             sVLut = self._alloc_lut(smem, cfg.v_bits)
         # Thresholds exactly as codec_thresholds: (c[j] + c[j+1]) * 0.5 in float32; squared
         # centroids in float64 (exact) for the norm correction.
-        for j in cutlass.range(tidx, nk, cfg.num_threads):
-            cj = mKCb[j]
-            tj = Float32(float("inf"))  # sentinel for the grid-table build (lut)
-            if j < nk - 1:
-                tj = _mul_rn(_add_rn(cj, mKCb[j + 1]), Float32(0.5))
-                sKThr[j] = tj
-            if const_expr(cfg.algo == "lut"):
-                if j == nk - 1:
-                    sKThr[j] = tj
-            if const_expr(k_i8):
-                sKThrL[2 * j] = tj
-            sKCb2[j] = _sq_f64(cj)
-        for j in cutlass.range(tidx, nv, cfg.num_threads):
-            cj = mVCb[j]
-            tj = Float32(float("inf"))
-            if j < nv - 1:
-                tj = _mul_rn(_add_rn(cj, mVCb[j + 1]), Float32(0.5))
-                sVThr[j] = tj
-            if const_expr(cfg.algo == "lut"):
-                if j == nv - 1:
-                    sVThr[j] = tj
-            if const_expr(v_i8):
-                sVThrL[2 * j] = tj
-            sVCb2[j] = _sq_f64(cj)
+        self._fill_side(mKCb, sKThr, sKThrL, sKCb2, nk, k_i8, tidx)
+        self._fill_side(mVCb, sVThr, sVThrL, sVCb2, nv, v_i8, tidx)
         if tidx == 0:
             sFlag[0] = Uint32(1)
             sFlag[1] = Uint32(1)
@@ -1064,10 +1075,7 @@ class CompressStoreKernel:
                 self._issue_vector(ring + s_ * self.ring_stage_bytes, itok, ihead, num_tokens,
                                    num_heads, key_base, val_base, slot_base, tidx, lane)
                 cute.arch.cp_async_commit_group()
-                ihead = ihead + step_head
-                iwrap = ihead >= num_heads
-                ihead = Int32(cutlass.select_(iwrap, ihead - num_heads, ihead))
-                itok = itok + step_tok + Int32(cutlass.select_(iwrap, Int32(1), Int32(0)))
+                itok, ihead = self._advance(itok, ihead, step_tok, step_head, num_heads)
         for it in cutlass.range(iters):
             valid = tok < num_tokens
             cur_head = head
@@ -1077,10 +1085,7 @@ class CompressStoreKernel:
                                    ihead, num_tokens, num_heads, key_base, val_base,
                                    slot_base, tidx, lane)
                 cute.arch.cp_async_commit_group()
-                ihead = ihead + step_head
-                iwrap = ihead >= num_heads
-                ihead = Int32(cutlass.select_(iwrap, ihead - num_heads, ihead))
-                itok = itok + step_tok + Int32(cutlass.select_(iwrap, Int32(1), Int32(0)))
+                itok, ihead = self._advance(itok, ihead, step_tok, step_head, num_heads)
                 cute.arch.cp_async_wait_group(S - 1)
                 kw, vw, lo, hi = self._read_vector(ring + (it % S) * self.ring_stage_bytes,
                                                    tidx)
@@ -1091,10 +1096,7 @@ class CompressStoreKernel:
                 lo = buf[2 * nside]
                 hi = buf[2 * nside + 1]
                 # advance first, then start the next vector's loads before this one's math
-                head = head + step_head
-                wrap = head >= num_heads
-                head = Int32(cutlass.select_(wrap, head - num_heads, head))
-                tok = tok + step_tok + Int32(cutlass.select_(wrap, Int32(1), Int32(0)))
+                tok, head = self._advance(tok, head, step_tok, step_head, num_heads)
                 self._load_vector(pf, tok, head, num_tokens, num_heads, key_base, val_base,
                                   slot_base, lane)
             else:
@@ -1123,10 +1125,7 @@ class CompressStoreKernel:
             norm_base = Int64(cutlass.select_(odd, vn_base, kn_base))
             _st_b16(norm_base + row * 2, nbits, ok & (lane < 2))
             if const_expr(not cfg.prefetch):
-                head = head + step_head
-                wrap = head >= num_heads
-                head = Int32(cutlass.select_(wrap, head - num_heads, head))
-                tok = tok + step_tok + Int32(cutlass.select_(wrap, Int32(1), Int32(0)))
+                tok, head = self._advance(tok, head, step_tok, step_head, num_heads)
 
 
 # =============================================================================== dequantize

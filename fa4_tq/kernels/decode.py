@@ -1521,10 +1521,11 @@ def _report_configs() -> list[DecodeConfig]:
              fp(2, 2, 64, 16, 1), fp(4, 4, 128, 4, 1, "float16"),
              DecodeConfig(4, 4, 128, 4, 1, prefetch=False), DecodeConfig(2, 2, 128, 4, 1, prefetch=False),
              fp(4, 4, 128, 4, 1, rotate_query=False)]
-    # the two opt-in speed candidates (not shipped until measured; docs/decode-notes.md §7):
-    # first-tile loads before the Q rotation, and the smem cp.async ring
+    # opt-in K4V4 speed candidates (not shipped; docs/decode-notes.md §7, §10, §11): the
+    # register prefetch, the ring without tile bases, the ring without the PRMT tables (the
+    # previous default) and the ring at 6 warps x 2 CTAs (168 of 170 registers)
     cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4][n])
-             for n in ("regpf", "ring_notb")]
+             for n in ("regpf", "ring_notb", "nopl", "w6")]
     # shipped prmt_lut geometries beyond the benchmark shape: K2V2 q_len 2 (8 warps, no
     # lookahead) and q_len 4 (4 warps x 3 CTAs), K4V8 q_len 8; shapes that spilled 8-52 B
     # before the one-CTA bound of two-column-tile / D=256 configs
@@ -1537,9 +1538,8 @@ def _report_configs() -> list[DecodeConfig]:
              dataclasses.replace(fp(2, 2, 64, 4, 4), prmt_lut=True),
              dataclasses.replace(fp(2, 2, 256, 4, 1), prmt_lut=True)]
     # PRMT-addressed tables where not shipped (opt-in): K8V8 (both geometries), K2V8, K8V2,
-    # two column tiles, D 64 / 256; and the K4V4 ring without them (the previous default)
-    cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), prmt_lut=False),
-             dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True),
+    # two column tiles, D 64 / 256
+    cfgs += [dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 8, 128, 4, 1), prmt_lut=True, target_warps=4,
                                  min_ctas_per_sm=3),
              dataclasses.replace(fp(2, 8, 128, 4, 1), prmt_lut=True),
@@ -1547,8 +1547,6 @@ def _report_configs() -> list[DecodeConfig]:
              dataclasses.replace(fp(4, 4, 128, 16, 8), prmt_lut=True),
              dataclasses.replace(fp(4, 4, 64, 4, 1), prmt_lut=True),
              dataclasses.replace(fp(8, 8, 256, 16, 8), prmt_lut=True)]
-    # session 8 candidate: the K4V4 ring at 6 warps x 2 CTAs (168 of 170 registers)
-    cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4]["w6"])]
     return cfgs
 
 

@@ -276,6 +276,9 @@ def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
 # a one-side producer at 40 still spills in causal builds (ptxas, sm_90a: K4V4 40 B, K4V2
 # 8 B; 32 spills everywhere), 48 does not, and the consumers compile spill-free at 208.
 REGISTER_SPLIT = {1: (224, 56), 2: (208, 48)}
+# Two producer WGs with 8 more producer registers: the builds that spill at (208, 48) take
+# it (the K4V4 / K4V2 / K2V4 direct_loads builds, step 7; PACK_GQA_WIDE_PRODUCER).
+WIDE_PRODUCER_SPLIT = (200, 56)
 
 
 # (k_bits, v_bits) where two producer warpgroups were measured faster on the H100 and their
@@ -349,10 +352,18 @@ PACK_GQA_MEASURED = True
 
 
 # Pairs whose pack_gqa causal build at the (208, 48) split spills (8 B, every G: the CPU
-# compile sweep of all nine pairs x G {2,4,8,16} x full / causal / window, 2026-12-07): their
-# producers get 56 registers (200 for the consumers, the split the direct_loads builds use);
-# 0 spills. Not timed.
+# compile sweep of all nine pairs x G {2,4,8,16} x full / causal / window, 2026-12-07): they
+# take WIDE_PRODUCER_SPLIT (default_register_split); 0 spills. Not timed.
 PACK_GQA_WIDE_PRODUCER = frozenset({(2, 4)})
+
+
+def default_register_split(producer_wgs: int, k_bits: int, v_bits: int, causal: bool,
+                           pack_gqa: bool) -> tuple[int, int]:
+    """(consumer, producer) setmaxnreg values: REGISTER_SPLIT, except the pack_gqa causal
+    builds that spill there (PACK_GQA_WIDE_PRODUCER)."""
+    if pack_gqa and causal and producer_wgs == 2 and (k_bits, v_bits) in PACK_GQA_WIDE_PRODUCER:
+        return WIDE_PRODUCER_SPLIT
+    return REGISTER_SPLIT[producer_wgs]
 
 
 def default_pack_gqa(head_dim: int, qhead_per_kvhead: int, max_seqlen_q: int,
@@ -410,10 +421,7 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
         direct_loads = default_direct_loads(head_dim, k_bits, v_bits, local, producer_wgs,
                                             cluster_share)
     if register_split is None:
-        register_split = REGISTER_SPLIT[producer_wgs]
-        if (pack_gqa and causal and producer_wgs == 2
-                and (k_bits, v_bits) in PACK_GQA_WIDE_PRODUCER):
-            register_split = (200, 56)
+        register_split = default_register_split(producer_wgs, k_bits, v_bits, causal, pack_gqa)
     k_default, v_default = default_register_lut(k_bits, v_bits)
     if k_register_lut is None:
         k_register_lut = k_default
@@ -1289,10 +1297,11 @@ def shipped_configs() -> list[PrefillSm90Config]:
     # the staging-free producer (step 7, opt-in until measured): K4V4 register LUTs with 3
     # K/V stages (200/56 split: at 208/48 the full build spills 8 B, causal 320 B), K2V2 with
     # 3 and 2 stages at the default split
+    wide = WIDE_PRODUCER_SPLIT
     for kb, vb, causal, stages, split, lut in (
-            (4, 4, False, 3, (200, 56), True), (4, 4, True, 3, (200, 56), True),
+            (4, 4, False, 3, wide, True), (4, 4, True, 3, wide, True),
             (2, 2, True, 3, None, None), (2, 2, False, 2, None, None),
-            (4, 2, False, 3, (200, 56), None), (2, 4, True, 3, (200, 56), None)):
+            (4, 2, False, 3, wide, None), (2, 4, True, 3, wide, None)):
         cfg = make_config(128, kb, vb, 4, causal, False, False, False, lut, lut,
                           producer_wgs=2, cluster_share=1, direct_loads=True,
                           num_stages=stages, register_split=split)
@@ -1303,7 +1312,8 @@ def shipped_configs() -> list[PrefillSm90Config]:
                                      (4, 4, 4, False, True)):
         out.append(make_config(128, kb, vb, g, causal, local, local, local, pack_gqa=True))
     out.append(make_config(64, 4, 4, 4, True, False, False, False, pack_gqa=True))
-    out.append(make_config(128, 2, 4, 4, True, False, False, False, pack_gqa=True))  # 200/56
+    out.append(make_config(128, 2, 4, 4, True, False, False, False,
+                           pack_gqa=True))  # WIDE_PRODUCER_SPLIT
     return out
 
 
