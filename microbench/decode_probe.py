@@ -163,7 +163,7 @@ def _candidate_cases(keep, mixed_a, mixed_b):
                               f"cand={cname}", kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=2, bs=16,
                               lens=mixed_b, causal=True, wl=33, wr=-1, splits=7,
                               candidate=cname))
-            if cname == "ring":
+            if cname == "ring" or cname.endswith("tp"):  # (tile pairs: odd tile counts too)
                 cases.append(dict(name=f"K{kb}V{kb} D128 G4 q1 bs64 splits=1 cand={cname}",
                                   kb=kb, vb=kb, D=128, G=4, Hkv=2, qlen=1, bs=64,
                                   lens=[5003, 1, 37], causal=True, wl=-1, wr=-1, splits=1,
@@ -313,6 +313,12 @@ PAIR_KNOBS = {
     "tb": dict(tile_bases=True),
     # session 8: the 4-bit-K ring at 6 warps x 2 CTAs (decode.SPEED_CANDIDATES[4]["w6"])
     "w6": dict(target_warps=6),
+    # session 9: tile pairs (decode.SPEED_CANDIDATES[4]["tp"] / ["w6tp"], [2]["pl_w6tp"])
+    "tp": dict(smem_stages=4, tile_pairs=True),
+    "w6tp": dict(target_warps=6, smem_stages=4, tile_pairs=True),
+    "pl_w6tp": dict(prmt_lut=True, target_warps=6, min_ctas_per_sm=2, smem_stages=4,
+                    tile_pairs=True, table_lookahead=False, tile_bases=True,
+                    early_prefetch=True),
     # the smem ring at other geometries (8-bit sides have no register prefetch: 48 words)
     "ring_s3": dict(prefetch=True, target_warps=4, min_ctas_per_sm=2, smem_stages=3,
                     early_prefetch=True, table_lookahead=False, tile_bases=True),
@@ -339,11 +345,11 @@ PAIR_KNOBS = {
 #: list never imports cutlass (pytest collects tests/gpu next to the compile tests, which
 #: must configure CuTeDSL's environment before its first import); the compile test checks
 #: both agree.
-CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "nopl", "w6"),
-                   2: ("early", "ring", "ring_early", "pl_w4tb")}
+CANDIDATE_NAMES = {4: ("regpf", "regpf_early", "ring_notb", "nopl", "w6", "tp", "w6tp"),
+                   2: ("early", "ring", "ring_early", "pl_w4tb", "pl_w6tp")}
 #: Candidates added after the case list was first run on a GPU: their cases go after every
 #: other case, so the earlier ones keep the seeds (case index) they passed with.
-LATE_CANDIDATES = frozenset({"w6"})
+LATE_CANDIDATES = frozenset({"w6", "tp", "w6tp", "pl_w6tp"})
 
 
 def config_key(case):

@@ -32,7 +32,7 @@ echo "rc=$?"; tail -2 "$OUT/compress_prewarm.log"
 PYTHONUNBUFFERED=1 timeout "${PROBE_S:-140}" python3 -m microbench.compress_probe --candidates \
   --skip-tests > "$OUT/compress_probe.log" 2>&1
 echo "rc=$?"; grep -E "smoke|MISMATCH|mismatch|Error|row" "$OUT/compress_probe.log" | tail -40
-for spec in "candidate:${CAND_S:-140}" "not candidate:${REST_S:-60}"; do
+for spec in "candidate:${CAND_S:-140}" "not candidate:${REST_S:-0}"; do
   k=${spec%%:*}; t=${spec##*:}
   [ "$t" -gt 0 ] || continue
   f="$OUT/gpu_tests_compress_${k// /_}.log"
@@ -43,16 +43,17 @@ for spec in "candidate:${CAND_S:-140}" "not candidate:${REST_S:-60}"; do
 $(grep -c ' SKIPPED ' "$f")"
   grep -E ' FAILED |^FAILED|^ERROR' "$f" | head -20; tail -2 "$f"
 done
-echo "== decode candidate w6: float64 cases (${W6T_S:-60} s), timing (${W6_S:-120} s)"
-if [ "${W6T_S:-60}" -gt 0 ]; then
-  timeout "${W6T_S:-60}" python3 -m pytest -v -m gpu tests/gpu/test_decode.py -k w6 -n 4 \
+echo "== decode candidates w6 / tp / w6tp / pl_w6tp: float64 cases (${W6T_S:-100} s), timing (${W6_S:-150} s)"
+if [ "${W6T_S:-100}" -gt 0 ]; then
+  timeout "${W6T_S:-100}" python3 -m pytest -v -m gpu tests/gpu/test_decode.py -k "w6 or tp" -n 8 \
     -p no:cacheprovider -rfE > "$OUT/gpu_tests_decode_w6.log" 2>&1
   echo "rc=$? PASSED $(grep -c ' PASSED ' "$OUT/gpu_tests_decode_w6.log") FAILED \
 $(grep -c ' FAILED ' "$OUT/gpu_tests_decode_w6.log")"
 fi
-if [ "${W6_S:-120}" -gt 0 ]; then
-  PYTHONUNBUFFERED=1 timeout "${W6_S:-120}" python3 microbench/decode_probe.py --no-check \
-    --no-old --no-raw --bits 4 --candidates w6 --pairs 42 --pair-knobs w6 \
-    --lengths 8192,32768,131072 --batches 1,8,32 > "$OUT/decode_w6.log" 2>&1
+if [ "${W6_S:-150}" -gt 0 ]; then
+  PYTHONUNBUFFERED=1 timeout "${W6_S:-150}" python3 microbench/decode_probe.py --no-check \
+    --no-old --no-raw --bits 4,2 --candidates w6,tp,w6tp,pl_w6tp --pairs 42 \
+    --pair-knobs w6,tp,w6tp --lengths ${W6_L:-8192,32768} --batches 1,8,32 \
+    > "$OUT/decode_w6.log" 2>&1
   echo "rc=$?"; grep -E "^L=|Error|error" "$OUT/decode_w6.log" | head -12
 fi

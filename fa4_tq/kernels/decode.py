@@ -137,6 +137,13 @@ class DecodeConfig:
     # and d+1 of a token pair). 4-bit V: the token pairs' nibbles are interleaved so that a
     # lookup is the register of both tokens (no PRMT pairing).
     prmt_lut: bool = False
+    # tile_pairs (smem ring with 4 stages only): two 16-token tiles per online-softmax step
+    # (QK of both, one column maximum, one rescale of O and of the row sums, then PV of
+    # both) instead of one step per tile; the ring keeps 2 tiles in flight while a pair is
+    # computed. Saves ~50 SASS instructions per tile pair (the O rescale, the max shuffles,
+    # the alpha ex2s; docs/decode-notes.md §12). A pair whose second tile is past the
+    # split's end computes it with zero norms and masked scores.
+    tile_pairs: bool = False
 
     def __post_init__(self):
         if self.k_bits not in (2, 4, 8) or self.v_bits not in (2, 4, 8):
@@ -167,6 +174,10 @@ class DecodeConfig:
                     f"smem_stages: cp.async copies 4/8/16 bytes; this thread's K/V row "
                     f"segments are {self.k_seg_bytes}/{self.v_seg_bytes} bytes "
                     f"(k_bits={self.k_bits}, v_bits={self.v_bits}, head_dim={self.head_dim})")
+        if self.tile_pairs and self.smem_stages != 4:
+            raise NotImplementedError(
+                f"tile_pairs is implemented for the 4-stage smem ring (2 tiles in flight "
+                f"while a pair is computed), got smem_stages={self.smem_stages}")
 
     # derived geometry -------------------------------------------------------------
     @property
@@ -326,7 +337,7 @@ class DecodeConfig:
                 f"{'_rq' if self.rotate_query else ''}{'_ep' if self.early_prefetch else ''}"
                 f"{f'_ring{self.smem_stages}' if self.smem_stages else ''}"
                 f"{'_btla' if self.table_lookahead else ''}{'_tb' if self.tile_bases else ''}"
-                f"{'_pl' if self.prmt_lut else ''}")
+                f"{'_pl' if self.prmt_lut else ''}{'_tp' if self.tile_pairs else ''}")
 
 
 #: (k_bits, v_bits) whose shipped D=128 config uses prmt_lut (DecodeConfig.for_problem)
@@ -360,7 +371,12 @@ SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
         # fit); 2 CTAs of 6 warps fit both the smem (100 KB each) and the registers (168 of
         # 170), so 12 warps per SM instead of 8 hide the latency of the serial per-tile chain
         # (K4V4 reads at 2.2 TB/s at B=8 L=32K, 73 % of copy: not memory-bound there)
-        "w6": dict(target_warps=6)},
+        "w6": dict(target_warps=6),
+        # session 9, not yet measured: two tiles per online-softmax step (tile_pairs, 4-stage
+        # ring; SASS of the ring loop 351 instead of 380 per tile, 188 registers, 96 KB), and
+        # the same at 6 warps (168 registers, 112 KB: 2 CTAs still fit)
+        "tp": dict(smem_stages=4, tile_pairs=True),
+        "w6tp": dict(target_warps=6, smem_stages=4, tile_pairs=True)},
     2: {"early": dict(early_prefetch=True, prmt_lut=False),
         "ring": dict(_RING, min_ctas_per_sm=3),
         "ring_early": dict(_RING, min_ctas_per_sm=3, early_prefetch=True),
@@ -371,7 +387,13 @@ SPEED_CANDIDATES: dict[int, dict[str, dict]] = {
         # faster at L=128K, B >= 8 (-3 .. -4 %) but slower at L=8K (+6 .. +11 %).
         # (The 3-stage ring, 335 per tile, needs 77 KB: 3 CTAs do not fit.)
         "pl_w4tb": dict(prmt_lut=True, target_warps=4, min_ctas_per_sm=3,
-                        table_lookahead=True, tile_bases=True)},
+                        table_lookahead=True, tile_bases=True),
+        # session 9, not yet measured: the 4-stage ring with PRMT tables and tile pairs at 6
+        # warps x 2 CTAs (88 KB, 168 registers, 0 spills): SASS 299 per tile against the
+        # shipped register prefetch's 381
+        "pl_w6tp": dict(prmt_lut=True, target_warps=6, min_ctas_per_sm=2, smem_stages=4,
+                        tile_pairs=True, table_lookahead=False, tile_bases=True,
+                        early_prefetch=True)},
 }
 
 
@@ -1014,66 +1036,90 @@ class TQDecodeSplitK:
         """One 16-token tile from its code words (kt: K rows g, g+8; vt: V tokens 2c, 2c+1,
         2c+8, 2c+9) and norms (nt: K g, K g+8, V g, V g+8): QK, masking, online softmax,
         PV into the register state."""
+        self.tiles_step([t0], [kt], [vt], [nt], qf, acc_s, acc_o, row_m, row_l, col_lo,
+                        col_hi, k_lb, v_lb, L, lo_full, hi_full, scale_log2, g)
+
+    @cute.jit
+    def tiles_step(self, t0s, kts, vts, nts, qf: cute.Tensor, acc_s: cute.Tensor,
+                   acc_o: cute.Tensor, row_m: cute.Tensor, row_l: cute.Tensor,
+                   col_lo: cute.Tensor, col_hi: cute.Tensor, k_lb, v_lb, L: Int32,
+                   lo_full: Int32, hi_full: Int32, scale_log2: Float32, g: Int32):
+        """len(t0s) (1 or 2, DecodeConfig.tile_pairs) 16-token tiles with one online-softmax
+        step: QK and masking per tile into acc_s[j, 4 * n + r], one column maximum, one
+        rescale of O and the row sums for all of them, then PV per tile. A tile's code words
+        and norms are as tile_step's."""
         D, NTW = self.D, self.NTW
+        NT = len(t0s)
         KCH = D // 16
         KW = max(1, D * self.kb // 128)
         VW = max(1, D * self.vb // 256)
-        kw = [[kt[rr * KW + w] for w in range(KW)] for rr in range(2)]
-        vw = [[vt[tt * VW + w] for w in range(VW)] for tt in range(4)]
-        kn = [nt[0], nt[1]]
-        vn = [nt[2], nt[3]]
-        kx = None
-        vx = None
-        if const_expr(self.cfg.prmt_lut):
-            if const_expr(self.kb == 2):  # codes re-interleaved for the byte table
-                kx = [self.k_bytes(kw[0][w], kw[1][w]) for w in range(KW)]
-            if const_expr(self.vb == 2):
-                vx = [[self.v_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
-                      for tp in range(2)]
-            elif const_expr(self.vb == 4):  # the token pairs' nibbles side by side
-                vx = [[self.k_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
-                      for tp in range(2)]
-        # ---- Sᵀ = K̃ Qᵀ
-        for j in cutlass.range_constexpr(NTW):
-            for r in cutlass.range_constexpr(4):
-                acc_s[j, r] = Float32(0.0)
-        for k in cutlass.range_constexpr(KCH):
-            a_frag = self.k_frag(k_lb, kw, kx, k)
+        vws = []
+        vscs = []
+        for n in cutlass.range_constexpr(NT):
+            kt, vt, nt, t0 = kts[n], vts[n], nts[n], t0s[n]
+            kw = [[kt[rr * KW + w] for w in range(KW)] for rr in range(2)]
+            vw = [[vt[tt * VW + w] for w in range(VW)] for tt in range(4)]
+            kn = [nt[0], nt[1]]
+            vn = [nt[2], nt[3]]
+            kx = None
+            vx = None
+            if const_expr(self.cfg.prmt_lut):
+                if const_expr(self.kb == 2):  # codes re-interleaved for the byte table
+                    kx = [self.k_bytes(kw[0][w], kw[1][w]) for w in range(KW)]
+                if const_expr(self.vb == 2):
+                    vx = [[self.v_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
+                          for tp in range(2)]
+                elif const_expr(self.vb == 4):  # the token pairs' nibbles side by side
+                    vx = [[self.k_bytes(vw[2 * tp][w], vw[2 * tp + 1][w]) for w in range(VW)]
+                          for tp in range(2)]
+            vws.append((vw, vx))
+            # ---- Sᵀ = K̃ Qᵀ
             for j in cutlass.range_constexpr(NTW):
-                res = ptx.mma_16816([acc_s[j, 0], acc_s[j, 1], acc_s[j, 2], acc_s[j, 3]],
-                                    a_frag, [qf[j, 2 * k], qf[j, 2 * k + 1]],
-                                    self.is_bf16)
                 for r in cutlass.range_constexpr(4):
-                    acc_s[j, r] = res[r]
+                    acc_s[j, 4 * n + r] = Float32(0.0)
+            for k in cutlass.range_constexpr(KCH):
+                a_frag = self.k_frag(k_lb, kw, kx, k)
+                for j in cutlass.range_constexpr(NTW):
+                    res = ptx.mma_16816([acc_s[j, 4 * n], acc_s[j, 4 * n + 1],
+                                         acc_s[j, 4 * n + 2], acc_s[j, 4 * n + 3]],
+                                        a_frag, [qf[j, 2 * k], qf[j, 2 * k + 1]],
+                                        self.is_bf16)
+                    for r in cutlass.range_constexpr(4):
+                        acc_s[j, 4 * n + r] = res[r]
 
-        # ---- row scales (norms of tokens >= L are zeroed: never read garbage)
-        ksc = []
-        vsc = []
-        for rr in cutlass.range_constexpr(2):
-            valid = t0 + g + 8 * rr < L
-            ksc.append(ptx.select(valid, ptx.bf16_bits_to_f32(kn[rr]) * scale_log2,
-                                  Float32(0.0), Float32))
-            vsc.append(ptx.select(valid, ptx.bf16_bits_to_f32(vn[rr]), Float32(0.0),
-                                  Float32))
-        for j in cutlass.range_constexpr(NTW):
-            for r in cutlass.range_constexpr(4):
-                acc_s[j, r] = acc_s[j, r] * ksc[r // 2]
-        need_mask = (t0 < lo_full) | (t0 + 16 > hi_full)
-        if need_mask:
+            # ---- row scales (norms of tokens >= L are zeroed: never read garbage; with
+            # tile pairs that also covers a second tile past this split's end, whose tokens
+            # may be valid ones of the next split)
+            ksc = []
+            vsc = []
+            for rr in cutlass.range_constexpr(2):
+                valid = t0 + g + 8 * rr < L
+                ksc.append(ptx.select(valid, ptx.bf16_bits_to_f32(kn[rr]) * scale_log2,
+                                      Float32(0.0), Float32))
+                vsc.append(ptx.select(valid, ptx.bf16_bits_to_f32(vn[rr]), Float32(0.0),
+                                      Float32))
+            vscs.append(vsc)
             for j in cutlass.range_constexpr(NTW):
                 for r in cutlass.range_constexpr(4):
-                    tok = t0 + g + 8 * (r // 2)
-                    vis = (tok >= col_lo[j, r % 2]) & (tok <= col_hi[j, r % 2])
-                    acc_s[j, r] = ptx.select(vis, acc_s[j, r], Float32(NEG_INF),
-                                             Float32)
+                    acc_s[j, 4 * n + r] = acc_s[j, 4 * n + r] * ksc[r // 2]
+            need_mask = (t0 < lo_full) | (t0 + 16 > hi_full)
+            if need_mask:
+                for j in cutlass.range_constexpr(NTW):
+                    for r in cutlass.range_constexpr(4):
+                        tok = t0 + g + 8 * (r // 2)
+                        vis = (tok >= col_lo[j, r % 2]) & (tok <= col_hi[j, r % 2])
+                        acc_s[j, 4 * n + r] = ptx.select(vis, acc_s[j, 4 * n + r],
+                                                         Float32(NEG_INF), Float32)
 
         # ---- online softmax per column, P' = P * vnorm, Oᵀ += Ṽᵀ P'ᵀ
-        pb = []
+        pbs = [[] for _ in range(NT)]
         for j in cutlass.range_constexpr(NTW):
             alpha = []
             m_use = []
             for e in cutlass.range_constexpr(2):
                 mx = ptx.fmax(acc_s[j, e], acc_s[j, 2 + e])
+                for q in cutlass.range_constexpr(2, 2 * NT):
+                    mx = ptx.fmax(mx, acc_s[j, 2 * q + e])
                 for off in cutlass.range_constexpr(3):
                     mx = ptx.fmax(mx, cute.arch.shuffle_sync_bfly(mx, offset=4 << off))
                 m_new = ptx.fmax(row_m[j, e], mx)
@@ -1082,23 +1128,30 @@ class TQDecodeSplitK:
                 m_use.append(mu)
                 row_m[j, e] = m_new
             p = []
-            for r in cutlass.range_constexpr(4):
+            for r in cutlass.range_constexpr(4 * NT):
                 p.append(ptx.ex2(acc_s[j, r] - m_use[r % 2]))
             for e in cutlass.range_constexpr(2):
-                row_l[j, e] = row_l[j, e] * alpha[e] + p[e] + p[2 + e]
+                lsum = row_l[j, e] * alpha[e] + p[e] + p[2 + e]
+                for q in cutlass.range_constexpr(2, 2 * NT):
+                    lsum = lsum + p[2 * q + e]
+                row_l[j, e] = lsum
             for i in cutlass.range_constexpr(KCH):
                 for r in cutlass.range_constexpr(4):
                     acc_o[j, i, r] = acc_o[j, i, r] * alpha[r % 2]
-            x0 = ptx.pack2(p[0] * vsc[0], p[1] * vsc[0], self.is_bf16)
-            x1 = ptx.pack2(p[2] * vsc[1], p[3] * vsc[1], self.is_bf16)
-            pb.append([ptx.movmatrix_trans(x0), ptx.movmatrix_trans(x1)])
-        for i in cutlass.range_constexpr(KCH):
-            a_frag = self.v_frag(v_lb, vw, vx, i)
-            for j in cutlass.range_constexpr(NTW):
-                res = ptx.mma_16816([acc_o[j, i, 0], acc_o[j, i, 1], acc_o[j, i, 2],
-                                     acc_o[j, i, 3]], a_frag, pb[j], self.is_bf16)
-                for r in cutlass.range_constexpr(4):
-                    acc_o[j, i, r] = res[r]
+            for n in cutlass.range_constexpr(NT):
+                vsc = vscs[n]
+                x0 = ptx.pack2(p[4 * n] * vsc[0], p[4 * n + 1] * vsc[0], self.is_bf16)
+                x1 = ptx.pack2(p[4 * n + 2] * vsc[1], p[4 * n + 3] * vsc[1], self.is_bf16)
+                pbs[n].append([ptx.movmatrix_trans(x0), ptx.movmatrix_trans(x1)])
+        for n in cutlass.range_constexpr(NT):
+            vw, vx = vws[n]
+            for i in cutlass.range_constexpr(KCH):
+                a_frag = self.v_frag(v_lb, vw, vx, i)
+                for j in cutlass.range_constexpr(NTW):
+                    res = ptx.mma_16816([acc_o[j, i, 0], acc_o[j, i, 1], acc_o[j, i, 2],
+                                         acc_o[j, i, 3]], a_frag, pbs[n][j], self.is_bf16)
+                    for r in cutlass.range_constexpr(4):
+                        acc_o[j, i, r] = res[r]
 
     @cute.jit
     def issue_tile_async(self, phys: Int32, r0: Int32, stage: Int32, mKc: cute.Tensor,
@@ -1176,9 +1229,10 @@ class TQDecodeSplitK:
                           nbuf: cute.Tensor, nring: cute.Tensor, physn: cute.Tensor,
                           walk: cute.Tensor):
         """Issue the loads of this warp's first tile (register prefetch) or first S-1 tiles
-        (smem ring; then also the block-table entry of tile S-1, read one tile before its
-        codes are issued so the address never waits for it)."""
+        (smem ring; S-2 with tile pairs; then also the block-table entry of the next tile,
+        read one tile before its codes are issued so the address never waits for it)."""
         S = self.cfg.smem_stages
+        ahead = S - 2 if self.cfg.tile_pairs else S - 1
         first = t_begin + stream
         if const_expr(S == 0):
             if first < t_end:
@@ -1187,14 +1241,14 @@ class TQDecodeSplitK:
                 self.start_walk(first + self.streams, t_end, mBT, b, mKc.shape[1], physn, walk)
         else:
             bs = mKc.shape[1]
-            for s in cutlass.range_constexpr(S - 1):
+            for s in cutlass.range_constexpr(ahead):
                 tile = first + s * self.streams
                 if tile < t_end:
                     self.issue_tile_async(mBT[b, tile * 16 // bs], (tile * 16) % bs,
                                           ring + s * self.cfg.ring_stage_bytes, mKc, mVc, mKn,
                                           mVn, h, g, c, lane, nring, s)
                 ptx.cp_async_commit()
-            self.start_walk(first + (S - 1) * self.streams, t_end, mBT, b, bs, physn, walk)
+            self.start_walk(first + ahead * self.streams, t_end, mBT, b, bs, physn, walk)
 
     @cute.jit
     def start_walk(self, nt: Int32, t_end: Int32, mBT: cute.Tensor, b: Int32, bs: Int32,
@@ -1310,7 +1364,7 @@ class TQDecodeSplitK:
             for i in cutlass.range_constexpr(KCH):
                 for r in cutlass.range_constexpr(4):
                     acc_o[j, i, r] = Float32(0.0)
-        acc_s = cute.make_rmem_tensor((NTW, 4), Float32)
+        acc_s = cute.make_rmem_tensor((NTW, 8 if self.cfg.tile_pairs else 4), Float32)
 
         cute.arch.sync_threads()
 
@@ -1318,7 +1372,44 @@ class TQDecodeSplitK:
             self.prefetch_prologue(t_begin, t_end, stream, ring, mBT, mKc, mVc, mKn, mVn, b,
                                    h, g, c, lane, kbuf, vbuf, nbuf, nring, physn, walk)
 
-        if const_expr(S > 0):
+        if const_expr(self.cfg.tile_pairs):
+            # as the loop below, two tiles per step: stages u, u+1 are computed while the
+            # two issued here (into the stages the previous pair freed) fly
+            bs = mKc.shape[1]
+            SB = self.cfg.ring_stage_bytes
+            kbuf2 = cute.make_rmem_tensor((2 * KW,), Uint32)
+            vbuf2 = cute.make_rmem_tensor((4 * VW,), Uint32)
+            nbuf2 = cute.make_rmem_tensor((4,), Uint32)
+            for base in cutlass.range(t_begin + stream, t_end, S * self.streams, unroll=1):
+                for u in cutlass.range_constexpr(0, S, 2):
+                    tile = base + u * self.streams
+                    if tile < t_end:
+                        for d in cutlass.range_constexpr(2):
+                            nxt = tile + (S - 2 + d) * self.streams
+                            if nxt < t_end:
+                                sl = (u + S - 2 + d) % S
+                                self.issue_tile_async(physn[0], walk[1], ring + sl * SB, mKc,
+                                                      mVc, mKn, mVn, h, g, c, lane, nring, sl)
+                                self.walk_step(walk, bs)
+                                nn = nxt + self.streams
+                                if nn < t_end:
+                                    physn[0] = mBT[b, walk[0]]
+                            ptx.cp_async_commit()
+                        ptx.cp_async_wait(S - 2)
+                        self.read_stage(ring + u * SB, lane, kbuf, vbuf)
+                        self.read_stage(ring + (u + 1) * SB, lane, kbuf2, vbuf2)
+                        for r in cutlass.range_constexpr(4):
+                            nbuf[r] = nring[u, r]
+                            nbuf2[r] = nring[u + 1, r]
+                        # a second tile past the split's end: its stage holds stale codes
+                        # (finite table entries) and t0 = L zeroes its norms and masks it
+                        tile2 = tile + self.streams
+                        t0b = ptx.select(tile2 < t_end, tile2 * 16, L, Int32)
+                        self.tiles_step([tile * 16, t0b], [kbuf, kbuf2], [vbuf, vbuf2],
+                                        [nbuf, nbuf2], qf, acc_s, acc_o, row_m, row_l, col_lo,
+                                        col_hi, k_lb, v_lb, L, lo_full, hi_full, scale_log2, g)
+            ptx.cp_async_wait(0)
+        elif const_expr(S > 0):
             # the loop is unrolled by S so every ring stage and norm slot index is static
             # (a rotating register ring would need moves that wait for the loads)
             bs = mKc.shape[1]
@@ -1523,9 +1614,10 @@ def _report_configs() -> list[DecodeConfig]:
              fp(4, 4, 128, 4, 1, rotate_query=False)]
     # opt-in K4V4 speed candidates (not shipped; docs/decode-notes.md §7, §10, §11): the
     # register prefetch, the ring without tile bases, the ring without the PRMT tables (the
-    # previous default) and the ring at 6 warps x 2 CTAs (168 of 170 registers)
+    # previous default), the ring at 6 warps x 2 CTAs (168 of 170 registers), tile pairs
     cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4][n])
-             for n in ("regpf", "ring_notb", "nopl", "w6")]
+             for n in ("regpf", "ring_notb", "nopl", "w6", "tp", "w6tp")]
+    cfgs.append(dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2]["pl_w6tp"]))
     # shipped prmt_lut geometries beyond the benchmark shape: K2V2 q_len 2 (8 warps, no
     # lookahead) and q_len 4 (4 warps x 3 CTAs), K4V8 q_len 8; shapes that spilled 8-52 B
     # before the one-CTA bound of two-column-tile / D=256 configs

@@ -68,12 +68,12 @@ def _walk_step(walk, bs):
     walk[0], walk[1] = blk, r
 
 
-def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table, bs):
+def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table, bs, pairs=False):
     """The smem ring's control flow (TQDecodeSplitK.prefetch_prologue + the unrolled loop of
     the kernel, same arithmetic, incl. the division-free block walk) on one thread, with
     cp.async groups modelled exactly: ``cp.async.wait_group n`` completes all but the newest
-    n committed groups. Returns the tiles in the order they were computed; raises on any
-    hazard or wrong address."""
+    n committed groups. ``pairs``: the tile-pair loop (DecodeConfig.tile_pairs). Returns the
+    tiles in the order they were computed; raises on any hazard or wrong address."""
     stage = [None] * S          # tile whose bytes were issued into each stage
     landed = [False] * S
     norm_slot = [None] * S
@@ -99,15 +99,41 @@ def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table, bs):
                 landed[s] = True
 
     first = t_begin + stream
-    for s in range(S - 1):
+    ahead = S - 2 if pairs else S - 1
+    for s in range(ahead):
         tile = first + s * streams
         if tile < t_end:
             issue(tile, block_table[tile * 16 // bs], (tile * 16) % bs, s)
         commit()
-    nt = first + (S - 1) * streams
+    nt = first + ahead * streams
     walk = _start_walk(nt, streams, bs)
     physn = block_table[walk[0]] if nt < t_end else 0
     for base in range(first, t_end, S * streams):
+        if pairs:
+            for u in range(0, S, 2):
+                tile = base + u * streams
+                if tile < t_end:
+                    for d in range(2):
+                        nxt = tile + (S - 2 + d) * streams
+                        if nxt < t_end:
+                            issue(nxt, physn, walk[1], (u + S - 2 + d) % S)
+                            _walk_step(walk, bs)
+                            nn = nxt + streams
+                            if nn < t_end:
+                                physn = block_table[walk[0]]
+                        commit()
+                    wait(S - 2)
+                    assert stage[u] == tile and landed[u], (tile, u, stage, landed)
+                    assert norm_slot[u] == tile
+                    tile2 = tile + streams
+                    if tile2 < t_end:
+                        assert stage[u + 1] == tile2 and landed[u + 1]
+                        assert norm_slot[u + 1] == tile2
+                    else:  # read but masked (t0 = L): no copy may still be writing it
+                        assert stage[u + 1] is None
+                    stage[u] = stage[u + 1] = None
+                    computed += [t for t in (tile, tile2) if t < t_end]
+            continue
         for u in range(S):
             tile = base + u * streams
             if tile < t_end:
@@ -157,15 +183,16 @@ def test_smem_ring_schedule_matches_tile_order():
     import random
 
     rnd = random.Random(0)
-    for S in (2, 3, 4):
-        for streams in (1, 2, 4, 8):
+    for S, pairs in ((2, False), (3, False), (4, False), (4, True)):
+        for streams in (1, 2, 4, 6, 8):
             for _ in range(60):
                 bs = rnd.choice([16, 32, 48, 64, 80, 128])
                 t_begin = rnd.randrange(0, 40)
                 t_end = t_begin + rnd.choice([0, 1, 2, 3, 5, 7, 8, 13, 64, 97])
                 bt = [rnd.randrange(1000) for _ in range(t_end * 16 // bs + 2)]
                 for stream in range(streams):
-                    got = _emulate_ring_schedule(t_begin, t_end, stream, streams, S, bt, bs)
+                    got = _emulate_ring_schedule(t_begin, t_end, stream, streams, S, bt, bs,
+                                                 pairs)
                     assert got == list(range(t_begin + stream, t_end, streams))
 
 
@@ -292,6 +319,10 @@ def test_candidate_knobs_validate_and_key():
         DecodeConfig(2, 2, 64, 4, 1, prefetch=True, smem_stages=3)  # 2-byte V segments
     with pytest.raises(NotImplementedError):
         DecodeConfig(4, 4, 128, 4, 1, prefetch=True, smem_stages=5)
+    with pytest.raises(NotImplementedError):  # tile pairs: the 4-stage ring only
+        DecodeConfig(4, 4, 128, 4, 1, prefetch=True, smem_stages=3, tile_pairs=True)
+    assert DecodeConfig(4, 4, 128, 4, 1, prefetch=True, smem_stages=4,
+                        tile_pairs=True).name.endswith("_tp")
 
 
 @pytest.mark.compile
@@ -310,11 +341,13 @@ def test_probe_candidate_names_match_kernel():
             assert cfg.smem_bytes + 1024 <= 228 * 1024 // max(1, cfg.min_ctas_per_sm)
     cases = [c for c in correctness_cases() if c.get("candidate")]
     # q1 for every candidate, q2 + window + 7 splits for all but ring_early, bs64 for ring
+    # and the tile-pair candidates
     for c in cases:
         candidate_config(c["kb"], c["D"], c["G"], c["qlen"], c["candidate"])
     with pytest.raises(NotImplementedError):
         candidate_config(4, 128, 4, 4, "regpf")  # two column tiles: no prefetch to modify
-    assert len(cases) == sum(2 * len(v) - ("ring_early" in v) + ("ring" in v)
+    assert len(cases) == sum(2 * len(v) - ("ring_early" in v)
+                             + sum(n == "ring" or n.endswith("tp") for n in v)
                              for v in CANDIDATE_NAMES.values())
 
 
