@@ -44,6 +44,7 @@ tile scheduler) and overrides only ``__call__`` (packed K/V, norms and codebooks
 arguments), the kernel entry (PipelineAsync for K/V, staging + table smem) and the producer.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -213,6 +214,9 @@ class PrefillSm90Config:
             tag += f"{sep}st{self.num_stages}"
         if (self.consumer_regs, self.producer_regs) != REGISTER_SPLIT[self.producer_wgs]:
             tag += f"{sep}r{self.consumer_regs}-{self.producer_regs}"
+        fit = (self.stage_slots, self.k_lut_replicas, self.v_lut_replicas)
+        if fit != default_lut_fit(self):  # make_config(lut_replicas=...)
+            tag += f"{sep}x{self.k_lut_replicas}-{self.v_lut_replicas}s{self.stage_slots}"
         return tag
 
     def _cs_tag(self, sep: str) -> str:
@@ -245,6 +249,25 @@ class PrefillSm90Config:
         tiles = 2 * (self.tile_m * d + 2 * self.num_stages * self.tile_n * d)
         luts = self.k_lut_bytes() + self.v_lut_bytes()
         return tiles + self.staging_bytes() + luts + SMEM_RESERVE
+
+
+def default_lut_fit(cfg: PrefillSm90Config) -> tuple[int, int, int]:
+    """(stage_slots, k_lut_replicas, v_lut_replicas) make_config's heuristic picks for cfg's
+    other fields: direct_loads -> (1, 16, 16); staged -> 2 slots if they fit with >= 8
+    replicas, else 1, with the largest power-of-two replication <= 32 that fits (K and V
+    alike; register-LUT sides 1)."""
+    def side(reg: bool, r: int) -> int:
+        return 1 if reg else r
+    if cfg.direct_loads:
+        return 1, side(cfg.k_register_lut, 16), side(cfg.v_register_lut, 16)
+    for slots in (2, 1):
+        for r in (32, 16, 8, 4, 2, 1):
+            fit = (slots, side(cfg.k_register_lut, r), side(cfg.v_register_lut, r))
+            trial = dataclasses.replace(cfg, stage_slots=fit[0], k_lut_replicas=fit[1],
+                                        v_lut_replicas=fit[2])
+            if trial.smem_bytes() <= SMEM_CAPACITY and (slots == 1 or r >= 8):
+                return fit
+    raise NotImplementedError(f"PrefillSm90: no shared-memory fit for {cfg}")
 
 
 def default_register_lut(k_bits: int, v_bits: int) -> tuple[bool, bool]:
@@ -389,7 +412,8 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 num_stages: Optional[int] = None,
                 register_split: Optional[tuple[int, int]] = None,
                 pack_gqa: Optional[bool] = False,
-                max_seqlen_q: Optional[int] = None) -> PrefillSm90Config:
+                max_seqlen_q: Optional[int] = None,
+                lut_replicas: Optional[tuple[int, int]] = None) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
@@ -403,7 +427,9 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     register-LUT sides only, else 2) is the K/V tile pipeline depth; ``register_split`` =
     (consumer, producer) setmaxnreg values (None: ``REGISTER_SPLIT``). ``pack_gqa`` folds the
     query heads of a KV head into the Q tile (FA4's PackGQA, cluster_share=1; None:
-    ``default_pack_gqa`` for the call's ``max_seqlen_q``)."""
+    ``default_pack_gqa`` for the call's ``max_seqlen_q``). ``lut_replicas`` = (K, V) table
+    replication of the shared-memory-LUT sides (None: the heuristic above; given: the most
+    staging slots, then K/V stages, that fit with it, else NotImplementedError)."""
     if pack_gqa is None:
         if max_seqlen_q is None:
             raise ValueError("make_config: pack_gqa=None (the default rule) needs max_seqlen_q")
@@ -442,12 +468,18 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 producer_regs=register_split[1], cluster_share=cluster_share,
                 cluster_sides=cluster_sides, direct_loads=bool(direct_loads),
                 pack_gqa=bool(pack_gqa))
+    if lut_replicas is not None:
+        for r in lut_replicas:
+            if r not in (1, 2, 4, 8, 16, 32):
+                raise ValueError(f"PrefillSm90: lut_replicas must be powers of two <= 32, got "
+                                 f"{lut_replicas}")
+    kr, vr = lut_replicas or (16, 16)
     if direct_loads:
         for stages in ((num_stages,) if num_stages else (3, 2)):
             cfg = PrefillSm90Config(
                 **base, num_stages=stages, stage_slots=1,
-                k_lut_replicas=1 if base["k_register_lut"] else 16,
-                v_lut_replicas=1 if base["v_register_lut"] else 16)
+                k_lut_replicas=1 if base["k_register_lut"] else kr,
+                v_lut_replicas=1 if base["v_register_lut"] else vr)
             if cfg.smem_bytes() <= SMEM_CAPACITY:
                 return cfg
         raise NotImplementedError(f"PrefillSm90: no shared-memory fit for {base} with "
@@ -455,15 +487,18 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     if num_stages not in (None, 2):
         raise NotImplementedError("PrefillSm90: num_stages=3 needs direct_loads (the staging "
                                   "ring and 3 K/V stages do not fit in shared memory)")
+    if lut_replicas is None:
+        cfg = PrefillSm90Config(**base)
+        slots, rk, rv = default_lut_fit(cfg)
+        return dataclasses.replace(cfg, stage_slots=slots, k_lut_replicas=rk, v_lut_replicas=rv)
     for slots in (2, 1):
-        for rep in (32, 16, 8, 4, 2, 1):
-            cfg = PrefillSm90Config(
-                **base, stage_slots=slots,
-                k_lut_replicas=1 if base["k_register_lut"] else rep,
-                v_lut_replicas=1 if base["v_register_lut"] else rep)
-            if cfg.smem_bytes() <= SMEM_CAPACITY and (slots == 1 or rep >= 8):
-                return cfg
-    raise NotImplementedError(f"PrefillSm90: no shared-memory fit for {base}")
+        cfg = PrefillSm90Config(**base, stage_slots=slots,
+                                k_lut_replicas=1 if base["k_register_lut"] else kr,
+                                v_lut_replicas=1 if base["v_register_lut"] else vr)
+        if cfg.smem_bytes() <= SMEM_CAPACITY:
+            return cfg
+    raise NotImplementedError(f"PrefillSm90: no shared-memory fit for {base}"
+                              + (f" with lut_replicas={lut_replicas}" if lut_replicas else ""))
 
 
 CLUSTER_PAIR_ROWS = 64  # K/V rows of each tile one CTA of a cluster pair decodes
@@ -1314,7 +1349,24 @@ def shipped_configs() -> list[PrefillSm90Config]:
     out.append(make_config(64, 4, 4, 4, True, False, False, False, pack_gqa=True))
     out.append(make_config(128, 2, 4, 4, True, False, False, False,
                            pack_gqa=True))  # WIDE_PRODUCER_SPLIT
+    # conflict-free byte tables (step 10, opt-in until measured): 32 replicas on one side
+    # with one staging slot, on both with the staging-free producer (at (192, 64): the causal
+    # build spills 40 B at (200, 56)), and the 8-bit V side of K4V8
+    for kb, vb, causal, knobs in LUT_REPLICA_CANDIDATES:
+        out.append(make_config(128, kb, vb, 4, causal, False, False, False, **knobs))
     return out
+
+
+#: The step-10 candidates (prefill_probe.py --replicas times them; GPU tests check them
+#: bit-identical to the shipped default): (k_bits, v_bits, causal, make_config knobs)
+LUT_REPLICA_CANDIDATES = (
+    (4, 4, False, dict(lut_replicas=(32, 16))), (4, 4, True, dict(lut_replicas=(32, 16))),
+    (4, 4, True, dict(lut_replicas=(16, 32))),
+    (4, 4, False, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
+                       register_split=(192, 64))),
+    (4, 4, True, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
+                      register_split=(192, 64))),
+    (4, 8, False, dict(lut_replicas=(1, 32))), (4, 8, True, dict(lut_replicas=(1, 32))))
 
 
 def _variant(cfg: PrefillSm90Config) -> str:

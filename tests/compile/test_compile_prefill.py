@@ -108,6 +108,34 @@ def test_direct_loads_knob():
     assert not P.make_config(128, 4, 4, 4, False, False, False, False).direct_loads
 
 
+def test_lut_replicas_knob():
+    """lut_replicas: explicit table replication; the default keeps the heuristic's fit and
+    names, an explicit choice is tagged, and one that does not fit (or is not a power of two)
+    raises before any compile."""
+    shipped = P.make_config(128, 4, 4, 4, False, False, False, False)
+    assert (shipped.stage_slots, shipped.k_lut_replicas, shipped.v_lut_replicas) == (2, 16, 16)
+    assert P.default_lut_fit(shipped) == (2, 16, 16) and "_x" not in shipped.name
+    k32 = P.make_config(128, 4, 4, 4, False, False, False, False, lut_replicas=(32, 16))
+    assert (k32.stage_slots, k32.k_lut_replicas, k32.v_lut_replicas) == (1, 32, 16)
+    assert k32.name.endswith("_x32-16s1") and k32.smem_bytes() <= P.SMEM_CAPACITY
+    dl = P.make_config(128, 4, 4, 4, False, False, False, False, lut_replicas=(32, 32),
+                       direct_loads=True, num_stages=2, register_split=(192, 64))
+    assert dl.name.endswith("_dl_r192-64_x32-32s1") and dl.smem_bytes() <= P.SMEM_CAPACITY
+    # D=64 already takes 32 replicas by default: asking for them changes nothing
+    d64 = P.make_config(64, 4, 4, 4, False, False, False, False)
+    assert d64 == P.make_config(64, 4, 4, 4, False, False, False, False,
+                                lut_replicas=(32, 32))
+    with pytest.raises(NotImplementedError, match="lut_replicas"):
+        P.make_config(128, 4, 4, 4, False, False, False, False, lut_replicas=(32, 32))
+    with pytest.raises(ValueError, match="lut_replicas"):
+        P.make_config(128, 4, 4, 4, False, False, False, False, lut_replicas=(24, 16))
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from gpu.test_prefill import REPLICAS
+    assert REPLICAS == P.LUT_REPLICA_CANDIDATES
+
+
 def test_pack_gqa_knob():
     pg = P.make_config(128, 4, 4, 4, True, False, False, False, pack_gqa=True)
     plain = P.make_config(128, 4, 4, 4, True, False, False, False, cluster_share=1)

@@ -209,6 +209,35 @@ def test_direct_loads_bit_identical_to_staged(kb, vb, causal, lut, stages, split
              register_lut=lut, producer_wgs=2, cluster_share=1, **knobs)
 
 
+# ------------------------------------------ table replication (step 10, opt-in lut_replicas)
+REPLICAS = (  # (kb, vb, causal, make_config knobs): == prefill_sm90.LUT_REPLICA_CANDIDATES
+    # (repeated so that collecting this file never imports cutlass; a compile test checks)
+    (4, 4, False, dict(lut_replicas=(32, 16))), (4, 4, True, dict(lut_replicas=(32, 16))),
+    (4, 4, True, dict(lut_replicas=(16, 32))),
+    (4, 4, False, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
+                       register_split=(192, 64))),
+    (4, 4, True, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
+                      register_split=(192, 64))),
+    (4, 8, False, dict(lut_replicas=(1, 32))), (4, 8, True, dict(lut_replicas=(1, 32))))
+
+
+@pytest.mark.parametrize("kb,vb,causal,knobs", REPLICAS,
+                         ids=[f"K{c[0]}V{c[1]}-{'causal' if c[2] else 'full'}-"
+                              f"x{c[3]['lut_replicas'][0]}-{c[3]['lut_replicas'][1]}"
+                              f"{'-dl' if c[3].get('direct_loads') else ''}" for c in REPLICAS])
+def test_lut_replicas_bit_identical_to_default(kb, vb, causal, knobs):
+    """A table replica holds the same words (only the lane's bank differs), and the staging
+    depth / staging-free loads change where the codes travel, not the decoded values or the
+    MMA order: raw output and LSE equal the shipped default's bit for bit (varlen, odd
+    lengths, paged, NaN-poisoned buffers); plus the reference check, incl. rows that see no
+    key."""
+    q_lens, k_lens, hq, hkv, bs, args = _identity_case(kb, vb, causal, 13 * kb + vb)
+    _assert_raw_outputs_equal(args, hq, {}, knobs)
+    _run(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal, seed=17 * kb + vb, **knobs)
+    _run([1, 17, 300], [1, 9, 1000], hq, hkv, 128, kb, vb, 128, True, seed=kb + 2 * vb,
+         **knobs)
+
+
 # ------------------------------------------ pack_gqa (default for short chunks since 2026-12-07)
 @pytest.mark.parametrize("kb,vb,hq,hkv,causal,wl,wr,bs", [
     (4, 4, 8, 2, False, -1, -1, 16), (4, 4, 8, 2, True, -1, -1, 128),
