@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Next session's first device call (written 2026-12-08, session 8):
+# Next session's first device call (written 2026-12-08, sessions 8-9; session 9 had no device):
 #   run(command="bash microbench/device_next.sh", carry=[".devenv"], timeout_s=600)
 # (step limits add up to ~590 s; override with PREWARM_S / PROBE_S / CAND_S / REST_S / W6T_S /
 # W6_S; 0 skips a test or w6 step)
