@@ -241,7 +241,8 @@ def test_cluster_share_defaults():
         assert P.make_config(128, kb, vb, 4, True, False, False, False).cluster_share == 1
     shipped_cs2 = [c for c in P.shipped_configs() if c.cluster_share == 2]
     assert {(c.k_bits, c.v_bits) for c in shipped_cs2} >= set(P.CLUSTER_SHARE_MEASURED)
-    assert len(shipped_cs2) <= 2 * len(P.CLUSTER_SHARE_MEASURED) + 4  # CI compile budget
+    # CI compile budget (+2: the K4V8 conflict-free V-table candidates of step 10)
+    assert len(shipped_cs2) <= 2 * len(P.CLUSTER_SHARE_MEASURED) + 6
 
 
 def test_cluster_pair_scheduler_overrides_create():
