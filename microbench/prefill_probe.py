@@ -465,8 +465,9 @@ def main_replicas(budget_s=150.0):
     lookup is a 2-way conflict whenever their bytes differ (ncu: ~1 extra wavefront per
     lookup, 512 per n_block). 32 replicas make every lookup one wavefront; they need 16 KB
     more per side, paid with one staging slot (x32-16s1 / x16-32s1: one side conflict-free)
-    or the staging-free producer (dl x32-32: both). Checked against the float64 reference
-    first, then timed against the shipped default and FA4-bf16 on the same data."""
+    or the staging-free producer (dl x32-32: both; pl: both, PRMT-addressed, one instruction
+    per lookup fewer). Checked against the float64 reference first, then timed against the
+    shipped default and FA4-bf16 on the same data (headline: K4V4 full, pl first)."""
     t_start = time.time()
     log(torch.cuda.get_device_name(), torch.__version__)
     d = (None, None)
@@ -477,6 +478,9 @@ def main_replicas(budget_s=150.0):
     dl32 = dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
                 register_split=(192, 64))
     v32 = dict(lut_replicas=(1, 32))  # K4V8 / K2V8: register K, conflict-free 8-bit V
+    # PRMT-addressed interleaved tables (both sides conflict-free, one PRMT per lookup)
+    pl = dict(prmt_lut=True, direct_loads=True, num_stages=2, register_split=(200, 56))
+    ss = (False, False)
     for name, args, extra, seed in (
             ("K4V4 d128 g4 full bs16", (8, 2, 128, 4, 4, 16, False), x3216, 150),
             ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), x1632, 151),
@@ -484,10 +488,14 @@ def main_replicas(budget_s=150.0):
             ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), dl32, 153),
             ("K4V8 d128 g4 causal bs16", (8, 2, 128, 4, 8, 16, True), v32, 154)):
         guarded(check, name, ql, kl, *args, seed=seed, extra=extra)
+    for name, args, seed in (("K4V4 d128 g4 full bs16", (8, 2, 128, 4, 4, 16, False), 155),
+                             ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), 156)):
+        guarded(check, name, ql, kl, *args, seed=seed, lut=ss, extra=pl)
     for kb, vb, causal, variants in (
-            (4, 4, False, ((d, None, None), (d, None, None, x3216), (d, None, None, x1632),
-                           (d, None, None, dl32))),
-            (4, 4, True, ((d, None, None), (d, None, None, x3216), (d, None, None, dl32))),
+            (4, 4, False, ((d, None, None), (ss, None, None, pl), (d, None, None, x3216),
+                           (d, None, None, x1632), (d, None, None, dl32))),
+            (4, 4, True, ((d, None, None), (ss, None, None, pl), (d, None, None, x3216),
+                          (d, None, None, dl32))),
             (4, 8, False, ((d, None, None), (d, None, None, v32)))):
         if time.time() - t_start > budget_s:
             log(f"SKIP bench K{kb}V{vb} causal={causal} (budget)")

@@ -1,4 +1,5 @@
-"""Bit-level helpers for the decode kernel's PRMT-addressed tables (DecodeConfig.prmt_lut).
+"""Bit-level helpers for the PRMT-addressed tables (DecodeConfig.prmt_lut, and
+byte_offset_selector for the prefill's PrefillSm90Config.prmt_lut via dequant.decode_word_prmt).
 
 Pure integer expressions with no cutlass import: the kernel calls them with ``U=Uint32`` on
 traced values, the CPU tests with Python ints (tests/cpu/test_code_interleave.py checks that

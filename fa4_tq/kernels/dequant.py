@@ -35,6 +35,8 @@ from cutlass import Int32, Int64, Float32, const_expr
 from cutlass.cutlass_dsl import T, dsl_user_op
 from cutlass._mlir.dialects import llvm
 
+from .code_interleave import byte_offset_selector
+
 LUT_ENTRIES = 256  # one entry per byte value, for every bit width
 
 
@@ -64,6 +66,10 @@ def lut_bytes(bits: int, replicas: int) -> int:
 # with a broadcast load once per row, scaled by the row's norm and split into byte planes
 # that ``prmt`` indexes with the codes themselves. No shared-memory access per code.
 REG_LUT_BYTES = 32  # room for the 16 bf16 entries of a 4-bit codebook (2-bit uses 8 bytes)
+# PRMT-addressed tables (prefill PrefillSm90Config.prmt_lut): K's and V's 32-replica entries
+# interleaved at 256 bytes per byte value (K at + 0, V at + 128)
+PRMT_LUT_STRIDE = 256
+PRMT_LUT_BYTES = LUT_ENTRIES * PRMT_LUT_STRIDE
 
 
 # --------------------------------------------------------------------------- raw PTX wrappers
@@ -194,17 +200,19 @@ def byte_times(w: Int32, i: int, scale: int, base: Int32, *, loc=None, ip=None) 
 
 # --------------------------------------------------------------------------- table build
 def build_lut(mCodebook: cute.Tensor, lut_base: Int32, bits: int, replicas: int,
-              tidx: Int32, num_threads: int):
+              tidx: Int32, num_threads: int, stride: int = 0):
     """Fill the byte -> bf16 table of one side in shared memory (all replicas).
 
     Threads ``tidx`` in [0, num_threads) split the 256 entries; the caller must barrier
-    before the first lookup."""
+    before the first lookup. ``stride`` (4/8-bit sides): bytes from one entry's replicas to
+    the next entry's (0: packed, replicas x 4; PRMT_LUT_STRIDE for the interleaved tables)."""
+    stride = stride or replicas * 4
     for k in range(LUT_ENTRIES // num_threads):
         e = tidx + k * num_threads
         if bits == 4:
             w0 = cvt_bf16x2(Float32(mCodebook[e & 15]), Float32(mCodebook[e >> 4]))
             for r in range(replicas):
-                st_shared_b32(lut_base + (e * replicas + r) * 4, w0)
+                st_shared_b32(lut_base + e * stride + r * 4, w0)
         elif bits == 2:
             w0 = cvt_bf16x2(Float32(mCodebook[e & 3]), Float32(mCodebook[(e >> 2) & 3]))
             w1 = cvt_bf16x2(Float32(mCodebook[(e >> 4) & 3]), Float32(mCodebook[(e >> 6) & 3]))
@@ -213,7 +221,7 @@ def build_lut(mCodebook: cute.Tensor, lut_base: Int32, bits: int, replicas: int,
         else:
             w0 = cvt_bf16x2(Float32(mCodebook[e]), Float32(0.0))
             for r in range(replicas):
-                st_shared_b32(lut_base + (e * replicas + r) * 4, w0)
+                st_shared_b32(lut_base + e * stride + r * 4, w0)
 
 
 def build_entry_words(mCodebook: cute.Tensor, addr: Int32, bits: int, tidx: Int32):
@@ -322,6 +330,20 @@ def decode_word(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: in
         for i in range(2):
             out.append(mul(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2))
     return out
+
+
+def decode_word_prmt(w: Int32, lut_base: Int32, lane_off: Int32, norm2: Int32, bits: int,
+                     mul=mul_bf16x2):
+    """decode_word for PRMT-addressed tables (4/8-bit sides, 32 replicas, entries at
+    PRMT_LUT_STRIDE): the lookup offset (byte << 8) | lane_off is one PRMT of the code word
+    and the lane's slot offset (< 256, whose zero upper bytes supply the zeros), and ptxas
+    folds the uniform table base into LDS [R+UR]: one instruction per byte instead of the
+    BFE + IMAD of ``byte_times``. Every lane reads its own bank: conflict-free."""
+    addrs = [lut_base + prmt(lane_off, w, byte_offset_selector(i)) for i in range(4)]
+    if bits == 4:
+        return [mul(ld_shared_b32(a), norm2) for a in addrs]
+    vals = [ld_shared_b32(a) for a in addrs]
+    return [mul(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2) for i in range(2)]
 
 
 def swizzled_offset_py(row: int, chunk: int, tile_rows: int) -> int:

@@ -116,7 +116,8 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                  window_left, window_right, rotate_query, unrotate_output, *, backend="auto",
                  kernel_out=None, kernel_lse=None, register_lut=(None, None),
                  producer_wgs=None, cluster_share=None, cluster_sides=None, direct_loads=None,
-                 num_stages=None, register_split=None, pack_gqa=None, lut_replicas=None):
+                 num_stages=None, register_split=None, pack_gqa=None, lut_replicas=None,
+                 prmt_lut=None):
     """(out [total_q, Hq, D] in q.dtype, lse float32 [Hq, total_q]); see fa4_tq/ops.py.
 
     ``kernel_out`` (bf16 [total_q, Hq, D]) / ``kernel_lse`` (fp32 [Hq, total_q]) are optional
@@ -132,7 +133,8 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     the Q tile; None: ``prefill_sm90.default_pack_gqa``, which packs when q_len x G <= 128 at
     D=128 without a cluster pair: 3.6x faster for 16-query chunks on the H100),
     ``lut_replicas`` = (K, V) replication of shared-memory byte tables (None: the fit
-    heuristic) (``prefill_sm90.make_config``). All are benchmarking hooks and part of the
+    heuristic), ``prmt_lut`` = PRMT-addressed interleaved tables (opt-in)
+    (``prefill_sm90.make_config``). All are benchmarking hooks and part of the
     compile-cache key (the config)."""
     if backend not in ("auto", "sm90", "sm80"):
         raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
@@ -144,7 +146,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     sm90_knobs = dict(producer_wgs=producer_wgs, cluster_share=cluster_share,
                       cluster_sides=cluster_sides, direct_loads=direct_loads,
                       num_stages=num_stages, register_split=register_split, pack_gqa=pack_gqa,
-                      lut_replicas=lut_replicas)
+                      lut_replicas=lut_replicas, prmt_lut=prmt_lut)
     # (after resolving "auto", so a non-Hopper GPU never drops these silently)
     inert = {"cluster_share": 1, "cluster_sides": "kv", "pack_gqa": False}
     set_knobs = [k for k, v in sm90_knobs.items() if v is not None and v != inert.get(k)]

@@ -149,6 +149,12 @@ class PrefillSm90Config:
     # masks and LSE through FA4's packgqa paths. cluster_share=1 only (the pair is already
     # inside the tile).
     pack_gqa: bool = False
+    # PRMT-addressed byte tables (step 10): both sides on 32-replica shared-memory tables
+    # (4- or 8-bit), interleaved at dq.PRMT_LUT_STRIDE bytes per byte value (K at + 0, V at
+    # + 128, 64 KB in all), so a lookup's offset (byte << 8) | lane slot is one PRMT of the
+    # code word (dq.decode_word_prmt) instead of BFE + IMAD, and every lookup is
+    # conflict-free. 64 KB of tables leave no room for staging: direct_loads only.
+    prmt_lut: bool = False
 
     def shares(self, is_k: bool) -> bool:
         """Whether the K (is_k) or V side is split between the CTAs of a cluster pair."""
@@ -196,6 +202,17 @@ class PrefillSm90Config:
             if reg and bits not in (2, 4):
                 raise ValueError(f"register LUT decode is for 2- and 4-bit codes, not "
                                  f"{side}_bits={bits}")
+        if self.prmt_lut and (self.k_register_lut or self.v_register_lut
+                              or 2 in (self.k_bits, self.v_bits)
+                              or (self.k_lut_replicas, self.v_lut_replicas) != (32, 32)
+                              or not self.direct_loads):
+            raise NotImplementedError(
+                f"PrefillSm90: prmt_lut needs shared-memory tables on both sides with 4- or "
+                f"8-bit codes at 32 replicas and direct_loads (64 KB of tables leave no room "
+                f"for staging); got k/v bits {self.k_bits}/{self.v_bits}, register LUT "
+                f"{self.k_register_lut}/{self.v_register_lut}, replicas "
+                f"{self.k_lut_replicas}/{self.v_lut_replicas}, direct_loads "
+                f"{self.direct_loads}")
 
     @property
     def name(self) -> str:
@@ -208,6 +225,8 @@ class PrefillSm90Config:
     def _knob_tag(self, sep: str) -> str:
         """Name suffix of the non-default producer loads / stage counts / register splits."""
         tag = f"{sep}dl" if self.direct_loads else ""
+        if self.prmt_lut:
+            tag += f"{sep}pl"
         if self.pack_gqa:
             tag += f"{sep}pg"
         if self.num_stages != 2:
@@ -232,10 +251,14 @@ class PrefillSm90Config:
         return self.head_dim * self.v_bits // 8
 
     def k_lut_bytes(self) -> int:
+        if self.prmt_lut:  # both sides' interleaved tables
+            return dq.PRMT_LUT_BYTES
         return (dq.REG_LUT_BYTES if self.k_register_lut
                 else dq.lut_bytes(self.k_bits, self.k_lut_replicas))
 
     def v_lut_bytes(self) -> int:
+        if self.prmt_lut:  # (in the K region; a placeholder keeps the struct layout)
+            return 16
         return (dq.REG_LUT_BYTES if self.v_register_lut
                 else dq.lut_bytes(self.v_bits, self.v_lut_replicas))
 
@@ -413,7 +436,8 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 register_split: Optional[tuple[int, int]] = None,
                 pack_gqa: Optional[bool] = False,
                 max_seqlen_q: Optional[int] = None,
-                lut_replicas: Optional[tuple[int, int]] = None) -> PrefillSm90Config:
+                lut_replicas: Optional[tuple[int, int]] = None,
+                prmt_lut: bool = False) -> PrefillSm90Config:
     """Pick staging depth and table replication that fit in shared memory (the documented
     heuristic: 2 staging blocks per side if they fit, then the largest power-of-two table
     replication <= 32 that fits, K and V alike). ``k_register_lut`` / ``v_register_lut``
@@ -429,7 +453,9 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     query heads of a KV head into the Q tile (FA4's PackGQA, cluster_share=1; None:
     ``default_pack_gqa`` for the call's ``max_seqlen_q``). ``lut_replicas`` = (K, V) table
     replication of the shared-memory-LUT sides (None: the heuristic above; given: the most
-    staging slots, then K/V stages, that fit with it, else NotImplementedError)."""
+    staging slots, then K/V stages, that fit with it, else NotImplementedError).
+    ``prmt_lut`` = PRMT-addressed interleaved tables (PrefillSm90Config.prmt_lut; implies
+    lut_replicas=(32, 32) and needs direct_loads=True)."""
     if pack_gqa is None:
         if max_seqlen_q is None:
             raise ValueError("make_config: pack_gqa=None (the default rule) needs max_seqlen_q")
@@ -468,6 +494,12 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 producer_regs=register_split[1], cluster_share=cluster_share,
                 cluster_sides=cluster_sides, direct_loads=bool(direct_loads),
                 pack_gqa=bool(pack_gqa))
+    if prmt_lut:
+        if lut_replicas not in (None, (32, 32)):
+            raise ValueError(f"PrefillSm90: prmt_lut tables have 32 replicas, got "
+                             f"lut_replicas={lut_replicas}")
+        lut_replicas = (32, 32)
+        base["prmt_lut"] = True
     if lut_replicas is not None:
         for r in lut_replicas:
             if r not in (1, 2, 4, 8, 16, 32):
@@ -983,22 +1015,33 @@ class PrefillSm90(FlashAttentionForwardSm90):
         # LUT for shared-memory-LUT sides, the bf16 codebook words for register-LUT sides.
         # Each producer warpgroup builds the tables of the sides it decodes and waits on its
         # own named barrier (K or K+V: LUT_BARRIER_ID, V alone: LUT_BARRIER_ID + 1).
+        if const_expr(cfg.prmt_lut):
+            # interleaved: K's entry e at lutk_addr + 256 e, V's at + 128 (each side's own
+            # producer builds its half)
+            lutv_addr = lutk_addr + dq.PRMT_LUT_STRIDE // 2
+        stride = dq.PRMT_LUT_STRIDE if const_expr(cfg.prmt_lut) else 0
         if const_expr(do_k):
             if const_expr(cfg.k_register_lut):
                 dq.build_entry_words(mKCB, lutk_addr, cfg.k_bits, tidx)
             else:
                 dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx,
-                             PRODUCER_THREADS)
+                             PRODUCER_THREADS, stride)
         if const_expr(do_v):
             if const_expr(cfg.v_register_lut):
                 dq.build_entry_words(mVCB, lutv_addr, cfg.v_bits, tidx)
             else:
                 dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx,
-                             PRODUCER_THREADS)
+                             PRODUCER_THREADS, stride)
         cute.arch.barrier(barrier_id=LUT_BARRIER_ID + (0 if do_k else 1),
                           number_of_threads=PRODUCER_THREADS)
-        lutk_lane = lutk_addr + (lane % cfg.k_lut_replicas) * (4 * dq.lut_entry_words(cfg.k_bits))
-        lutv_lane = lutv_addr + (lane % cfg.v_lut_replicas) * (4 * dq.lut_entry_words(cfg.v_bits))
+        if const_expr(cfg.prmt_lut):
+            # (table base, the lane's slot offset within the 256-byte entry) for
+            # dq.decode_word_prmt
+            lutk_lane = (lutk_addr, lane * 4)
+            lutv_lane = (lutk_addr, dq.PRMT_LUT_STRIDE // 2 + lane * 4)
+        else:
+            lutk_lane = lutk_addr + (lane % cfg.k_lut_replicas) * (4 * dq.lut_entry_words(cfg.k_bits))
+            lutv_lane = lutv_addr + (lane % cfg.v_lut_replicas) * (4 * dq.lut_entry_words(cfg.v_bits))
 
         # Staging ring: slot s holds [K chunks][tile_n rows][16 B] then [V chunks][rows][16 B].
         slot_bytes = tile_n * (kbytes + vbytes)
@@ -1237,6 +1280,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
                 if register_lut:
                     outs.extend(dq.decode4_reg(w, planes) if bits == 4
                                 else dq.decode2_reg(w, planes))
+                elif cfg.prmt_lut:
+                    outs.extend(dq.decode_word_prmt(w, lut_lane[0], lut_lane[1], norm2, bits))
                 else:
                     outs.extend(dq.decode_word(w, lut_lane, norm2, bits, reps))
             for k in range(out_per_in):
@@ -1351,9 +1396,10 @@ def shipped_configs() -> list[PrefillSm90Config]:
                            pack_gqa=True))  # WIDE_PRODUCER_SPLIT
     # conflict-free byte tables (step 10, opt-in until measured): 32 replicas on one side
     # with one staging slot, on both with the staging-free producer (at (192, 64): the causal
-    # build spills 40 B at (200, 56)), and the 8-bit V side of K4V8
+    # build spills 40 B at (200, 56)), the 8-bit V side of K4V8, and PRMT-addressed tables
     for kb, vb, causal, knobs in LUT_REPLICA_CANDIDATES:
-        out.append(make_config(128, kb, vb, 4, causal, False, False, False, **knobs))
+        out.append(make_config(128, kb, vb, 4, causal, False, False, False,
+                               *((False, False) if knobs.get("prmt_lut") else ()), **knobs))
     return out
 
 
@@ -1366,7 +1412,16 @@ LUT_REPLICA_CANDIDATES = (
                        register_split=(192, 64))),
     (4, 4, True, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
                       register_split=(192, 64))),
-    (4, 8, False, dict(lut_replicas=(1, 32))), (4, 8, True, dict(lut_replicas=(1, 32))))
+    (4, 8, False, dict(lut_replicas=(1, 32))), (4, 8, True, dict(lut_replicas=(1, 32))),
+    # PRMT-addressed interleaved tables (prmt_lut: one PRMT per lookup instead of BFE + IMAD,
+    # 128 fewer producer instructions per n_block and thread); K8V8 spills 8-64 B at every
+    # split tried (direct loads of 8-bit rows), so not listed
+    (4, 4, False, dict(prmt_lut=True, direct_loads=True, num_stages=2,
+                       register_split=(200, 56))),
+    (4, 4, True, dict(prmt_lut=True, direct_loads=True, num_stages=2,
+                      register_split=(200, 56))),
+    (4, 8, False, dict(prmt_lut=True, direct_loads=True, num_stages=2, cluster_share=1,
+                       register_split=(192, 64))))
 
 
 def _variant(cfg: PrefillSm90Config) -> str:

@@ -129,6 +129,20 @@ def test_lut_replicas_knob():
         P.make_config(128, 4, 4, 4, False, False, False, False, lut_replicas=(32, 32))
     with pytest.raises(ValueError, match="lut_replicas"):
         P.make_config(128, 4, 4, 4, False, False, False, False, lut_replicas=(24, 16))
+    # PRMT-addressed tables: both sides shared 4/8-bit at 32 replicas, staging-free only
+    pl = P.make_config(128, 4, 4, 4, False, False, False, False, prmt_lut=True,
+                       direct_loads=True, num_stages=2, register_split=(200, 56))
+    assert pl.prmt_lut and pl.name.endswith("_dl_pl_r200-56_x32-32s1")
+    assert pl.k_lut_bytes() == 65536 and pl.smem_bytes() <= P.SMEM_CAPACITY
+    for bad in (dict(), dict(direct_loads=True, lut_replicas=(16, 16)),
+                dict(direct_loads=True, register_lut=(True, False))):
+        lut = bad.pop("register_lut", (None, None))
+        with pytest.raises((NotImplementedError, ValueError), match="prmt_lut"):
+            P.make_config(128, 4, 4, 4, False, False, False, False, *lut, prmt_lut=True,
+                          **bad)
+    with pytest.raises(NotImplementedError, match="prmt_lut"):  # 2-bit side: 8-byte entries
+        P.make_config(128, 2, 2, 4, False, False, False, False, False, False, prmt_lut=True,
+                      direct_loads=True)
     import os
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))

@@ -218,13 +218,20 @@ REPLICAS = (  # (kb, vb, causal, make_config knobs): == prefill_sm90.LUT_REPLICA
                        register_split=(192, 64))),
     (4, 4, True, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
                       register_split=(192, 64))),
-    (4, 8, False, dict(lut_replicas=(1, 32))), (4, 8, True, dict(lut_replicas=(1, 32))))
+    (4, 8, False, dict(lut_replicas=(1, 32))), (4, 8, True, dict(lut_replicas=(1, 32))),
+    (4, 4, False, dict(prmt_lut=True, direct_loads=True, num_stages=2,
+                       register_split=(200, 56))),
+    (4, 4, True, dict(prmt_lut=True, direct_loads=True, num_stages=2,
+                      register_split=(200, 56))),
+    (4, 8, False, dict(prmt_lut=True, direct_loads=True, num_stages=2, cluster_share=1,
+                       register_split=(192, 64))))
 
 
 @pytest.mark.parametrize("kb,vb,causal,knobs", REPLICAS,
                          ids=[f"K{c[0]}V{c[1]}-{'causal' if c[2] else 'full'}-"
-                              f"x{c[3]['lut_replicas'][0]}-{c[3]['lut_replicas'][1]}"
-                              f"{'-dl' if c[3].get('direct_loads') else ''}" for c in REPLICAS])
+                              + ("pl" if c[3].get("prmt_lut") else
+                                 f"x{c[3]['lut_replicas'][0]}-{c[3]['lut_replicas'][1]}")
+                              + ("-dl" if c[3].get("direct_loads") else "") for c in REPLICAS])
 def test_lut_replicas_bit_identical_to_default(kb, vb, causal, knobs):
     """A table replica holds the same words (only the lane's bank differs), and the staging
     depth / staging-free loads change where the codes travel, not the decoded values or the
@@ -232,7 +239,11 @@ def test_lut_replicas_bit_identical_to_default(kb, vb, causal, knobs):
     lengths, paged, NaN-poisoned buffers); plus the reference check, incl. rows that see no
     key."""
     q_lens, k_lens, hq, hkv, bs, args = _identity_case(kb, vb, causal, 13 * kb + vb)
-    _assert_raw_outputs_equal(args, hq, {}, knobs)
+    if knobs.get("prmt_lut"):  # both sides on shared-memory tables (K4V8 ships K's in registers)
+        knobs = dict(knobs, register_lut=(False, False))
+    # (the default's decode choice for these sides: the same table words)
+    base = dict(register_lut=knobs["register_lut"]) if "register_lut" in knobs else {}
+    _assert_raw_outputs_equal(args, hq, base, knobs)
     _run(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal, seed=17 * kb + vb, **knobs)
     _run([1, 17, 300], [1, 9, 1000], hq, hkv, 128, kb, vb, 128, True, seed=kb + 2 * vb,
          **knobs)
