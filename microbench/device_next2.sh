@@ -5,9 +5,11 @@
 #    (prefill_sm90.LUT_REPLICA_CANDIDATES) - GPU tests first (bit-identical to the shipped
 #    default + float64 reference), then `prefill_probe.py --replicas` (checks, timing against
 #    the shipped default and FA4-bf16 on the same data);
-# 2. the decode candidates again (a second sample of the timing: the GPU is shared, +-6 %),
-#    L=128K this time.
-# Step limits (s): RT_S 150, RP_S 220, DT_S 200; 0 skips a step.
+# 2. the Sm80-class prefill's PRMT-addressed tables (prefill_sm80.PRMT_LUT_CANDIDATES): GPU
+#    tests (bit-identical to the shared-memory-LUT build + reference), then
+#    `prefill_sm80_probe.py --prmt` (against the shipped register LUT, same data).
+# Step limits (s): RT_S 130, RP_S 200, ST_S 90, SP_S 150; 0 skips a step.
+# (microbench/device_next3.sh: the decode candidates at L=128K, a second timing sample.)
 set -uo pipefail
 OUT=${OUT:-/tmp/fa4tq-out}
 mkdir -p "$OUT"
@@ -15,25 +17,32 @@ source .devenv/setup.sh
 export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-}
 date -u
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
-if [ "${RT_S:-150}" -gt 0 ]; then
-  echo "== prefill GPU tests -k replicas (${RT_S:-150} s)"
-  timeout "${RT_S:-150}" python3 -m pytest -v -m gpu tests/gpu/test_prefill.py -k replicas \
+if [ "${RT_S:-130}" -gt 0 ]; then
+  echo "== prefill GPU tests -k replicas (${RT_S:-130} s)"
+  timeout "${RT_S:-130}" python3 -m pytest -v -m gpu tests/gpu/test_prefill.py -k replicas \
     -n 8 -p no:cacheprovider -rfE > "$OUT/gpu_tests_prefill_replicas.log" 2>&1
   echo "rc=$? PASSED $(grep -c ' PASSED ' "$OUT/gpu_tests_prefill_replicas.log") FAILED \
 $(grep -c ' FAILED ' "$OUT/gpu_tests_prefill_replicas.log")"
   grep -E ' FAILED |^FAILED|^ERROR' "$OUT/gpu_tests_prefill_replicas.log" | head -10
 fi
-if [ "${RP_S:-220}" -gt 0 ]; then
-  echo "== prefill_probe.py --replicas (${RP_S:-220} s)"
-  PYTHONUNBUFFERED=1 timeout "${RP_S:-220}" python3 microbench/prefill_probe.py --replicas \
+if [ "${RP_S:-200}" -gt 0 ]; then
+  echo "== prefill_probe.py --replicas (${RP_S:-200} s)"
+  PYTHONUNBUFFERED=1 timeout "${RP_S:-200}" python3 microbench/prefill_probe.py --replicas \
     > "$OUT/prefill_replicas.log" 2>&1
   echo "rc=$?"; grep -E "^(CHECK|BENCH|ERROR|SKIP)" "$OUT/prefill_replicas.log" | cut -c1-260
 fi
-if [ "${DT_S:-200}" -gt 0 ]; then
-  echo "== decode candidates, L=128K + 32K (${DT_S:-200} s)"
-  PYTHONUNBUFFERED=1 timeout "${DT_S:-200}" python3 microbench/decode_probe.py --no-check \
-    --no-old --no-raw --bits 4,2 --candidates w6,tp,w6tp,pl_w6tp --pairs 42 \
-    --pair-knobs w6,tp,w6tp --lengths 32768,131072 --batches 1,8,32 \
-    > "$OUT/decode_candidates_128k.log" 2>&1
-  echo "rc=$?"; grep -E "^L=|Error|error" "$OUT/decode_candidates_128k.log" | head -12
+if [ "${ST_S:-90}" -gt 0 ]; then
+  echo "== sm80 prefill GPU tests -k prmt (${ST_S:-90} s)"
+  FA4TQ_UNVALIDATED_SM80=1 timeout "${ST_S:-90}" python3 -m pytest -v -m gpu \
+    tests/gpu/test_prefill_sm80.py -k prmt -n 4 -p no:cacheprovider -rfE \
+    > "$OUT/gpu_tests_prefill_sm80_prmt.log" 2>&1
+  echo "rc=$? PASSED $(grep -c ' PASSED ' "$OUT/gpu_tests_prefill_sm80_prmt.log") FAILED \
+$(grep -c ' FAILED ' "$OUT/gpu_tests_prefill_sm80_prmt.log")"
+  grep -E ' FAILED |^FAILED|^ERROR' "$OUT/gpu_tests_prefill_sm80_prmt.log" | head -10
+fi
+if [ "${SP_S:-150}" -gt 0 ]; then
+  echo "== prefill_sm80_probe.py --prmt (${SP_S:-150} s)"
+  PYTHONUNBUFFERED=1 timeout "${SP_S:-150}" python3 microbench/prefill_sm80_probe.py --prmt \
+    > "$OUT/prefill_sm80_prmt.log" 2>&1
+  echo "rc=$?"; grep -E "^(CHECK|BENCH|ERROR)" "$OUT/prefill_sm80_prmt.log" | cut -c1-260
 fi

@@ -80,8 +80,9 @@ def _check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl, wr,
             max(q_lens), 0.9 / math.sqrt(d), causal, wl, wr, rotate, unrotate)
     kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device=DEV)
     klse = torch.full((hq, q.shape[0]), float("nan"), dtype=torch.float32, device=DEV)
+    pl = lut == "pl"  # the PRMT-addressed shared-memory tables (prmt_lut)
     out, lse = prefill_cuda(*args, backend="sm80", kernel_out=kout, kernel_lse=klse,
-                            register_lut=lut)
+                            register_lut=(False, False) if pl else lut, prmt_lut=pl or None)
     torch.cuda.synchronize()
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     err = rel_error(out, ref_o)
@@ -90,7 +91,8 @@ def _check(name, q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl, wr,
     lse_nan = bool(torch.isnan(lse).any())
     lse_err = float((lse[fin] - ref_l[fin]).abs().max()) if bool(fin.any()) else 0.0
     ok = err <= 1e-2 and ninf_ok and not lse_nan and lse_err <= 2e-2
-    tag = "default" if lut == (None, None) else "".join("r" if x else "s" for x in lut)
+    tag = ("pl" if pl else "default" if lut == (None, None)
+           else "".join("r" if x else "s" for x in lut))
     name = f"{name} lut={tag}"
     log(f"CHECK {'PASS' if ok else 'FAIL'} {name}: rel_err={err:.2e} lse_err={lse_err:.2e} "
         f"ninf_ok={ninf_ok} lse_nan={lse_nan} ({time.time() - t0:.1f}s)")
@@ -137,7 +139,8 @@ def bench_fn(fn):
 
 def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
           luts=((None, None),), baselines=True, variants=((True, 64),), fa4_default=True):
-    """``variants``: (stage_codes, tile_m) pairs to time ((True, 64) = the default)."""
+    """``variants``: (stage_codes, tile_m) pairs to time ((True, 64) = the default); ``luts``:
+    register_lut pairs, or "pl" for the PRMT-addressed shared-memory tables (prmt_lut)."""
     from flash_attn.cute.interface import flash_attn_func
     g = torch.Generator(device=DEV).manual_seed(kb * 10 + vb)
     total = batch * seqlen
@@ -177,15 +180,17 @@ def bench(kb, vb, seqlen, causal, batch=1, hq=32, hkv=8, d=128, block_size=128,
             fa4 = lambda: flash_attn_func(qb, kb4, vb4, softmax_scale=scale, causal=causal)  # noqa
             base["fa4_default"] = bench_fn(fa4)
     for lut, (staged, tile_m) in ((lut, v) for lut in luts for v in variants):
+        pl = lut == "pl"
         ours = lambda: prefill_cuda(  # noqa
             q, kc, vc, kn, vn, cuq, bt, seqused, codec.k_codebook, codec.v_codebook,
             codec.k_signs, codec.v_signs, seqlen, scale, causal, -1, -1, False, False,
-            backend="sm80", register_lut=lut)
+            backend="sm80", register_lut=(False, False) if pl else lut, prmt_lut=pl or None)
         with sm80_config(staged, tile_m):  # compile (first call) and timing, same variant
             o1 = ours()[0].view(batch, seqlen, hq, d).double()
             t = bench_fn(ours)
         agree = float((o1 - ref_o).norm() / ref_o.norm()) if ref_o is not None else float("nan")
-        tag = "default" if lut == (None, None) else "".join("r" if x else "s" for x in lut)
+        tag = ("pl" if pl else "default" if lut == (None, None)
+               else "".join("r" if x else "s" for x in lut))
         name = (f"K{kb}V{vb} B{batch} S{seqlen} {'causal' if causal else 'full'} lut={tag} "
                 f"{'cp.async-staged' if staged else 'direct-load'} tile{tile_m}x64")
         rel = " ".join(f"{k} {v:.3f}ms ({tf(v):.0f}TF, our speed vs it {v / t:.3f}x)"
@@ -208,6 +213,26 @@ def guarded(fn, *a, **k):
         ROWS.append(("error", f"{fn.__name__}{a}", type(e).__name__, str(e)[:200]))
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def main_prmt():
+    """PRMT-addressed interleaved tables (PrefillSm80Config.prmt_lut, prefill_sm80.PRMT_LUT_
+    CANDIDATES) against the shipped register LUT and the 8-replica shared-memory LUT, at the
+    default 8-warp tile, same data; checks first (float64 reference)."""
+    t_start = time.time()
+    log(torch.cuda.get_device_name(), torch.cuda.get_device_capability(), torch.__version__)
+    ql, kl = [1, 17, 300], [40, 17, 1000]
+    W128 = (True, 128)
+    for name, args, seed in (("K4V4 d128 g4 full bs16", (8, 2, 128, 4, 4, 16, False), 80),
+                             ("K4V8 d128 g4 causal bs128", (8, 2, 128, 4, 8, 128, True), 81)):
+        guarded(check, name, ql, kl, *args, seed=seed, lut="pl")
+    guarded(bench, 4, 4, 8192, False, luts=((None, None), (False, False), "pl"),
+            variants=(W128,), fa4_default=False)
+    guarded(bench, 4, 4, 8192, True, luts=((None, None), "pl"), variants=(W128,),
+            fa4_default=False)
+    guarded(bench, 4, 8, 8192, True, luts=((None, None), "pl"), variants=(W128,),
+            fa4_default=False)
+    summary(t_start)
 
 
 def main():
@@ -283,4 +308,7 @@ def summary(t_start):
 
 
 if __name__ == "__main__":
-    main()
+    if "--prmt" in sys.argv:
+        main_prmt()
+    else:
+        main()

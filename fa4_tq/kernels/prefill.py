@@ -133,8 +133,8 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     the Q tile; None: ``prefill_sm90.default_pack_gqa``, which packs when q_len x G <= 128 at
     D=128 without a cluster pair: 3.6x faster for 16-query chunks on the H100),
     ``lut_replicas`` = (K, V) replication of shared-memory byte tables (None: the fit
-    heuristic), ``prmt_lut`` = PRMT-addressed interleaved tables (opt-in)
-    (``prefill_sm90.make_config``). All are benchmarking hooks and part of the
+    heuristic) (``prefill_sm90.make_config``); ``prmt_lut`` = PRMT-addressed interleaved
+    byte tables, both backends (opt-in; ``make_config`` of either kernel). All are benchmarking hooks and part of the
     compile-cache key (the config)."""
     if backend not in ("auto", "sm90", "sm80"):
         raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
@@ -146,7 +146,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     sm90_knobs = dict(producer_wgs=producer_wgs, cluster_share=cluster_share,
                       cluster_sides=cluster_sides, direct_loads=direct_loads,
                       num_stages=num_stages, register_split=register_split, pack_gqa=pack_gqa,
-                      lut_replicas=lut_replicas, prmt_lut=prmt_lut)
+                      lut_replicas=lut_replicas)
     # (after resolving "auto", so a non-Hopper GPU never drops these silently)
     inert = {"cluster_share": 1, "cluster_sides": "kv", "pack_gqa": False}
     set_knobs = [k for k, v in sm90_knobs.items() if v is not None and v != inert.get(k)]
@@ -157,7 +157,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
         return _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
                              seqused_k, k_codebook, v_codebook, k_signs, v_signs, softmax_scale,
                              causal, window_left, window_right, rotate_query, unrotate_output,
-                             kernel_out, kernel_lse, register_lut)
+                             kernel_out, kernel_lse, register_lut, bool(prmt_lut))
     if major != 9:
         raise NotImplementedError(f"tqkv.prefill: the sm90 prefill kernel needs a Hopper GPU "
                                   f"(compute capability 9.x), got {major}.{minor}")
@@ -167,7 +167,7 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     # raises NotImplementedError for head_dim 256 and unsupported cluster_share cases
     cfg, wl, wr = config_for(q, k_cache, k_codebook, v_codebook, causal, window_left,
                              window_right, register_lut, max_seqlen_q=int(max_seqlen_q),
-                             **sm90_knobs)
+                             prmt_lut=bool(prmt_lut), **sm90_knobs)
     _ensure_arch_env()
     from .prefill_sm90 import PrefillSm90
     return _run_kernel(PrefillSm90, _compiled, cfg, wl, wr, q, k_cache, v_cache, k_norm, v_norm,
@@ -220,7 +220,7 @@ _compiled_sm80: dict = {}
 def _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table, seqused_k,
                   k_codebook, v_codebook, k_signs, v_signs, softmax_scale, causal, window_left,
                   window_right, rotate_query, unrotate_output, kernel_out, kernel_lse,
-                  register_lut):
+                  register_lut, prmt_lut=False):
     """backend="sm80": same steps and outputs as the sm90 path (rotate q, kernel, un-rotate)."""
     major, minor = torch.cuda.get_device_capability(q.device)
     if major < 8:
@@ -242,7 +242,7 @@ def _prefill_sm80(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table
     from .prefill_sm80 import make_config
     c, local, wl, wr = canonical_mask(causal, window_left, window_right)
     cfg = make_config(d, _bits(k_codebook), _bits(v_codebook), hq // k_cache.shape[2], c, local,
-                      wl is not None, wr is not None, *register_lut)
+                      wl is not None, wr is not None, *register_lut, prmt_lut=prmt_lut)
     from .prefill_sm80 import PrefillSm80
     return _run_kernel(PrefillSm80, _compiled_sm80, cfg, wl, wr, q, k_cache, v_cache, k_norm,
                        v_norm, cu_seqlens_q, block_table, seqused_k, k_codebook, v_codebook,

@@ -114,6 +114,11 @@ class PrefillSm80Config:
     # staging ring, 2 slots per side), then issues the next block's; the global latency hides
     # behind the gemm between two calls. False: vector loads from global right before decoding.
     stage_codes: bool = True
+    # PRMT-addressed byte tables (as PrefillSm90Config.prmt_lut): both sides on 32-replica
+    # shared-memory tables (4- or 8-bit) interleaved at 256 bytes per byte value (64 KB), one
+    # PRMT per lookup offset (dq.decode_word_prmt), conflict-free. 4 instructions per code
+    # byte fewer than the register LUT's 21 per 8 codes: 12 per 8 codes.
+    prmt_lut: bool = False
 
     def __post_init__(self):
         if self.head_dim not in (64, 128):
@@ -138,6 +143,14 @@ class PrefillSm80Config:
         if self.stage_codes and self.num_stages != 1:
             raise ValueError("PrefillSm80: stage_codes relies on FA4's one-stage order "
                              "(every load follows a cp_async_wait_group(0))")
+        if self.prmt_lut and (self.k_register_lut or self.v_register_lut
+                              or 2 in (self.k_bits, self.v_bits)
+                              or (self.k_lut_replicas, self.v_lut_replicas) != (32, 32)):
+            raise NotImplementedError(
+                f"PrefillSm80: prmt_lut needs shared-memory tables on both sides with 4- or "
+                f"8-bit codes at 32 replicas; got k/v bits {self.k_bits}/{self.v_bits}, "
+                f"register LUT {self.k_register_lut}/{self.v_register_lut}, replicas "
+                f"{self.k_lut_replicas}/{self.v_lut_replicas}")
         for side, nbytes in (("k", self.k_part_bytes()), ("v", self.v_part_bytes())):
             if nbytes % 8:
                 raise ValueError(f"PrefillSm80: {side} codes per thread ({nbytes} B) must be "
@@ -157,7 +170,8 @@ class PrefillSm80Config:
         lut = "".join(("r" if reg else "s") for reg in (self.k_register_lut, self.v_register_lut))
         return (f"prefill_sm80_d{self.head_dim}_k{self.k_bits}v{self.v_bits}_g"
                 f"{self.qhead_per_kvhead}_{mask}_t{self.tile_m}x{self.tile_n}"
-                f"s{self.num_stages}_lut{lut}{'_cp' if self.stage_codes else '_ld'}")
+                f"s{self.num_stages}_lut{lut}{'_cp' if self.stage_codes else '_ld'}"
+                f"{'_pl' if self.prmt_lut else ''}")
 
     def k_row_bytes(self) -> int:
         return self.head_dim * self.k_bits // 8
@@ -172,10 +186,14 @@ class PrefillSm80Config:
         return self.v_row_bytes() // self.threads_per_row
 
     def k_lut_bytes(self) -> int:
+        if self.prmt_lut:  # both sides' interleaved tables
+            return dq.PRMT_LUT_BYTES
         return (dq.REG_LUT_BYTES if self.k_register_lut
                 else dq.lut_bytes(self.k_bits, self.k_lut_replicas))
 
     def v_lut_bytes(self) -> int:
+        if self.prmt_lut:  # (in the K region; a placeholder keeps the struct layout)
+            return 16
         return (dq.REG_LUT_BYTES if self.v_register_lut
                 else dq.lut_bytes(self.v_bits, self.v_lut_replicas))
 
@@ -212,15 +230,22 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 local: bool, has_window_left: bool, has_window_right: bool,
                 k_register_lut: Optional[bool] = None,
                 v_register_lut: Optional[bool] = None,
-                stage_codes: bool = True, tile_m: Optional[int] = None) -> PrefillSm80Config:
+                stage_codes: bool = True, tile_m: Optional[int] = None,
+                prmt_lut: bool = False) -> PrefillSm80Config:
+    """``prmt_lut``: PRMT-addressed 32-replica tables on both sides (opt-in; the register-LUT
+    choice is then off for both sides, an explicit True for either raises)."""
     k_default, v_default = default_register_lut(k_bits, v_bits)
+    if prmt_lut:
+        k_default = v_default = False
     kr = bool(k_default if k_register_lut is None else k_register_lut) and k_bits != 8
     vr = bool(v_default if v_register_lut is None else v_register_lut) and v_bits != 8
+    reps = 32 if prmt_lut else 8
     cfg = PrefillSm80Config(
         head_dim, k_bits, v_bits, qhead_per_kvhead, causal, local, has_window_left,
         has_window_right, k_register_lut=kr, v_register_lut=vr,
-        k_lut_replicas=1 if kr else 8, v_lut_replicas=1 if vr else 8, stage_codes=stage_codes,
-        tile_m=default_tile_m(head_dim) if tile_m is None else tile_m)
+        k_lut_replicas=1 if kr else reps, v_lut_replicas=1 if vr else reps,
+        stage_codes=stage_codes, tile_m=default_tile_m(head_dim) if tile_m is None else tile_m,
+        prmt_lut=prmt_lut)
     if cfg.smem_bytes() > SM80_SMEM_CAPACITY:  # cannot happen for D <= 128; kept as a guard
         raise NotImplementedError(f"PrefillSm80: {cfg.name} needs {cfg.smem_bytes()} B smem")
     return cfg
@@ -364,16 +389,22 @@ class PrefillSm80(FlashAttentionForwardSm80):
         storage = smem.allocate(SharedStorage)
         lutk_addr = dq.smem_addr(storage.sLutK.data_ptr())
         lutv_addr = dq.smem_addr(storage.sLutV.data_ptr())
+        stride = 0
+        if const_expr(cfg.prmt_lut):  # interleaved: K's entry e at + 256 e, V's at + 128
+            lutv_addr = lutk_addr + dq.PRMT_LUT_STRIDE // 2
+            stride = dq.PRMT_LUT_STRIDE
         # Tables from the codebooks, once per CTA (all threads; barrier below, before the
         # first K/V decode): byte -> bf16 LUT, or the bf16 codebook words for register LUTs.
         if const_expr(cfg.k_register_lut):
             dq.build_entry_words(mKCB, lutk_addr, cfg.k_bits, tidx)
         else:
-            dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx, cfg.num_threads)
+            dq.build_lut(mKCB, lutk_addr, cfg.k_bits, cfg.k_lut_replicas, tidx, cfg.num_threads,
+                         stride)
         if const_expr(cfg.v_register_lut):
             dq.build_entry_words(mVCB, lutv_addr, cfg.v_bits, tidx)
         else:
-            dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx, cfg.num_threads)
+            dq.build_lut(mVCB, lutv_addr, cfg.v_bits, cfg.v_lut_replicas, tidx, cfg.num_threads,
+                         stride)
 
         tile_scheduler = TileScheduler.create(tile_sched_params)
         work_tile = tile_scheduler.initial_work_tile_info()
@@ -649,6 +680,10 @@ class PrefillSm80(FlashAttentionForwardSm80):
             if register_lut:
                 outs.extend(dq.decode4_reg(w, planes) if bits == 4
                             else dq.decode2_reg(w, planes))
+            elif cfg.prmt_lut:  # (lut_addr: the interleaved tables' base, K's or V's half)
+                outs.extend(dq.decode_word_prmt(
+                    w, ctx.lutk_addr, ctx.tidx % 32 * 4 + (0 if is_k else dq.PRMT_LUT_STRIDE // 2),
+                    norm2, bits, mul=dq.mul_bf16x2_fma))
             else:
                 outs.extend(dq.decode_word_sm80(w, lut_lane, norm2, bits, reps))
             while len(outs) >= 4:  # one 8-element chunk ready
@@ -712,14 +747,23 @@ def shipped_configs() -> list[PrefillSm80Config]:
     for d, kb, vb, causal in ((128, 4, 4, False), (128, 4, 4, True), (128, 2, 2, True),
                               (128, 8, 8, True), (64, 2, 2, True)):
         out.append(make_config(d, kb, vb, 4, causal, False, False, False, stage_codes=False))
+    # PRMT-addressed interleaved 32-replica tables (opt-in until measured)
+    for kb, vb, causal in PRMT_LUT_CANDIDATES:
+        out.append(make_config(128, kb, vb, 4, causal, False, False, False, prmt_lut=True))
     return out
+
+
+#: (k_bits, v_bits, causal) of the prmt_lut builds the probe times and the GPU tests check
+#: bit-identical to the shared-memory-LUT build (same table words)
+PRMT_LUT_CANDIDATES = ((4, 4, False), (4, 4, True), (4, 8, True))  # (K8V8: 169 KB > 163)
 
 
 def _variant(cfg: PrefillSm80Config) -> str:
     mask = "causal" if cfg.causal else ("local" if cfg.local else "full")
     lut = "".join(("r" if reg else "s") for reg in (cfg.k_register_lut, cfg.v_register_lut))
     load = "cp" if cfg.stage_codes else "ld"
-    return f"sm80-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}-{load}-m{cfg.tile_m}"
+    return (f"sm80-{mask}-g{cfg.qhead_per_kvhead}-lut{lut}-{load}-m{cfg.tile_m}"
+            f"{'-pl' if cfg.prmt_lut else ''}")
 
 
 def register_configs(register) -> None:

@@ -475,6 +475,8 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     if register_split is None:
         register_split = default_register_split(producer_wgs, k_bits, v_bits, causal, pack_gqa)
     k_default, v_default = default_register_lut(k_bits, v_bits)
+    if prmt_lut:  # both sides on the interleaved shared-memory tables
+        k_default = v_default = False
     if k_register_lut is None:
         k_register_lut = k_default
     if v_register_lut is None:
@@ -1398,8 +1400,7 @@ def shipped_configs() -> list[PrefillSm90Config]:
     # with one staging slot, on both with the staging-free producer (at (192, 64): the causal
     # build spills 40 B at (200, 56)), the 8-bit V side of K4V8, and PRMT-addressed tables
     for kb, vb, causal, knobs in LUT_REPLICA_CANDIDATES:
-        out.append(make_config(128, kb, vb, 4, causal, False, False, False,
-                               *((False, False) if knobs.get("prmt_lut") else ()), **knobs))
+        out.append(make_config(128, kb, vb, 4, causal, False, False, False, **knobs))
     return out
 
 

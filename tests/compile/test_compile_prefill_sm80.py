@@ -240,3 +240,22 @@ def test_dispatcher_compile_path_with_fake_cuda_tensors(arch):
         fn = PF._compile(cls, cfg, (q, kc, vc, kn, vn, kcb, vcb, out, lse, 0.1, cu, su, bt,
                                     None, None))
     assert callable(fn)
+
+
+def test_prmt_lut_knob():
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from gpu.test_prefill_sm80 import PRMT_LUT
+    assert PRMT_LUT == P.PRMT_LUT_CANDIDATES
+    pl = P.make_config(128, 4, 4, 4, False, False, False, False, prmt_lut=True)
+    assert pl.prmt_lut and not pl.k_register_lut and not pl.v_register_lut
+    assert (pl.k_lut_replicas, pl.v_lut_replicas) == (32, 32) and pl.name.endswith("_pl")
+    assert pl.smem_bytes() <= P.SM80_SMEM_CAPACITY
+    assert not P.make_config(128, 4, 4, 4, False, False, False, False).prmt_lut  # opt-in
+    with pytest.raises(NotImplementedError, match="prmt_lut"):  # 2-bit: 8-byte entries
+        P.make_config(128, 2, 2, 4, False, False, False, False, prmt_lut=True)
+    with pytest.raises(NotImplementedError, match="prmt_lut"):
+        P.make_config(128, 4, 4, 4, False, False, False, False, True, False, prmt_lut=True)
+    with pytest.raises(NotImplementedError, match="smem"):  # K8V8: 169 KB > the A100's 163
+        P.make_config(128, 8, 8, 4, False, False, False, False, prmt_lut=True)

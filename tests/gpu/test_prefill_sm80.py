@@ -26,7 +26,8 @@ def _opt_in(monkeypatch):
 
 
 def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
-         qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, register_lut=(None, None)):
+         qdtype=torch.bfloat16, rotate=True, unrotate=True, seed=0, register_lut=(None, None),
+         prmt_lut=None, raw=None):
     from fa4_tq.kernels.prefill import prefill_cuda
     g = torch.Generator().manual_seed(seed)
     pb = random_paged_batch(k_lens, hkv, d, kb, vb, block_size, device="cuda", generator=g)
@@ -40,7 +41,9 @@ def _run(q_lens, k_lens, hq, hkv, d, kb, vb, block_size, causal, wl=-1, wr=-1,
     kout = torch.full((q.shape[0], hq, d), float("nan"), dtype=torch.bfloat16, device="cuda")
     klse = torch.full((hq, q.shape[0]), float("nan"), device="cuda")
     out, lse = prefill_cuda(*args, backend="sm80", kernel_out=kout, kernel_lse=klse,
-                            register_lut=register_lut)
+                            register_lut=register_lut, prmt_lut=prmt_lut)
+    if raw is not None:  # the raw kernel output / LSE, for bit-identity checks
+        raw.append((kout, klse))
     ref_o, ref_l = reference.prefill(*args, compute_dtype=torch.float64)
     assert out.dtype == qdtype and lse.dtype == torch.float32
     assert not bool(torch.isnan(out).any())
@@ -82,6 +85,25 @@ def test_direct_load_variant(monkeypatch, kb, vb, d, causal):
     from fa4_tq.kernels import prefill_sm80 as P
     monkeypatch.setattr(P, "make_config", partial(P.make_config, stage_codes=False))
     _run([1, 17, 300], [40, 17, 1000], 8, 2, d, kb, vb, 16, causal, seed=40 + kb + vb + d)
+
+
+# (k_bits, v_bits, causal): == prefill_sm80.PRMT_LUT_CANDIDATES (a compile test checks)
+PRMT_LUT = ((4, 4, False), (4, 4, True), (4, 8, True))
+
+
+@pytest.mark.parametrize("kb,vb,causal", PRMT_LUT)
+def test_prmt_lut_bit_identical_to_shared_lut(kb, vb, causal):
+    """PRMT-addressed interleaved tables hold the same words as the shared-memory LUT (only
+    the address arithmetic and the lane's bank differ): raw output and LSE equal the ss
+    build's bit for bit (NaN-poisoned, varlen, paged), and the float64 reference passes."""
+    raw = []
+    for pl in (None, True):
+        _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 16, causal, seed=60 + kb + vb,
+             register_lut=(False, False), prmt_lut=pl, raw=raw)
+    (o1, l1), (o2, l2) = raw
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    _run([1, 17, 300], [1, 9, 1000], 8, 2, 128, kb, vb, 128, True, seed=70 + kb + vb,
+         prmt_lut=True)
 
 
 @pytest.mark.parametrize("kb,vb", BITS)
