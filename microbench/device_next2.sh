@@ -2,10 +2,10 @@
 # Next session's second device call (written 2026-12-08, session 9, no device lent then):
 #   run(command="bash microbench/device_next2.sh", carry=[".devenv"], timeout_s=600)
 # 1. prefill step 10 (docs/prefill-sm90-notes.md): the conflict-free byte-table candidates
-#    (prefill_sm90.LUT_REPLICA_CANDIDATES) - GPU tests first (bit-identical to the shipped
+#    (prefill_candidates.SM90_LUT_CANDIDATES) - GPU tests first (bit-identical to the shipped
 #    default + float64 reference), then `prefill_probe.py --replicas` (checks, timing against
 #    the shipped default and FA4-bf16 on the same data);
-# 2. the Sm80-class prefill's PRMT-addressed tables (prefill_sm80.PRMT_LUT_CANDIDATES): GPU
+# 2. the Sm80-class prefill's PRMT-addressed tables (prefill_candidates.SM80_PRMT_LUT_CANDIDATES): GPU
 #    tests (bit-identical to the shared-memory-LUT build + reference), then
 #    `prefill_sm80_probe.py --prmt` (against the shipped register LUT, same data).
 # Step limits (s): RT_S 130, RP_S 200, ST_S 90, SP_S 150; 0 skips a step.

@@ -1166,7 +1166,6 @@ class TQDecodeSplitK:
         bytes (conflict-free). Only the issuing thread reads its slots back, after its own
         cp.async.wait_group: no barrier needed."""
         cfg = self.cfg
-        D = self.D
         kseg, vseg = cfg.k_seg_bytes, cfg.v_seg_bytes
         kpiece, vpiece = min(16, kseg), min(16, vseg)
         for rr in cutlass.range_constexpr(2):

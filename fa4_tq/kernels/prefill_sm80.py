@@ -77,6 +77,7 @@ from flash_attn.cute.tile_scheduler import SingleTileVarlenScheduler, TileSchedu
 from flash_attn.cute.utils import AuxData
 
 from . import dequant as dq
+from .prefill_candidates import SM80_PRMT_LUT_CANDIDATES
 
 # FA4's interface forces 4 warps (128 threads, tile_m 64/128) on 8.x; here tile_m fixes the warp
 # count instead (PrefillSm80Config.num_threads).
@@ -748,14 +749,9 @@ def shipped_configs() -> list[PrefillSm80Config]:
                               (128, 8, 8, True), (64, 2, 2, True)):
         out.append(make_config(d, kb, vb, 4, causal, False, False, False, stage_codes=False))
     # PRMT-addressed interleaved 32-replica tables (opt-in until measured)
-    for kb, vb, causal in PRMT_LUT_CANDIDATES:
-        out.append(make_config(128, kb, vb, 4, causal, False, False, False, prmt_lut=True))
+    for kb, vb, causal, knobs in SM80_PRMT_LUT_CANDIDATES:
+        out.append(make_config(128, kb, vb, 4, causal, False, False, False, **knobs))
     return out
-
-
-#: (k_bits, v_bits, causal) of the prmt_lut builds the probe times and the GPU tests check
-#: bit-identical to the shared-memory-LUT build (same table words)
-PRMT_LUT_CANDIDATES = ((4, 4, False), (4, 4, True), (4, 8, True))  # (K8V8: 169 KB > 163)
 
 
 def _variant(cfg: PrefillSm80Config) -> str:

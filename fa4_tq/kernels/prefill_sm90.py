@@ -76,6 +76,7 @@ from flash_attn.cute.tile_scheduler import (SchedulingMode, SingleTileVarlenSche
 from flash_attn.cute.utils import AuxData
 
 from . import dequant as dq
+from .prefill_candidates import SM90_LUT_CANDIDATES
 
 SMEM_CAPACITY = 227 * 1024  # H100 max dynamic shared memory per block
 SMEM_RESERVE = 2048  # mbarriers + alignment padding of the struct
@@ -1399,30 +1400,10 @@ def shipped_configs() -> list[PrefillSm90Config]:
     # conflict-free byte tables (step 10, opt-in until measured): 32 replicas on one side
     # with one staging slot, on both with the staging-free producer (at (192, 64): the causal
     # build spills 40 B at (200, 56)), the 8-bit V side of K4V8, and PRMT-addressed tables
-    for kb, vb, causal, knobs in LUT_REPLICA_CANDIDATES:
+    for kb, vb, causal, knobs in SM90_LUT_CANDIDATES:
         out.append(make_config(128, kb, vb, 4, causal, False, False, False, **knobs))
     return out
 
-
-#: The step-10 candidates (prefill_probe.py --replicas times them; GPU tests check them
-#: bit-identical to the shipped default): (k_bits, v_bits, causal, make_config knobs)
-LUT_REPLICA_CANDIDATES = (
-    (4, 4, False, dict(lut_replicas=(32, 16))), (4, 4, True, dict(lut_replicas=(32, 16))),
-    (4, 4, True, dict(lut_replicas=(16, 32))),
-    (4, 4, False, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
-                       register_split=(192, 64))),
-    (4, 4, True, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
-                      register_split=(192, 64))),
-    (4, 8, False, dict(lut_replicas=(1, 32))), (4, 8, True, dict(lut_replicas=(1, 32))),
-    # PRMT-addressed interleaved tables (prmt_lut: one PRMT per lookup instead of BFE + IMAD,
-    # 128 fewer producer instructions per n_block and thread); K8V8 spills 8-64 B at every
-    # split tried (direct loads of 8-bit rows), so not listed
-    (4, 4, False, dict(prmt_lut=True, direct_loads=True, num_stages=2,
-                       register_split=(200, 56))),
-    (4, 4, True, dict(prmt_lut=True, direct_loads=True, num_stages=2,
-                      register_split=(200, 56))),
-    (4, 8, False, dict(prmt_lut=True, direct_loads=True, num_stages=2, cluster_share=1,
-                       register_split=(192, 64))))
 
 
 def _variant(cfg: PrefillSm90Config) -> str:

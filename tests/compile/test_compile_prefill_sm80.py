@@ -243,11 +243,6 @@ def test_dispatcher_compile_path_with_fake_cuda_tensors(arch):
 
 
 def test_prmt_lut_knob():
-    import os
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from gpu.test_prefill_sm80 import PRMT_LUT
-    assert PRMT_LUT == P.PRMT_LUT_CANDIDATES
     pl = P.make_config(128, 4, 4, 4, False, False, False, False, prmt_lut=True)
     assert pl.prmt_lut and not pl.k_register_lut and not pl.v_register_lut
     assert (pl.k_lut_replicas, pl.v_lut_replicas) == (32, 32) and pl.name.endswith("_pl")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fa4_tq import reference
+from fa4_tq.kernels.prefill_candidates import SM90_LUT_CANDIDATES
 from fa4_tq.testing import prefill_matrix, random_prefill_args, rel_error
 
 pytestmark = pytest.mark.gpu
@@ -210,21 +211,7 @@ def test_direct_loads_bit_identical_to_staged(kb, vb, causal, lut, stages, split
 
 
 # ------------------------------------------ table replication (step 10, opt-in lut_replicas)
-REPLICAS = (  # (kb, vb, causal, make_config knobs): == prefill_sm90.LUT_REPLICA_CANDIDATES
-    # (repeated so that collecting this file never imports cutlass; a compile test checks)
-    (4, 4, False, dict(lut_replicas=(32, 16))), (4, 4, True, dict(lut_replicas=(32, 16))),
-    (4, 4, True, dict(lut_replicas=(16, 32))),
-    (4, 4, False, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
-                       register_split=(192, 64))),
-    (4, 4, True, dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
-                      register_split=(192, 64))),
-    (4, 8, False, dict(lut_replicas=(1, 32))), (4, 8, True, dict(lut_replicas=(1, 32))),
-    (4, 4, False, dict(prmt_lut=True, direct_loads=True, num_stages=2,
-                       register_split=(200, 56))),
-    (4, 4, True, dict(prmt_lut=True, direct_loads=True, num_stages=2,
-                      register_split=(200, 56))),
-    (4, 8, False, dict(prmt_lut=True, direct_loads=True, num_stages=2, cluster_share=1,
-                       register_split=(192, 64))))
+REPLICAS = SM90_LUT_CANDIDATES  # (kb, vb, causal, make_config knobs)
 
 
 @pytest.mark.parametrize("kb,vb,causal,knobs", REPLICAS,

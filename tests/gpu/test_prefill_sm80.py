@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from fa4_tq.kernels.prefill_candidates import SM80_PRMT_LUT_CANDIDATES
 from fa4_tq import reference
 from fa4_tq.testing import prefill_matrix, random_paged_batch, rel_error
 
@@ -87,23 +88,18 @@ def test_direct_load_variant(monkeypatch, kb, vb, d, causal):
     _run([1, 17, 300], [40, 17, 1000], 8, 2, d, kb, vb, 16, causal, seed=40 + kb + vb + d)
 
 
-# (k_bits, v_bits, causal): == prefill_sm80.PRMT_LUT_CANDIDATES (a compile test checks)
-PRMT_LUT = ((4, 4, False), (4, 4, True), (4, 8, True))
-
-
-@pytest.mark.parametrize("kb,vb,causal", PRMT_LUT)
-def test_prmt_lut_bit_identical_to_shared_lut(kb, vb, causal):
+@pytest.mark.parametrize("kb,vb,causal,knobs", SM80_PRMT_LUT_CANDIDATES)
+def test_prmt_lut_bit_identical_to_shared_lut(kb, vb, causal, knobs):
     """PRMT-addressed interleaved tables hold the same words as the shared-memory LUT (only
     the address arithmetic and the lane's bank differ): raw output and LSE equal the ss
     build's bit for bit (NaN-poisoned, varlen, paged), and the float64 reference passes."""
     raw = []
-    for pl in (None, True):
+    for extra in ({}, knobs):
         _run([1, 17, 300], [40, 17, 1000], 8, 2, 128, kb, vb, 16, causal, seed=60 + kb + vb,
-             register_lut=(False, False), prmt_lut=pl, raw=raw)
+             register_lut=(False, False), raw=raw, **extra)
     (o1, l1), (o2, l2) = raw
     assert torch.equal(o1, o2) and torch.equal(l1, l2)
-    _run([1, 17, 300], [1, 9, 1000], 8, 2, 128, kb, vb, 128, True, seed=70 + kb + vb,
-         prmt_lut=True)
+    _run([1, 17, 300], [1, 9, 1000], 8, 2, 128, kb, vb, 128, True, seed=70 + kb + vb, **knobs)
 
 
 @pytest.mark.parametrize("kb,vb", BITS)
