@@ -11,35 +11,16 @@
 # Step limits (s): RT_S 130, RP_S 200, ST_S 90, SP_S 150; 0 skips a step.
 # (microbench/device_next3.sh: the decode candidates at L=128K, a second timing sample.)
 set -uo pipefail
-OUT=${OUT:-/tmp/fa4tq-out}
-mkdir -p "$OUT"
-source .devenv/setup.sh
-export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-}
-date -u
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
-if [ "${RT_S:-130}" -gt 0 ]; then
-  echo "== prefill GPU tests -k replicas (${RT_S:-130} s)"
-  timeout "${RT_S:-130}" python3 -m pytest -v -m gpu tests/gpu/test_prefill.py -k replicas \
-    -n 8 -p no:cacheprovider -rfE > "$OUT/gpu_tests_prefill_replicas.log" 2>&1
-  echo "rc=$? PASSED $(grep -c ' PASSED ' "$OUT/gpu_tests_prefill_replicas.log") FAILED \
-$(grep -c ' FAILED ' "$OUT/gpu_tests_prefill_replicas.log")"
-  grep -E ' FAILED |^FAILED|^ERROR' "$OUT/gpu_tests_prefill_replicas.log" | head -10
-fi
+source microbench/device_env.sh
+gpu_tests "${RT_S:-130}" gpu_tests_prefill_replicas 8 tests/gpu/test_prefill.py -k replicas
 if [ "${RP_S:-200}" -gt 0 ]; then
   echo "== prefill_probe.py --replicas (${RP_S:-200} s)"
   PYTHONUNBUFFERED=1 timeout "${RP_S:-200}" python3 microbench/prefill_probe.py --replicas \
     > "$OUT/prefill_replicas.log" 2>&1
   echo "rc=$?"; grep -E "^(CHECK|BENCH|ERROR|SKIP)" "$OUT/prefill_replicas.log" | cut -c1-260
 fi
-if [ "${ST_S:-90}" -gt 0 ]; then
-  echo "== sm80 prefill GPU tests -k prmt (${ST_S:-90} s)"
-  FA4TQ_UNVALIDATED_SM80=1 timeout "${ST_S:-90}" python3 -m pytest -v -m gpu \
-    tests/gpu/test_prefill_sm80.py -k prmt -n 4 -p no:cacheprovider -rfE \
-    > "$OUT/gpu_tests_prefill_sm80_prmt.log" 2>&1
-  echo "rc=$? PASSED $(grep -c ' PASSED ' "$OUT/gpu_tests_prefill_sm80_prmt.log") FAILED \
-$(grep -c ' FAILED ' "$OUT/gpu_tests_prefill_sm80_prmt.log")"
-  grep -E ' FAILED |^FAILED|^ERROR' "$OUT/gpu_tests_prefill_sm80_prmt.log" | head -10
-fi
+FA4TQ_UNVALIDATED_SM80=1 gpu_tests "${ST_S:-90}" gpu_tests_prefill_sm80_prmt 4 \
+  tests/gpu/test_prefill_sm80.py -k prmt
 if [ "${SP_S:-150}" -gt 0 ]; then
   echo "== prefill_sm80_probe.py --prmt (${SP_S:-150} s)"
   PYTHONUNBUFFERED=1 timeout "${SP_S:-150}" python3 microbench/prefill_sm80_probe.py --prmt \

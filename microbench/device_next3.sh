@@ -4,12 +4,7 @@
 # The decode candidates (w6 / tp / w6tp / pl_w6tp, docs/decode-notes.md §12) at L=32K and
 # 128K: a second timing sample next to device_next.sh's 8K/32K one (the GPU is shared, +-6 %).
 set -uo pipefail
-OUT=${OUT:-/tmp/fa4tq-out}
-mkdir -p "$OUT"
-source .devenv/setup.sh
-export FA4TQ_GIT_SHA=${FA4TQ_GIT_SHA:-}
-date -u
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
+source microbench/device_env.sh
 echo "== decode candidates, L=32K + 128K (${DT_S:-300} s)"
 PYTHONUNBUFFERED=1 timeout "${DT_S:-300}" python3 microbench/decode_probe.py --no-check \
   --no-old --no-raw --bits 4,2 --candidates w6,tp,w6tp,pl_w6tp --pairs 42 \
