@@ -4,6 +4,7 @@ reference run, clear exits of GPU-only subcommands, ncu command + report parsing
 from __future__ import annotations
 
 import csv
+import os
 import io
 import json
 import re
@@ -485,3 +486,17 @@ def test_decode_config_needs_cuda(capsys):
     assert cli.main(["decode", "--device", "cpu", "--decode-config", "prmt_lut=1",
                      "--kv", "4,4", "--seqlens", "64", "--batch", "1"]) != 0
     assert "--decode-config" in capsys.readouterr().err
+
+
+def test_device_recipes_parse():
+    """Every device recipe (microbench/*.sh) is valid bash: a syntax error would only show on
+    the device, costing a whole call of the session's device time."""
+    import glob
+    import subprocess
+
+    scripts = glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "microbench",
+                                     "*.sh"))
+    assert scripts
+    for path in scripts:
+        r = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+        assert r.returncode == 0, (path, r.stderr)
