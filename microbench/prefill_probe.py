@@ -488,14 +488,21 @@ def main_replicas(budget_s=150.0):
             ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), dl32, 153),
             ("K4V8 d128 g4 causal bs16", (8, 2, 128, 4, 8, 16, True), v32, 154)):
         guarded(check, name, ql, kl, *args, seed=seed, extra=extra)
-    for name, args, seed in (("K4V4 d128 g4 full bs16", (8, 2, 128, 4, 4, 16, False), 155),
-                             ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), 156)):
-        guarded(check, name, ql, kl, *args, seed=seed, lut=ss, extra=pl)
+    pl2 = dict(prmt_lut=True, direct_loads=True, num_stages=2)  # 2-bit sides: (208, 48)
+    for name, args, seed, extra in (
+            ("K4V4 d128 g4 full bs16", (8, 2, 128, 4, 4, 16, False), 155, pl),
+            ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), 156, pl),
+            ("K2V2 d128 g4 full bs16", (8, 2, 128, 2, 2, 16, False), 157, pl2),
+            ("K4V2 d128 g4 full bs128", (8, 2, 128, 4, 2, 128, False), 158, pl2)):
+        guarded(check, name, ql, kl, *args, seed=seed, lut=ss, extra=extra)
     for kb, vb, causal, variants in (
             (4, 4, False, ((d, None, None), (ss, None, None, pl), (d, None, None, x3216),
                            (d, None, None, x1632), (d, None, None, dl32))),
             (4, 4, True, ((d, None, None), (ss, None, None, pl), (d, None, None, x3216),
                           (d, None, None, dl32))),
+            (2, 2, False, ((d, None, None), (ss, None, None, pl2),
+                           (d, 2, 1, dict(direct_loads=True, num_stages=2)))),
+            (4, 2, False, ((d, None, None), (ss, None, None, pl2))),
             (4, 8, False, ((d, None, None), (d, None, None, v32)))):
         if time.time() - t_start > budget_s:
             log(f"SKIP bench K{kb}V{vb} causal={causal} (budget)")

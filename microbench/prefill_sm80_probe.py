@@ -232,6 +232,10 @@ def main_prmt():
             fa4_default=False)
     guarded(bench, 4, 8, 8192, True, luts=((None, None), "pl"), variants=(W128,),
             fa4_default=False)
+    guarded(check, "K2V2 d128 g4 causal bs16", ql, kl, 8, 2, 128, 2, 2, 16, True, seed=82,
+            lut="pl")
+    guarded(bench, 2, 2, 8192, False, luts=((None, None), "pl"), variants=(W128,),
+            fa4_default=False)
     summary(t_start)
 
 

@@ -61,13 +61,25 @@ def lut_bytes(bits: int, replicas: int) -> int:
     return LUT_ENTRIES * lut_entry_words(bits) * 4 * replicas
 
 
+def prmt_replicas(bits: int) -> int:
+    """Replicas of a PRMT-addressed table side: 128 bytes per entry."""
+    return 128 // (4 * lut_entry_words(bits))
+
+
+def prmt_lane_offset(bits: int, lane, is_k: bool):
+    """A lane's slot in its side's half of a PRMT-addressed entry (V's half at + 128)."""
+    slot = (lane % 16) * 8 if bits == 2 else lane * 4
+    return slot + (0 if is_k else PRMT_LUT_STRIDE // 2)
+
+
 # Register-LUT decode (2- and 4-bit): the codebook itself, 2**bits bf16 entries packed as
 # bf16x2 words (entry 2i in the low half), is all that lives in shared memory; it is read
 # with a broadcast load once per row, scaled by the row's norm and split into byte planes
 # that ``prmt`` indexes with the codes themselves. No shared-memory access per code.
 REG_LUT_BYTES = 32  # room for the 16 bf16 entries of a 4-bit codebook (2-bit uses 8 bytes)
-# PRMT-addressed tables (prefill PrefillSm90Config.prmt_lut): K's and V's 32-replica entries
-# interleaved at 256 bytes per byte value (K at + 0, V at + 128)
+# PRMT-addressed tables (PrefillSm90Config / PrefillSm80Config.prmt_lut): K's and V's 128-byte
+# entries (4/8-bit: 32 replicas x 4 B, 2-bit: 16 x 8 B) interleaved at 256 bytes per byte value
+# (K at + 0, V at + 128)
 PRMT_LUT_STRIDE = 256
 PRMT_LUT_BYTES = LUT_ENTRIES * PRMT_LUT_STRIDE
 
@@ -205,8 +217,9 @@ def build_lut(mCodebook: cute.Tensor, lut_base: Int32, bits: int, replicas: int,
 
     Threads ``tidx`` in [0, num_threads) split the 256 entries; the caller must barrier
     before the first lookup. ``stride`` (4/8-bit sides): bytes from one entry's replicas to
-    the next entry's (0: packed, replicas x 4; PRMT_LUT_STRIDE for the interleaved tables)."""
-    stride = stride or replicas * 4
+    the next entry's (0: packed, replicas x entry bytes; PRMT_LUT_STRIDE for the interleaved
+    tables)."""
+    stride = stride or replicas * 4 * lut_entry_words(bits)
     for k in range(LUT_ENTRIES // num_threads):
         e = tidx + k * num_threads
         if bits == 4:
@@ -217,7 +230,7 @@ def build_lut(mCodebook: cute.Tensor, lut_base: Int32, bits: int, replicas: int,
             w0 = cvt_bf16x2(Float32(mCodebook[e & 3]), Float32(mCodebook[(e >> 2) & 3]))
             w1 = cvt_bf16x2(Float32(mCodebook[(e >> 4) & 3]), Float32(mCodebook[(e >> 6) & 3]))
             for r in range(replicas):
-                st_shared_v2(lut_base + (e * replicas + r) * 8, w0, w1)
+                st_shared_v2(lut_base + e * stride + r * 8, w0, w1)
         else:
             w0 = cvt_bf16x2(Float32(mCodebook[e]), Float32(0.0))
             for r in range(replicas):
@@ -334,14 +347,22 @@ def decode_word(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: in
 
 def decode_word_prmt(w: Int32, lut_base: Int32, lane_off: Int32, norm2: Int32, bits: int,
                      mul=mul_bf16x2):
-    """decode_word for PRMT-addressed tables (4/8-bit sides, 32 replicas, entries at
-    PRMT_LUT_STRIDE): the lookup offset (byte << 8) | lane_off is one PRMT of the code word
-    and the lane's slot offset (< 256, whose zero upper bytes supply the zeros), and ptxas
-    folds the uniform table base into LDS [R+UR]: one instruction per byte instead of the
-    BFE + IMAD of ``byte_times``. Every lane reads its own bank: conflict-free."""
+    """decode_word for PRMT-addressed tables (entries at PRMT_LUT_STRIDE; 4/8-bit sides: 32
+    replicas x 4 bytes, ``lane_off`` = side + lane * 4; 2-bit: 16 replicas x 8 bytes,
+    side + (lane % 16) * 8): the lookup offset (byte << 8) | lane_off is one PRMT of the
+    code word and the lane's slot offset (< 256, whose zero upper bytes supply the zeros),
+    and ptxas folds the uniform table base into LDS [R+UR]: one instruction per byte instead
+    of the BFE + IMAD of ``byte_times``. Conflict-free: a warp's LDS.32 hits 32 banks, each
+    half warp's LDS.64 (one wavefront per half) 32 banks."""
     addrs = [lut_base + prmt(lane_off, w, byte_offset_selector(i)) for i in range(4)]
     if bits == 4:
         return [mul(ld_shared_b32(a), norm2) for a in addrs]
+    if bits == 2:
+        out = []
+        for a in addrs:
+            v0, v1 = ld_shared_v2(a)
+            out += [mul(v0, norm2), mul(v1, norm2)]
+        return out
     vals = [ld_shared_b32(a) for a in addrs]
     return [mul(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2) for i in range(2)]
 

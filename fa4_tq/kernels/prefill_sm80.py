@@ -115,10 +115,10 @@ class PrefillSm80Config:
     # staging ring, 2 slots per side), then issues the next block's; the global latency hides
     # behind the gemm between two calls. False: vector loads from global right before decoding.
     stage_codes: bool = True
-    # PRMT-addressed byte tables (as PrefillSm90Config.prmt_lut): both sides on 32-replica
-    # shared-memory tables (4- or 8-bit) interleaved at 256 bytes per byte value (64 KB), one
-    # PRMT per lookup offset (dq.decode_word_prmt), conflict-free. 4 instructions per code
-    # byte fewer than the register LUT's 21 per 8 codes: 12 per 8 codes.
+    # PRMT-addressed byte tables (as PrefillSm90Config.prmt_lut): both sides on shared-memory
+    # tables with 128-byte entries interleaved at 256 bytes per byte value (64 KB), one PRMT
+    # per lookup offset (dq.decode_word_prmt), conflict-free. 4-bit: 12 instructions per 8
+    # codes against the register LUT's 21; 2-bit: 16 per 16 codes against 33.
     prmt_lut: bool = False
 
     def __post_init__(self):
@@ -144,14 +144,13 @@ class PrefillSm80Config:
         if self.stage_codes and self.num_stages != 1:
             raise ValueError("PrefillSm80: stage_codes relies on FA4's one-stage order "
                              "(every load follows a cp_async_wait_group(0))")
+        prmt_reps = (dq.prmt_replicas(self.k_bits), dq.prmt_replicas(self.v_bits))
         if self.prmt_lut and (self.k_register_lut or self.v_register_lut
-                              or 2 in (self.k_bits, self.v_bits)
-                              or (self.k_lut_replicas, self.v_lut_replicas) != (32, 32)):
+                              or (self.k_lut_replicas, self.v_lut_replicas) != prmt_reps):
             raise NotImplementedError(
-                f"PrefillSm80: prmt_lut needs shared-memory tables on both sides with 4- or "
-                f"8-bit codes at 32 replicas; got k/v bits {self.k_bits}/{self.v_bits}, "
-                f"register LUT {self.k_register_lut}/{self.v_register_lut}, replicas "
-                f"{self.k_lut_replicas}/{self.v_lut_replicas}")
+                f"PrefillSm80: prmt_lut needs shared-memory tables on both sides with "
+                f"{prmt_reps} replicas; got register LUT {self.k_register_lut}/"
+                f"{self.v_register_lut}, replicas {self.k_lut_replicas}/{self.v_lut_replicas}")
         for side, nbytes in (("k", self.k_part_bytes()), ("v", self.v_part_bytes())):
             if nbytes % 8:
                 raise ValueError(f"PrefillSm80: {side} codes per thread ({nbytes} B) must be "
@@ -233,18 +232,19 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 v_register_lut: Optional[bool] = None,
                 stage_codes: bool = True, tile_m: Optional[int] = None,
                 prmt_lut: bool = False) -> PrefillSm80Config:
-    """``prmt_lut``: PRMT-addressed 32-replica tables on both sides (opt-in; the register-LUT
+    """``prmt_lut``: PRMT-addressed interleaved tables on both sides (opt-in; the register-LUT
     choice is then off for both sides, an explicit True for either raises)."""
     k_default, v_default = default_register_lut(k_bits, v_bits)
     if prmt_lut:
         k_default = v_default = False
     kr = bool(k_default if k_register_lut is None else k_register_lut) and k_bits != 8
     vr = bool(v_default if v_register_lut is None else v_register_lut) and v_bits != 8
-    reps = 32 if prmt_lut else 8
+    kreps, vreps = ((dq.prmt_replicas(k_bits), dq.prmt_replicas(v_bits)) if prmt_lut
+                    else (8, 8))
     cfg = PrefillSm80Config(
         head_dim, k_bits, v_bits, qhead_per_kvhead, causal, local, has_window_left,
         has_window_right, k_register_lut=kr, v_register_lut=vr,
-        k_lut_replicas=1 if kr else reps, v_lut_replicas=1 if vr else reps,
+        k_lut_replicas=1 if kr else kreps, v_lut_replicas=1 if vr else vreps,
         stage_codes=stage_codes, tile_m=default_tile_m(head_dim) if tile_m is None else tile_m,
         prmt_lut=prmt_lut)
     if cfg.smem_bytes() > SM80_SMEM_CAPACITY:  # cannot happen for D <= 128; kept as a guard
@@ -683,8 +683,8 @@ class PrefillSm80(FlashAttentionForwardSm80):
                             else dq.decode2_reg(w, planes))
             elif cfg.prmt_lut:  # (lut_addr: the interleaved tables' base, K's or V's half)
                 outs.extend(dq.decode_word_prmt(
-                    w, ctx.lutk_addr, ctx.tidx % 32 * 4 + (0 if is_k else dq.PRMT_LUT_STRIDE // 2),
-                    norm2, bits, mul=dq.mul_bf16x2_fma))
+                    w, ctx.lutk_addr, dq.prmt_lane_offset(bits, ctx.tidx % 32, is_k), norm2,
+                    bits, mul=dq.mul_bf16x2_fma))
             else:
                 outs.extend(dq.decode_word_sm80(w, lut_lane, norm2, bits, reps))
             while len(outs) >= 4:  # one 8-element chunk ready

@@ -150,11 +150,12 @@ class PrefillSm90Config:
     # masks and LSE through FA4's packgqa paths. cluster_share=1 only (the pair is already
     # inside the tile).
     pack_gqa: bool = False
-    # PRMT-addressed byte tables (step 10): both sides on 32-replica shared-memory tables
-    # (4- or 8-bit), interleaved at dq.PRMT_LUT_STRIDE bytes per byte value (K at + 0, V at
-    # + 128, 64 KB in all), so a lookup's offset (byte << 8) | lane slot is one PRMT of the
-    # code word (dq.decode_word_prmt) instead of BFE + IMAD, and every lookup is
-    # conflict-free. 64 KB of tables leave no room for staging: direct_loads only.
+    # PRMT-addressed byte tables (step 10): both sides on shared-memory tables with 128-byte
+    # entries (4/8-bit: 32 replicas x 4 B, 2-bit: 16 x 8 B), interleaved at
+    # dq.PRMT_LUT_STRIDE bytes per byte value (K at + 0, V at + 128, 64 KB in all), so a
+    # lookup's offset (byte << 8) | lane slot is one PRMT of the code word
+    # (dq.decode_word_prmt) instead of BFE + IMAD, and every lookup is conflict-free. 64 KB
+    # of tables leave no room for staging: direct_loads only.
     prmt_lut: bool = False
 
     def shares(self, is_k: bool) -> bool:
@@ -203,16 +204,15 @@ class PrefillSm90Config:
             if reg and bits not in (2, 4):
                 raise ValueError(f"register LUT decode is for 2- and 4-bit codes, not "
                                  f"{side}_bits={bits}")
+        prmt_reps = (dq.prmt_replicas(self.k_bits), dq.prmt_replicas(self.v_bits))
         if self.prmt_lut and (self.k_register_lut or self.v_register_lut
-                              or 2 in (self.k_bits, self.v_bits)
-                              or (self.k_lut_replicas, self.v_lut_replicas) != (32, 32)
+                              or (self.k_lut_replicas, self.v_lut_replicas) != prmt_reps
                               or not self.direct_loads):
             raise NotImplementedError(
-                f"PrefillSm90: prmt_lut needs shared-memory tables on both sides with 4- or "
-                f"8-bit codes at 32 replicas and direct_loads (64 KB of tables leave no room "
-                f"for staging); got k/v bits {self.k_bits}/{self.v_bits}, register LUT "
-                f"{self.k_register_lut}/{self.v_register_lut}, replicas "
-                f"{self.k_lut_replicas}/{self.v_lut_replicas}, direct_loads "
+                f"PrefillSm90: prmt_lut needs shared-memory tables on both sides with "
+                f"{prmt_reps} replicas and direct_loads (64 KB of tables leave no room for "
+                f"staging); got register LUT {self.k_register_lut}/{self.v_register_lut}, "
+                f"replicas {self.k_lut_replicas}/{self.v_lut_replicas}, direct_loads "
                 f"{self.direct_loads}")
 
     @property
@@ -498,10 +498,11 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
                 cluster_sides=cluster_sides, direct_loads=bool(direct_loads),
                 pack_gqa=bool(pack_gqa))
     if prmt_lut:
-        if lut_replicas not in (None, (32, 32)):
-            raise ValueError(f"PrefillSm90: prmt_lut tables have 32 replicas, got "
+        reps = (dq.prmt_replicas(k_bits), dq.prmt_replicas(v_bits))
+        if lut_replicas not in (None, reps):
+            raise ValueError(f"PrefillSm90: prmt_lut tables have {reps} replicas, got "
                              f"lut_replicas={lut_replicas}")
-        lut_replicas = (32, 32)
+        lut_replicas = reps
         base["prmt_lut"] = True
     if lut_replicas is not None:
         for r in lut_replicas:
@@ -1040,8 +1041,8 @@ class PrefillSm90(FlashAttentionForwardSm90):
         if const_expr(cfg.prmt_lut):
             # (table base, the lane's slot offset within the 256-byte entry) for
             # dq.decode_word_prmt
-            lutk_lane = (lutk_addr, lane * 4)
-            lutv_lane = (lutk_addr, dq.PRMT_LUT_STRIDE // 2 + lane * 4)
+            lutk_lane = (lutk_addr, dq.prmt_lane_offset(cfg.k_bits, lane, True))
+            lutv_lane = (lutk_addr, dq.prmt_lane_offset(cfg.v_bits, lane, False))
         else:
             lutk_lane = lutk_addr + (lane % cfg.k_lut_replicas) * (4 * dq.lut_entry_words(cfg.k_bits))
             lutv_lane = lutv_addr + (lane % cfg.v_lut_replicas) * (4 * dq.lut_entry_words(cfg.v_bits))
@@ -1279,6 +1280,13 @@ class PrefillSm90(FlashAttentionForwardSm90):
         for c in range(nchunks):
             words = chunk_words(c)
             outs = []
+            k = 0  # 8-element output chunks of this code chunk stored so far
+
+            def store(four, k):
+                # (cluster_share=2: chunk within the half; the half's column is in tile_addr)
+                off = dq.swizzled_offset(ctx.row, c * out_per_in + k, self.tile_n)
+                dq.st_shared_v4(tile_addr + off, *four)
+
             for w in words:
                 if register_lut:
                     outs.extend(dq.decode4_reg(w, planes) if bits == 4
@@ -1287,11 +1295,16 @@ class PrefillSm90(FlashAttentionForwardSm90):
                     outs.extend(dq.decode_word_prmt(w, lut_lane[0], lut_lane[1], norm2, bits))
                 else:
                     outs.extend(dq.decode_word(w, lut_lane, norm2, bits, reps))
-            for k in range(out_per_in):
-                # (cluster_share=2: chunk within the half; the half's column is in tile_addr)
-                off = dq.swizzled_offset(ctx.row, c * out_per_in + k, self.tile_n)
-                dq.st_shared_v4(tile_addr + off, outs[4 * k], outs[4 * k + 1], outs[4 * k + 2],
-                                outs[4 * k + 3])
+                # prmt_lut: store each 8-element chunk as soon as it is decoded (fewer live
+                # words: a 2-bit row's 16 B decode to 32); the other paths store a whole
+                # 16-byte code chunk's outputs together (their measured, shipped order)
+                while cfg.prmt_lut and len(outs) >= 4:
+                    store(outs[:4], k)
+                    outs = outs[4:]
+                    k += 1
+            for i in range(0, len(outs), 4):
+                store(outs[i:i + 4], k)
+                k += 1
             if after_chunk is not None:
                 after_chunk(c)
 

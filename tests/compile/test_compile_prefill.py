@@ -140,9 +140,12 @@ def test_lut_replicas_knob():
         with pytest.raises((NotImplementedError, ValueError), match="prmt_lut"):
             P.make_config(128, 4, 4, 4, False, False, False, False, *lut, prmt_lut=True,
                           **bad)
-    with pytest.raises(NotImplementedError, match="prmt_lut"):  # 2-bit side: 8-byte entries
-        P.make_config(128, 2, 2, 4, False, False, False, False, False, False, prmt_lut=True,
-                      direct_loads=True)
+    k2 = P.make_config(128, 2, 2, 4, False, False, False, False, prmt_lut=True,
+                       direct_loads=True, num_stages=2)
+    assert (k2.k_lut_replicas, k2.v_lut_replicas) == (16, 16)  # 8-byte entries: 16 x 8 B
+    with pytest.raises(ValueError, match="prmt_lut"):
+        P.make_config(128, 2, 4, 4, False, False, False, False, prmt_lut=True,
+                      direct_loads=True, lut_replicas=(32, 32))
 
 
 def test_pack_gqa_knob():

@@ -248,8 +248,8 @@ def test_prmt_lut_knob():
     assert (pl.k_lut_replicas, pl.v_lut_replicas) == (32, 32) and pl.name.endswith("_pl")
     assert pl.smem_bytes() <= P.SM80_SMEM_CAPACITY
     assert not P.make_config(128, 4, 4, 4, False, False, False, False).prmt_lut  # opt-in
-    with pytest.raises(NotImplementedError, match="prmt_lut"):  # 2-bit: 8-byte entries
-        P.make_config(128, 2, 2, 4, False, False, False, False, prmt_lut=True)
+    k2 = P.make_config(128, 2, 2, 4, False, False, False, False, prmt_lut=True)
+    assert (k2.k_lut_replicas, k2.v_lut_replicas) == (16, 16)  # 8-byte entries: 16 x 8 B
     with pytest.raises(NotImplementedError, match="prmt_lut"):
         P.make_config(128, 4, 4, 4, False, False, False, False, True, False, prmt_lut=True)
     with pytest.raises(NotImplementedError, match="smem"):  # K8V8: 169 KB > the A100's 163
