@@ -8,7 +8,7 @@
 # 2. the Sm80-class prefill's PRMT-addressed tables (prefill_candidates.SM80_PRMT_LUT_CANDIDATES): GPU
 #    tests (bit-identical to the shared-memory-LUT build + reference), then
 #    `prefill_sm80_probe.py --prmt` (against the shipped register LUT, same data).
-# Step limits (s): RT_S 130, RP_S 200, ST_S 90, SP_S 150; 0 skips a step.
+# Step limits (s): RT_S 130, RP_S 200 (the probe stops starting steps after 185 s), ST_S 90, SP_S 150; 0 skips a step.
 # (microbench/device_next3.sh: the decode candidates at L=128K, a second timing sample.)
 set -uo pipefail
 source microbench/device_env.sh

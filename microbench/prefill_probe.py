@@ -459,55 +459,63 @@ def main_pack_gqa(budget_s=120.0):
     summary(t_start, "prefill_pack_gqa_probe.csv")
 
 
-def main_replicas(budget_s=150.0):
+def main_replicas(budget_s=185.0):
     """Step 10 (docs/prefill-sm90-notes.md): conflict-free shared-memory byte tables. The
     shipped K4V4 (ss) tables have 16 replicas, so lanes l and l + 16 share a bank and a 4-bit
     lookup is a 2-way conflict whenever their bytes differ (ncu: ~1 extra wavefront per
     lookup, 512 per n_block). 32 replicas make every lookup one wavefront; they need 16 KB
     more per side, paid with one staging slot (x32-16s1 / x16-32s1: one side conflict-free)
     or the staging-free producer (dl x32-32: both; pl: both, PRMT-addressed, one instruction
-    per lookup fewer). Checked against the float64 reference first, then timed against the
-    shipped default and FA4-bf16 on the same data (headline: K4V4 full, pl first)."""
+    per lookup fewer, also for 2-bit sides). Headline first (K4V4 full, then K2V2 full), each
+    timed build checked against the float64 reference before it is timed; the rest while
+    ``budget_s`` lasts (later steps are logged as skipped)."""
     t_start = time.time()
     log(torch.cuda.get_device_name(), torch.__version__)
-    d = (None, None)
+    d, ss = (None, None), (False, False)
     ql, kl = [1, 17, 300], [40, 17, 1000]
     x3216 = dict(lut_replicas=(32, 16))
     x1632 = dict(lut_replicas=(16, 32))
     # (the causal build spills 40 B at the (200, 56) split; 0 at (192, 64), full and causal)
     dl32 = dict(lut_replicas=(32, 32), direct_loads=True, num_stages=2,
                 register_split=(192, 64))
-    v32 = dict(lut_replicas=(1, 32))  # K4V8 / K2V8: register K, conflict-free 8-bit V
-    # PRMT-addressed interleaved tables (both sides conflict-free, one PRMT per lookup)
+    v32 = dict(lut_replicas=(1, 32))  # K4V8: register K, conflict-free 8-bit V
     pl = dict(prmt_lut=True, direct_loads=True, num_stages=2, register_split=(200, 56))
-    ss = (False, False)
-    for name, args, extra, seed in (
-            ("K4V4 d128 g4 full bs16", (8, 2, 128, 4, 4, 16, False), x3216, 150),
-            ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), x1632, 151),
-            ("K4V4 d128 g4 full bs16", (8, 2, 128, 4, 4, 16, False), dl32, 152),
-            ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), dl32, 153),
-            ("K4V8 d128 g4 causal bs16", (8, 2, 128, 4, 8, 16, True), v32, 154)):
-        guarded(check, name, ql, kl, *args, seed=seed, extra=extra)
     pl2 = dict(prmt_lut=True, direct_loads=True, num_stages=2)  # 2-bit sides: (208, 48)
-    for name, args, seed, extra in (
-            ("K4V4 d128 g4 full bs16", (8, 2, 128, 4, 4, 16, False), 155, pl),
-            ("K4V4 d128 g4 causal bs128", (8, 2, 128, 4, 4, 128, True), 156, pl),
-            ("K2V2 d128 g4 full bs16", (8, 2, 128, 2, 2, 16, False), 157, pl2),
-            ("K4V2 d128 g4 full bs128", (8, 2, 128, 4, 2, 128, False), 158, pl2)):
-        guarded(check, name, ql, kl, *args, seed=seed, lut=ss, extra=extra)
-    for kb, vb, causal, variants in (
-            (4, 4, False, ((d, None, None), (ss, None, None, pl), (d, None, None, x3216),
-                           (d, None, None, x1632), (d, None, None, dl32))),
-            (4, 4, True, ((d, None, None), (ss, None, None, pl), (d, None, None, x3216),
-                          (d, None, None, dl32))),
-            (2, 2, False, ((d, None, None), (ss, None, None, pl2),
-                           (d, 2, 1, dict(direct_loads=True, num_stages=2)))),
-            (4, 2, False, ((d, None, None), (ss, None, None, pl2))),
-            (4, 8, False, ((d, None, None), (d, None, None, v32)))):
+    dl2 = dict(direct_loads=True, num_stages=2)
+    steps = [
+        (check, ("K4V4 d128 g4 full bs16 pl", ql, kl, 8, 2, 128, 4, 4, 16, False),
+         dict(seed=155, lut=ss, extra=pl)),
+        (check, ("K4V4 d128 g4 full bs16 dl32", ql, kl, 8, 2, 128, 4, 4, 16, False),
+         dict(seed=152, extra=dl32)),
+        (bench, (4, 4, 8192, False), dict(baselines=False, variants=(
+            (d, None, None), (ss, None, None, pl), (d, None, None, dl32),
+            (d, None, None, x3216)))),
+        (check, ("K2V2 d128 g4 full bs16 pl", ql, kl, 8, 2, 128, 2, 2, 16, False),
+         dict(seed=157, lut=ss, extra=pl2)),
+        (bench, (2, 2, 8192, False), dict(baselines=False, variants=(
+            (d, None, None), (ss, None, None, pl2), (d, 2, 1, dl2)))),
+        (check, ("K4V4 d128 g4 causal bs128 pl", ql, kl, 8, 2, 128, 4, 4, 128, True),
+         dict(seed=156, lut=ss, extra=pl)),
+        (bench, (4, 4, 8192, True), dict(baselines=False, variants=(
+            (d, None, None), (ss, None, None, pl), (d, None, None, x3216)))),
+        (check, ("K4V2 d128 g4 full bs128 pl", ql, kl, 8, 2, 128, 4, 2, 128, False),
+         dict(seed=158, lut=ss, extra=pl2)),
+        (bench, (4, 2, 8192, False), dict(baselines=False, variants=(
+            (d, None, None), (ss, None, None, pl2)))),
+        (check, ("K4V4 d128 g4 full bs16 x32-16", ql, kl, 8, 2, 128, 4, 4, 16, False),
+         dict(seed=150, extra=x3216)),
+        (check, ("K4V4 d128 g4 causal bs128 x16-32", ql, kl, 8, 2, 128, 4, 4, 128, True),
+         dict(seed=151, extra=x1632)),
+        (check, ("K4V8 d128 g4 causal bs16 x1-32", ql, kl, 8, 2, 128, 4, 8, 16, True),
+         dict(seed=154, extra=v32)),
+        (bench, (4, 8, 8192, False), dict(baselines=False, variants=(
+            (d, None, None), (d, None, None, v32)))),
+    ]
+    for fn, args, kw in steps:
         if time.time() - t_start > budget_s:
-            log(f"SKIP bench K{kb}V{vb} causal={causal} (budget)")
+            log(f"SKIP {fn.__name__}{args[:4]} (budget)")
             continue
-        guarded(bench, kb, vb, 8192, causal, baselines=False, variants=variants)
+        guarded(fn, *args, **kw)
     summary(t_start, "prefill_replicas_probe.csv")
 
 
