@@ -42,6 +42,13 @@ def byte_offset_selector(j: int) -> int:
     return 0x1100 | ((4 + j) << 4)
 
 
+def prmt_py(a: int, b: int, sel: int) -> int:
+    """Reference of PTX prmt.b32 (default mode) on Python ints, for the CPU tests: result
+    byte i = byte sel[4i+2:4i] of {b, a} (a = bytes 0-3)."""
+    src = (a & 0xFFFFFFFF) | ((b & 0xFFFFFFFF) << 32)
+    return sum(((src >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+
+
 def code_field(e, f: int):
     """2-bit field f (0..3) of a byte value e: what the byte table stores at entry e."""
     return (e >> (2 * f)) & 3

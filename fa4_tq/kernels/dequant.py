@@ -61,6 +61,12 @@ def lut_bytes(bits: int, replicas: int) -> int:
     return LUT_ENTRIES * lut_entry_words(bits) * 4 * replicas
 
 
+def lut_slot_offset(e, r, bits: int, stride: int):
+    """Byte offset of replica ``r`` of entry ``e`` in a side's table whose entries are
+    ``stride`` bytes apart (build_lut writes there; the lookups read there)."""
+    return e * stride + r * 4 * lut_entry_words(bits)
+
+
 def prmt_replicas(bits: int) -> int:
     """Replicas of a PRMT-addressed table side: 128 bytes per entry."""
     return 128 // (4 * lut_entry_words(bits))
@@ -225,16 +231,16 @@ def build_lut(mCodebook: cute.Tensor, lut_base: Int32, bits: int, replicas: int,
         if bits == 4:
             w0 = cvt_bf16x2(Float32(mCodebook[e & 15]), Float32(mCodebook[e >> 4]))
             for r in range(replicas):
-                st_shared_b32(lut_base + e * stride + r * 4, w0)
+                st_shared_b32(lut_base + lut_slot_offset(e, r, bits, stride), w0)
         elif bits == 2:
             w0 = cvt_bf16x2(Float32(mCodebook[e & 3]), Float32(mCodebook[(e >> 2) & 3]))
             w1 = cvt_bf16x2(Float32(mCodebook[(e >> 4) & 3]), Float32(mCodebook[(e >> 6) & 3]))
             for r in range(replicas):
-                st_shared_v2(lut_base + e * stride + r * 8, w0, w1)
+                st_shared_v2(lut_base + lut_slot_offset(e, r, bits, stride), w0, w1)
         else:
             w0 = cvt_bf16x2(Float32(mCodebook[e]), Float32(0.0))
             for r in range(replicas):
-                st_shared_b32(lut_base + e * stride + r * 4, w0)
+                st_shared_b32(lut_base + lut_slot_offset(e, r, bits, stride), w0)
 
 
 def build_entry_words(mCodebook: cute.Tensor, addr: Int32, bits: int, tidx: Int32):

@@ -447,3 +447,44 @@ def test_cluster_pair_barrier_protocol_needs_expect_tx():
     found = next(bad for seed in range(20)
                  if (bad := _simulate_cluster_pair_pipeline(7, 2, seed, expect_tx=False)))
     assert any(" read {" in b for b in found), found
+
+
+@pytest.mark.parametrize("kb,vb", [(4, 4), (2, 2), (4, 2), (2, 4), (4, 8), (8, 8)])
+def test_prmt_lut_addressing(kb, vb):
+    """The PRMT-addressed tables (prmt_lut, both prefill kernels): the slots build_lut writes
+    (dq.lut_slot_offset at PRMT_LUT_STRIDE, K at + 0, V at + 128) tile the 64 KB without
+    overlap, every lookup offset PRMT(lane slot, code word) lands on the entry of its byte in
+    its own side and replica, and a warp's lookups are conflict-free (LDS.32: 32 distinct
+    banks; 2-bit LDS.64: per half warp, 16 disjoint bank pairs)."""
+    import random
+
+    from fa4_tq.kernels import dequant as dq
+    from fa4_tq.kernels.code_interleave import byte_offset_selector, prmt_py
+
+    slots = {}
+    for is_k, bits in ((True, kb), (False, vb)):
+        side = 0 if is_k else dq.PRMT_LUT_STRIDE // 2
+        width = 4 * dq.lut_entry_words(bits)
+        for e in range(256):
+            for r in range(dq.prmt_replicas(bits)):
+                off = side + dq.lut_slot_offset(e, r, bits, dq.PRMT_LUT_STRIDE)
+                for b in range(off, off + width):
+                    assert b not in slots and 0 <= b < dq.PRMT_LUT_BYTES
+                    slots[b] = (is_k, e, r)
+    assert len(slots) == dq.PRMT_LUT_BYTES
+    rnd = random.Random(kb * 10 + vb)
+    for is_k, bits in ((True, kb), (False, vb)):
+        reps = dq.prmt_replicas(bits)
+        for _ in range(50):
+            words = [rnd.getrandbits(32) for _ in range(32)]
+            for j in range(4):
+                offs = [prmt_py(dq.prmt_lane_offset(bits, lane, is_k), words[lane],
+                                byte_offset_selector(j)) for lane in range(32)]
+                for lane, off in enumerate(offs):
+                    assert slots[off] == (is_k, (words[lane] >> (8 * j)) & 0xFF, lane % reps)
+                if bits == 2:
+                    for half in (offs[:16], offs[16:]):
+                        banks = [(o // 4 + k) % 32 for o in half for k in (0, 1)]
+                        assert len(set(banks)) == 32
+                else:
+                    assert len({o // 4 % 32 for o in offs}) == 32

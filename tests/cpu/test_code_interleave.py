@@ -9,14 +9,8 @@ import pytest
 
 from fa4_tq.kernels.code_interleave import (byte_offset_selector, code_field, interleave_2bit,
                                             interleave_nibbles)
+from fa4_tq.kernels.code_interleave import prmt_py as prmt
 
-M32 = 0xFFFFFFFF
-
-
-def prmt(a: int, b: int, sel: int) -> int:
-    """PTX prmt.b32 (default mode): result byte i = byte sel[4i+2:4i] of {b, a}."""
-    src = (a & M32) | ((b & M32) << 32)
-    return sum(((src >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
 
 
 def byte(w: int, j: int) -> int:
