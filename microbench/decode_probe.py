@@ -296,6 +296,18 @@ def correctness_cases():
     cases += decode_matrix_cases()  # last: the earlier cases keep their seeds
     cases += _candidate_cases(lambda name: name in LATE_CANDIDATES, mixed_a,
                               mixed_b)  # (same reason)
+    # tile pairs on the pairs timed with --pair-knobs tp (K4V2: 4-stage ring already; K4V8:
+    # its 3-stage 8-warp ring at 4 stages; K4V2 at 6 warps spills 40 B at q_len 1), incl. a
+    # long split (odd tile counts per warp)
+    for kb, vb, knobs in ((4, 2, dict(smem_stages=4, tile_pairs=True)),
+                          (4, 8, dict(smem_stages=4, tile_pairs=True))):
+        tag = "tp"
+        cases.append(dict(name=f"K{kb}V{vb} D128 G4 q1 bs16 {tag}", kb=kb, vb=vb, D=128, G=4,
+                          Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True, wl=-1, wr=-1,
+                          knobs=knobs))
+        cases.append(dict(name=f"K{kb}V{vb} D128 G4 q2 bs64 window33 splits=1 {tag}", kb=kb,
+                          vb=vb, D=128, G=4, Hkv=2, qlen=2, bs=64, lens=[5003, 1, 37],
+                          causal=True, wl=33, wr=-1, splits=1, knobs=knobs))
     for i, c in enumerate(cases):
         c["seed"] = 1000 + i
     return cases
@@ -315,7 +327,7 @@ PAIR_KNOBS = {
     "w6": dict(target_warps=6),
     # session 9: tile pairs (decode.SPEED_CANDIDATES[4]["tp"] / ["w6tp"], [2]["pl_w6tp"])
     "tp": dict(smem_stages=4, tile_pairs=True),
-    "w6tp": dict(target_warps=6, smem_stages=4, tile_pairs=True),
+    "w6tp": dict(target_warps=6, smem_stages=4, tile_pairs=True),  # (K4V2: spills 40 B)
     "pl_w6tp": dict(prmt_lut=True, target_warps=6, min_ctas_per_sm=2, smem_stages=4,
                     tile_pairs=True, table_lookahead=False, tile_bases=True,
                     early_prefetch=True),

@@ -36,7 +36,7 @@ gpu_tests "${W6T_S:-100}" gpu_tests_decode_w6 8 tests/gpu/test_decode.py -k "w6 
 if [ "${W6_S:-150}" -gt 0 ]; then
   PYTHONUNBUFFERED=1 timeout "${W6_S:-150}" python3 microbench/decode_probe.py --no-check \
     --no-old --no-raw --bits 4,2 --candidates w6,tp,w6tp,pl_w6tp --pairs 42 \
-    --pair-knobs w6,tp,w6tp --lengths ${W6_L:-8192,32768} --batches 1,8,32 \
+    --pair-knobs w6,tp --lengths ${W6_L:-8192,32768} --batches 1,8,32 \
     > "$OUT/decode_w6.log" 2>&1
   echo "rc=$?"; grep -E "^L=|Error|error" "$OUT/decode_w6.log" | head -12
 fi
