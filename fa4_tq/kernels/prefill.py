@@ -134,8 +134,8 @@ def prefill_cuda(q, k_cache, v_cache, k_norm, v_norm, cu_seqlens_q, block_table,
     D=128 without a cluster pair: 3.6x faster for 16-query chunks on the H100),
     ``lut_replicas`` = (K, V) replication of shared-memory byte tables (None: the fit
     heuristic) (``prefill_sm90.make_config``); ``prmt_lut`` = PRMT-addressed interleaved
-    byte tables, both backends (opt-in; ``make_config`` of either kernel). All are benchmarking hooks and part of the
-    compile-cache key (the config)."""
+    byte tables, both backends (opt-in; ``make_config`` of either kernel). All are
+    benchmarking hooks and part of the compile-cache key (the config)."""
     if backend not in ("auto", "sm90", "sm80"):
         raise ValueError(f"backend must be 'auto', 'sm90' or 'sm80', got {backend!r}")
     major, minor = torch.cuda.get_device_capability(q.device)
