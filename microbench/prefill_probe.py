@@ -510,6 +510,11 @@ def main_replicas(budget_s=185.0):
          dict(seed=154, extra=v32)),
         (bench, (4, 8, 8192, False), dict(baselines=False, variants=(
             (d, None, None), (d, None, None, v32)))),
+        # chunked prefill: 16 queries x GQA 4 per sequence over 8K cached keys (packed tile)
+        (check, ("K4V4 d128 g4 causal bs16 pack_gqa pl", [1, 3, 17], [40, 2, 1000], 8, 2, 128,
+                 4, 4, 16, True), dict(seed=159, lut=ss, extra=dict(pl, pack_gqa=True))),
+        (bench_chunk, (4, 4, 16, 8192, 16), dict(variants=(
+            {"pack_gqa": True}, dict(pl, pack_gqa=True, register_lut=ss)))),
     ]
     for fn, args, kw in steps:
         if time.time() - t_start > budget_s:

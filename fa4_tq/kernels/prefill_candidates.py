@@ -30,7 +30,11 @@ SM90_LUT_CANDIDATES = (
     # 32-36 B full
     (2, 2, False, dict(prmt_lut=True, direct_loads=True, num_stages=2)),
     (4, 2, False, dict(prmt_lut=True, direct_loads=True, num_stages=2)),
-    (2, 4, False, dict(prmt_lut=True, direct_loads=True, num_stages=2)))
+    (2, 4, False, dict(prmt_lut=True, direct_loads=True, num_stages=2)),
+    # chunked prefill (the packed GQA tile, where decode work per FLOP is highest; K2V2 packed
+    # spills 72 B)
+    (4, 4, True, dict(prmt_lut=True, direct_loads=True, num_stages=2,
+                      register_split=(200, 56), pack_gqa=True)))
 
 #: PrefillSm80 (docs/prefill-sm80-notes.md, session 9): prmt_lut builds (K8V8 needs 169 KB,
 #: over the A100's 163 KB portable bound).

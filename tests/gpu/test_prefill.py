@@ -218,7 +218,8 @@ REPLICAS = SM90_LUT_CANDIDATES  # (kb, vb, causal, make_config knobs)
                          ids=[f"K{c[0]}V{c[1]}-{'causal' if c[2] else 'full'}-"
                               + ("pl" if c[3].get("prmt_lut") else
                                  f"x{c[3]['lut_replicas'][0]}-{c[3]['lut_replicas'][1]}")
-                              + ("-dl" if c[3].get("direct_loads") else "") for c in REPLICAS])
+                              + ("-dl" if c[3].get("direct_loads") else "")
+                              + ("-pg" if c[3].get("pack_gqa") else "") for c in REPLICAS])
 def test_lut_replicas_bit_identical_to_default(kb, vb, causal, knobs):
     """A table replica holds the same words (only the lane's bank differs), and the staging
     depth / staging-free loads change where the codes travel, not the decoded values or the
@@ -227,8 +228,11 @@ def test_lut_replicas_bit_identical_to_default(kb, vb, causal, knobs):
     key."""
     q_lens, k_lens, hq, hkv, bs, args = _identity_case(kb, vb, causal, 13 * kb + vb)
     # prmt_lut puts both sides on shared-memory tables (K4V8 ships K's in registers): the
-    # reference build is the shipped one with that decode choice (the same table words)
+    # reference build is the shipped one with that decode choice (the same table words), and
+    # with the same tile (pack_gqa)
     base = dict(register_lut=(False, False)) if knobs.get("prmt_lut") else {}
+    if "pack_gqa" in knobs:
+        base["pack_gqa"] = knobs["pack_gqa"]
     _assert_raw_outputs_equal(args, hq, base, knobs)
     _run(q_lens, k_lens, hq, hkv, 128, kb, vb, bs, causal, seed=17 * kb + vb, **knobs)
     _run([1, 17, 300], [1, 9, 1000], hq, hkv, 128, kb, vb, 128, True, seed=kb + 2 * vb,
