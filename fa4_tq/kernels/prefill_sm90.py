@@ -455,8 +455,9 @@ def make_config(head_dim: int, k_bits: int, v_bits: int, qhead_per_kvhead: int, 
     ``default_pack_gqa`` for the call's ``max_seqlen_q``). ``lut_replicas`` = (K, V) table
     replication of the shared-memory-LUT sides (None: the heuristic above; given: the most
     staging slots, then K/V stages, that fit with it, else NotImplementedError).
-    ``prmt_lut`` = PRMT-addressed interleaved tables (PrefillSm90Config.prmt_lut; implies
-    lut_replicas=(32, 32) and needs direct_loads=True)."""
+    ``prmt_lut`` = PRMT-addressed interleaved tables (PrefillSm90Config.prmt_lut; implies the
+    PRMT replication, dq.prmt_replicas: 32 for 4/8-bit sides, 16 for 2-bit, and needs
+    direct_loads=True)."""
     if pack_gqa is None:
         if max_seqlen_q is None:
             raise ValueError("make_config: pack_gqa=None (the default rule) needs max_seqlen_q")
