@@ -300,8 +300,9 @@ def correctness_cases():
     # its 3-stage 8-warp ring at 4 stages; K4V2 at 6 warps spills 40 B at q_len 1), incl. a
     # long split (odd tile counts per warp)
     for kb, vb, knobs in ((4, 2, dict(smem_stages=4, tile_pairs=True)),
-                          (4, 8, dict(smem_stages=4, tile_pairs=True))):
-        tag = "tp"
+                          (4, 8, dict(smem_stages=4, tile_pairs=True)),
+                          (8, 8, dict(l2_prefetch=256)), (4, 4, dict(l2_prefetch=256))):
+        tag = "l2p256" if knobs.get("l2_prefetch") else "tp"
         cases.append(dict(name=f"K{kb}V{vb} D128 G4 q1 bs16 {tag}", kb=kb, vb=vb, D=128, G=4,
                           Hkv=2, qlen=1, bs=16, lens=mixed_a, causal=True, wl=-1, wr=-1,
                           knobs=knobs))
@@ -331,6 +332,9 @@ PAIR_KNOBS = {
     "pl_w6tp": dict(prmt_lut=True, target_warps=6, min_ctas_per_sm=2, smem_stages=4,
                     tile_pairs=True, table_lookahead=False, tile_bases=True,
                     early_prefetch=True),
+    # session 9: the L2 prefetch-size hint on the code loads (DecodeConfig.l2_prefetch)
+    "l2p256": dict(l2_prefetch=256),
+    "l2p128": dict(l2_prefetch=128),
     # the smem ring at other geometries (8-bit sides have no register prefetch: 48 words)
     "ring_s3": dict(prefetch=True, target_warps=4, min_ctas_per_sm=2, smem_stages=3,
                     early_prefetch=True, table_lookahead=False, tile_bases=True),

@@ -144,6 +144,12 @@ class DecodeConfig:
     # the alpha ex2s; docs/decode-notes.md §12). A pair whose second tile is past the
     # split's end computes it with zero norms and masked scores.
     tile_pairs: bool = False
+    # l2_prefetch: the .L2::<n>B prefetch-size hint (64, 128 or 256; 0 = none) on the code
+    # loads (LDG / cp.async). A K or V row segment is 64-128 contiguous bytes and the next
+    # head's row of the same token follows it (cache layout [block, token, head, bytes]),
+    # read at about the same time by the CTA of that head: 256 B requests give DRAM longer
+    # bursts. For the pairs near copy bandwidth (K8V8 88 % of copy at B=32 L=32K).
+    l2_prefetch: int = 0
 
     def __post_init__(self):
         if self.k_bits not in (2, 4, 8) or self.v_bits not in (2, 4, 8):
@@ -174,6 +180,8 @@ class DecodeConfig:
                     f"smem_stages: cp.async copies 4/8/16 bytes; this thread's K/V row "
                     f"segments are {self.k_seg_bytes}/{self.v_seg_bytes} bytes "
                     f"(k_bits={self.k_bits}, v_bits={self.v_bits}, head_dim={self.head_dim})")
+        if self.l2_prefetch not in (0, 64, 128, 256):
+            raise ValueError(f"l2_prefetch must be 0, 64, 128 or 256, got {self.l2_prefetch}")
         if self.tile_pairs and self.smem_stages != 4:
             raise NotImplementedError(
                 f"tile_pairs is implemented for the 4-stage smem ring (2 tiles in flight "
@@ -337,7 +345,8 @@ class DecodeConfig:
                 f"{'_rq' if self.rotate_query else ''}{'_ep' if self.early_prefetch else ''}"
                 f"{f'_ring{self.smem_stages}' if self.smem_stages else ''}"
                 f"{'_btla' if self.table_lookahead else ''}{'_tb' if self.tile_bases else ''}"
-                f"{'_pl' if self.prmt_lut else ''}{'_tp' if self.tile_pairs else ''}")
+                f"{'_pl' if self.prmt_lut else ''}{'_tp' if self.tile_pairs else ''}"
+                f"{f'_l2p{self.l2_prefetch}' if self.l2_prefetch else ''}")
 
 
 #: (k_bits, v_bits) whose shipped D=128 config uses prmt_lut (DecodeConfig.for_problem)
@@ -480,22 +489,24 @@ def unpack(res, n, ty, wrap, loc, ip):
     return [wrap(llvm.extractvalue(ty(), res, [i], loc=loc, ip=ip)) for i in range(n)]
 
 @dsl_user_op
-def ld_global_words(addr, nbytes: int, *, loc=None, ip=None):
+def ld_global_words(addr, nbytes: int, l2_prefetch: int = 0, *, loc=None, ip=None):
     """Read-only global load of ``nbytes`` (2, 4, 8, 16, 32 or 64) at a 64-bit address
-    aligned to min(nbytes, 16); returns max(1, nbytes // 4) Uint32 words."""
+    aligned to min(nbytes, 16); returns max(1, nbytes // 4) Uint32 words. ``l2_prefetch``
+    (64, 128 or 256; 0 = none): the .L2::<n>B prefetch-size hint (DecodeConfig.l2_prefetch)."""
     a = Int64(addr).ir_value(loc=loc, ip=ip)
+    nc = f"nc.L2::{l2_prefetch}B" if l2_prefetch else "nc"
     if nbytes == 2:
-        return [Uint32(asm(T.i32(), [a], "ld.global.nc.u16 $0, [$1];", "=r,l"))]
+        return [Uint32(asm(T.i32(), [a], f"ld.global.{nc}.u16 $0, [$1];", "=r,l"))]
     if nbytes == 4:
-        return [Uint32(asm(T.i32(), [a], "ld.global.nc.u32 $0, [$1];", "=r,l"))]
+        return [Uint32(asm(T.i32(), [a], f"ld.global.{nc}.u32 $0, [$1];", "=r,l"))]
     if nbytes == 8:
         r = asm(llvm.StructType.get_literal([T.i32()] * 2), [a],
-                "ld.global.nc.v2.u32 {$0,$1}, [$2];", "=r,=r,l")
+                f"ld.global.{nc}.v2.u32 {{$0,$1}}, [$2];", "=r,=r,l")
         return unpack(r, 2, T.i32, Uint32, loc, ip)
     words = []
     for off in range(0, nbytes, 16):
         r = asm(llvm.StructType.get_literal([T.i32()] * 4), [a],
-                f"ld.global.nc.v4.u32 {{$0,$1,$2,$3}}, [$4+{off}];", "=r,=r,=r,=r,l")
+                f"ld.global.{nc}.v4.u32 {{$0,$1,$2,$3}}, [$4+{off}];", "=r,=r,=r,=r,l")
         words += unpack(r, 4, T.i32, Uint32, loc, ip)
     return words
 
@@ -531,13 +542,15 @@ def ld_shared_words(addr, nbytes: int, *, loc=None, ip=None):
     return unpack(r, n, T.i32, Uint32, loc, ip)
 
 @dsl_user_op
-def cp_async(smem_addr, gmem_addr, nbytes: int, *, loc=None, ip=None):
+def cp_async(smem_addr, gmem_addr, nbytes: int, l2_prefetch: int = 0, *, loc=None, ip=None):
     """Asynchronous global -> shared copy of 4, 8 or 16 bytes (both addresses aligned to
-    ``nbytes``); 16-byte copies bypass L1 (.cg: streamed codes are read once)."""
+    ``nbytes``); 16-byte copies bypass L1 (.cg: streamed codes are read once).
+    ``l2_prefetch``: as ld_global_words."""
     mode = "cg" if nbytes == 16 else "ca"
+    hint = f".L2::{l2_prefetch}B" if l2_prefetch else ""
     asm(None, [Int32(smem_addr).ir_value(loc=loc, ip=ip),
                Int64(gmem_addr).ir_value(loc=loc, ip=ip)],
-        f"cp.async.{mode}.shared.global [$0], [$1], {nbytes};", "r,l", side=True)
+        f"cp.async.{mode}.shared.global{hint} [$0], [$1], {nbytes};", "r,l", side=True)
 
 @dsl_user_op
 def cp_async_commit(*, loc=None, ip=None):
@@ -940,13 +953,13 @@ class TQDecodeSplitK:
         VW = max(1, D * self.vb // 256)
         for rr in cutlass.range_constexpr(2):
             a = self.tile_addr(mKc, phys, r0, g + 8 * rr, h, c * (D * self.kb // 32))
-            words = ptx.ld_global_words(a, D * self.kb // 32)
+            words = ptx.ld_global_words(a, D * self.kb // 32, self.cfg.l2_prefetch)
             for w in cutlass.range_constexpr(KW):
                 kbuf[rr * KW + w] = words[w]
         for tt in cutlass.range_constexpr(4):
             tok = 2 * c + (tt % 2) + 8 * (tt // 2)
             a = self.tile_addr(mVc, phys, r0, tok, h, g * (D * self.vb // 64))
-            words = ptx.ld_global_words(a, D * self.vb // 64)
+            words = ptx.ld_global_words(a, D * self.vb // 64, self.cfg.l2_prefetch)
             for w in cutlass.range_constexpr(VW):
                 vbuf[tt * VW + w] = words[w]
         for rr in cutlass.range_constexpr(2):
@@ -1172,14 +1185,14 @@ class TQDecodeSplitK:
             a = self.tile_addr(mKc, phys, r0, g + 8 * rr, h, c * kseg)
             for p in cutlass.range_constexpr(kseg // kpiece):
                 ptx.cp_async(stage + ((rr * (kseg // kpiece) + p) * 32 + lane) * kpiece,
-                             a + p * kpiece, kpiece)
+                             a + p * kpiece, kpiece, cfg.l2_prefetch)
         v_area = stage + 2 * kseg * 32
         for tt in cutlass.range_constexpr(4):
             tok = 2 * c + (tt % 2) + 8 * (tt // 2)
             a = self.tile_addr(mVc, phys, r0, tok, h, g * vseg)
             for p in cutlass.range_constexpr(vseg // vpiece):
                 ptx.cp_async(v_area + ((tt * (vseg // vpiece) + p) * 32 + lane) * vpiece,
-                             a + p * vpiece, vpiece)
+                             a + p * vpiece, vpiece, cfg.l2_prefetch)
         for rr in cutlass.range_constexpr(2):
             ka = self.tile_addr(mKn, phys, r0, g + 8 * rr, h, None)
             va = self.tile_addr(mVn, phys, r0, g + 8 * rr, h, None)
@@ -1617,6 +1630,9 @@ def _report_configs() -> list[DecodeConfig]:
     cfgs += [dataclasses.replace(fp(4, 4, 128, 4, 1), **SPEED_CANDIDATES[4][n])
              for n in ("regpf", "ring_notb", "nopl", "w6", "tp", "w6tp")]
     cfgs.append(dataclasses.replace(fp(2, 2, 128, 4, 1), **SPEED_CANDIDATES[2]["pl_w6tp"]))
+    # the L2 prefetch-size hint on the code loads (opt-in, session 9): LDG (K8V8's plain
+    # loop) and cp.async (the K4V4 ring)
+    cfgs += [dataclasses.replace(fp(kb, kb, 128, 4, 1), l2_prefetch=256) for kb in (8, 4)]
     # shipped prmt_lut geometries beyond the benchmark shape: K2V2 q_len 2 (8 warps, no
     # lookahead) and q_len 4 (4 warps x 3 CTAs), K4V8 q_len 8; shapes that spilled 8-52 B
     # before the one-CTA bound of two-column-tile / D=256 configs
