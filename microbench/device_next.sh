@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Next session's first device call (written 2026-12-08, sessions 8-9; session 9 had no device):
+# Budget: device_next.sh ~570 s + device_next2.sh ~530 s + device_next3.sh ~380 s, plus ~90 s
+# of start-up each: ~1750 s of the 1800 s. After refused starts, drop device_next3.sh first.
 #   run(command="bash microbench/device_next.sh", carry=[".devenv"], timeout_s=600)
 # (step limits add up to ~570 s; override with PREWARM_S / PROBE_S / CAND_S / REST_S / W6T_S /
 # W6_S; 0 skips a test or w6 step)

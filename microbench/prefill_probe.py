@@ -459,7 +459,7 @@ def main_pack_gqa(budget_s=120.0):
     summary(t_start, "prefill_pack_gqa_probe.csv")
 
 
-def main_replicas(budget_s=185.0):
+def main_replicas(budget_s=165.0):
     """Step 10 (docs/prefill-sm90-notes.md): conflict-free shared-memory byte tables. The
     shipped K4V4 (ss) tables have 16 replicas, so lanes l and l + 16 share a bank and a 4-bit
     lookup is a 2-way conflict whenever their bytes differ (ncu: ~1 extra wavefront per
