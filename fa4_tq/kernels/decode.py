@@ -1384,69 +1384,56 @@ class TQDecodeSplitK:
             self.prefetch_prologue(t_begin, t_end, stream, ring, mBT, mKc, mVc, mKn, mVn, b,
                                    h, g, c, lane, kbuf, vbuf, nbuf, nring, physn, walk)
 
-        if const_expr(self.cfg.tile_pairs):
-            # as the loop below, two tiles per step: stages u, u+1 are computed while the
-            # two issued here (into the stages the previous pair freed) fly
+        if const_expr(S > 0):
+            # the loop is unrolled by S so every ring stage and norm slot index is static
+            # (a rotating register ring would need moves that wait for the loads). A step
+            # computes P tiles (tile_pairs: 2, stages u and u+1) while the P tiles issued into
+            # the stages the previous step freed fly: S - P tiles in flight.
+            P = 2 if const_expr(self.cfg.tile_pairs) else 1
             bs = mKc.shape[1]
             SB = self.cfg.ring_stage_bytes
-            kbuf2 = cute.make_rmem_tensor((2 * KW,), Uint32)
-            vbuf2 = cute.make_rmem_tensor((4 * VW,), Uint32)
-            nbuf2 = cute.make_rmem_tensor((4,), Uint32)
+            # (the second tile's buffers are plain names, not a list: a list of register
+            # tensors in the loop changed the single-tile kernel's SASS)
+            kbuf2 = cute.make_rmem_tensor((2 * KW,), Uint32) if const_expr(P == 2) else None
+            vbuf2 = cute.make_rmem_tensor((4 * VW,), Uint32) if const_expr(P == 2) else None
+            nbuf2 = cute.make_rmem_tensor((4,), Uint32) if const_expr(P == 2) else None
             for base in cutlass.range(t_begin + stream, t_end, S * self.streams, unroll=1):
-                for u in cutlass.range_constexpr(0, S, 2):
+                for u in cutlass.range_constexpr(0, S, P):
                     tile = base + u * self.streams
                     if tile < t_end:
-                        for d in cutlass.range_constexpr(2):
-                            nxt = tile + (S - 2 + d) * self.streams
+                        for d in cutlass.range_constexpr(P):
+                            nxt = tile + (S - P + d) * self.streams
                             if nxt < t_end:
-                                sl = (u + S - 2 + d) % S
-                                self.issue_tile_async(physn[0], walk[1], ring + sl * SB, mKc,
-                                                      mVc, mKn, mVn, h, g, c, lane, nring, sl)
+                                self.issue_tile_async(physn[0], walk[1],
+                                                      ring + ((u + S - P + d) % S) * SB, mKc,
+                                                      mVc, mKn, mVn, h, g, c, lane, nring,
+                                                      (u + S - P + d) % S)
                                 self.walk_step(walk, bs)
                                 nn = nxt + self.streams
                                 if nn < t_end:
                                     physn[0] = mBT[b, walk[0]]
                             ptx.cp_async_commit()
-                        ptx.cp_async_wait(S - 2)
-                        self.read_stage(ring + u * SB, lane, kbuf, vbuf)
-                        self.read_stage(ring + (u + 1) * SB, lane, kbuf2, vbuf2)
-                        for r in cutlass.range_constexpr(4):
-                            nbuf[r] = nring[u, r]
-                            nbuf2[r] = nring[u + 1, r]
-                        # a second tile past the split's end: its stage holds stale codes
-                        # (finite table entries) and t0 = L zeroes its norms and masks it
-                        tile2 = tile + self.streams
-                        t0b = ptx.select(tile2 < t_end, tile2 * 16, L, Int32)
-                        self.tiles_step([tile * 16, t0b], [kbuf, kbuf2], [vbuf, vbuf2],
-                                        [nbuf, nbuf2], qf, acc_s, acc_o, row_m, row_l, col_lo,
-                                        col_hi, k_lb, v_lb, L, lo_full, hi_full, scale_log2, g)
-            ptx.cp_async_wait(0)
-        elif const_expr(S > 0):
-            # the loop is unrolled by S so every ring stage and norm slot index is static
-            # (a rotating register ring would need moves that wait for the loads)
-            bs = mKc.shape[1]
-            SB = self.cfg.ring_stage_bytes
-            for base in cutlass.range(t_begin + stream, t_end, S * self.streams, unroll=1):
-                for u in cutlass.range_constexpr(S):
-                    tile = base + u * self.streams
-                    if tile < t_end:
-                        nxt = tile + (S - 1) * self.streams
-                        if nxt < t_end:
-                            self.issue_tile_async(physn[0], walk[1],
-                                                  ring + ((u + S - 1) % S) * SB, mKc, mVc, mKn,
-                                                  mVn, h, g, c, lane, nring, (u + S - 1) % S)
-                            self.walk_step(walk, bs)
-                            nn = nxt + self.streams
-                            if nn < t_end:
-                                physn[0] = mBT[b, walk[0]]
-                        ptx.cp_async_commit()
-                        ptx.cp_async_wait(S - 1)
+                        ptx.cp_async_wait(S - P)
                         self.read_stage(ring + u * SB, lane, kbuf, vbuf)
                         for r in cutlass.range_constexpr(4):
                             nbuf[r] = nring[u, r]
-                        self.tile_step(tile * 16, kbuf, vbuf, nbuf, qf, acc_s, acc_o, row_m,
-                                       row_l, col_lo, col_hi, k_lb, v_lb, L, lo_full, hi_full,
-                                       scale_log2, g)
+                        if const_expr(P == 2):
+                            self.read_stage(ring + (u + 1) * SB, lane, kbuf2, vbuf2)
+                            for r in cutlass.range_constexpr(4):
+                                nbuf2[r] = nring[u + 1, r]
+                        if const_expr(P == 1):
+                            self.tile_step(tile * 16, kbuf, vbuf, nbuf, qf, acc_s, acc_o, row_m,
+                                           row_l, col_lo, col_hi, k_lb, v_lb, L, lo_full,
+                                           hi_full, scale_log2, g)
+                        else:
+                            # a second tile past the split's end has a stage of stale codes
+                            # (finite table entries); t0 = L zeroes its norms and masks it
+                            tile2 = tile + self.streams
+                            t0b = ptx.select(tile2 < t_end, tile2 * 16, L, Int32)
+                            self.tiles_step([tile * 16, t0b], [kbuf, kbuf2], [vbuf, vbuf2],
+                                            [nbuf, nbuf2], qf, acc_s, acc_o, row_m, row_l,
+                                            col_lo, col_hi, k_lb, v_lb, L, lo_full, hi_full,
+                                            scale_log2, g)
             ptx.cp_async_wait(0)
         else:
             kcur = cute.make_rmem_tensor((2 * KW,), Uint32)

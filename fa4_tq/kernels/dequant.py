@@ -72,6 +72,36 @@ def prmt_replicas(bits: int) -> int:
     return 128 // (4 * lut_entry_words(bits))
 
 
+def prmt_sides_error(k_bits: int, v_bits: int, k_register_lut: bool, v_register_lut: bool,
+                     k_replicas: int, v_replicas: int) -> str:
+    """Why a config's sides cannot use the PRMT-addressed tables ('' if they can): both
+    sides on shared-memory tables at the PRMT replication (prmt_replicas)."""
+    reps = (prmt_replicas(k_bits), prmt_replicas(v_bits))
+    if k_register_lut or v_register_lut or (k_replicas, v_replicas) != reps:
+        return (f"prmt_lut needs shared-memory tables on both sides with {reps} replicas; got "
+                f"register LUT {k_register_lut}/{v_register_lut}, replicas "
+                f"{k_replicas}/{v_replicas}")
+    return ""
+
+
+def lut_region_bytes(bits: int, register_lut: bool, replicas: int, prmt_lut: bool,
+                     is_k: bool) -> int:
+    """Shared-memory bytes of one side's table region: the codebook words (register LUT),
+    the replicated byte table, or with prmt_lut both sides' interleaved tables in K's region
+    (V's is a 16-byte placeholder that keeps the struct layout)."""
+    if prmt_lut:
+        return PRMT_LUT_BYTES if is_k else 16
+    return REG_LUT_BYTES if register_lut else lut_bytes(bits, replicas)
+
+
+def table_bases(lutk_addr, lutv_addr, prmt_lut: bool):
+    """(K table base, V table base, entry stride for build_lut): with prmt_lut V's entries
+    sit in the second half of each PRMT_LUT_STRIDE-byte entry of K's region."""
+    if prmt_lut:
+        return lutk_addr, lutk_addr + PRMT_LUT_STRIDE // 2, PRMT_LUT_STRIDE
+    return lutk_addr, lutv_addr, 0
+
+
 def prmt_lane_offset(bits: int, lane, is_k: bool):
     """A lane's slot in its side's half of a PRMT-addressed entry (V's half at + 128)."""
     slot = (lane % 16) * 8 if bits == 2 else lane * 4
@@ -326,6 +356,26 @@ def decode2_reg(w: Int32, planes, *, loc=None, ip=None):
 
 
 # --------------------------------------------------------------------------- decode
+def _lookup_decode(entry_addr, norm2: Int32, bits: int, mul):
+    """The table words of the 4 code bytes of a word (byte i's entry at ``entry_addr(i)``),
+    scaled by the norm: 4 bf16x2 words (4-bit), 8 (2-bit) or 2 (8-bit: two single-bf16
+    entries paired per word), element order preserved."""
+    out = []
+    if bits == 4:
+        for i in range(4):
+            out.append(mul(ld_shared_b32(entry_addr(i)), norm2))
+    elif bits == 2:
+        for i in range(4):
+            v0, v1 = ld_shared_v2(entry_addr(i))
+            out.append(mul(v0, norm2))
+            out.append(mul(v1, norm2))
+    else:
+        vals = [ld_shared_b32(entry_addr(i)) for i in range(4)]
+        for i in range(2):
+            out.append(mul(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2))
+    return out
+
+
 def decode_word(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: int,
                 mul=mul_bf16x2):
     """Decode one 32-bit word of packed codes into bf16x2 words scaled by the norm.
@@ -334,21 +384,8 @@ def decode_word(w: Int32, lut_lane: Int32, norm2: Int32, bits: int, replicas: in
     4 words (4-bit: 8 values), 8 words (2-bit: 16 values) or 2 words (8-bit: 4 values),
     element order preserved (low half = lower element index). ``mul``: the bf16x2 norm
     multiply (sm_80 passes ``mul_bf16x2_fma``, same rounding)."""
-    out = []
-    if bits == 4:
-        for i in range(4):
-            v = ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane))
-            out.append(mul(v, norm2))
-    elif bits == 2:
-        for i in range(4):
-            v0, v1 = ld_shared_v2(byte_times(w, i, 8 * replicas, lut_lane))
-            out.append(mul(v0, norm2))
-            out.append(mul(v1, norm2))
-    else:
-        vals = [ld_shared_b32(byte_times(w, i, 4 * replicas, lut_lane)) for i in range(4)]
-        for i in range(2):
-            out.append(mul(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2))
-    return out
+    entry = 4 * lut_entry_words(bits) * replicas
+    return _lookup_decode(lambda i: byte_times(w, i, entry, lut_lane), norm2, bits, mul)
 
 
 def decode_word_prmt(w: Int32, lut_base: Int32, lane_off: Int32, norm2: Int32, bits: int,
@@ -360,17 +397,8 @@ def decode_word_prmt(w: Int32, lut_base: Int32, lane_off: Int32, norm2: Int32, b
     and ptxas folds the uniform table base into LDS [R+UR]: one instruction per byte instead
     of the BFE + IMAD of ``byte_times``. Conflict-free: a warp's LDS.32 hits 32 banks, each
     half warp's LDS.64 (one wavefront per half) 32 banks."""
-    addrs = [lut_base + prmt(lane_off, w, byte_offset_selector(i)) for i in range(4)]
-    if bits == 4:
-        return [mul(ld_shared_b32(a), norm2) for a in addrs]
-    if bits == 2:
-        out = []
-        for a in addrs:
-            v0, v1 = ld_shared_v2(a)
-            out += [mul(v0, norm2), mul(v1, norm2)]
-        return out
-    vals = [ld_shared_b32(a) for a in addrs]
-    return [mul(prmt(vals[2 * i], vals[2 * i + 1], 0x5410), norm2) for i in range(2)]
+    return _lookup_decode(lambda i: lut_base + prmt(lane_off, w, byte_offset_selector(i)),
+                          norm2, bits, mul)
 
 
 def swizzled_offset_py(row: int, chunk: int, tile_rows: int) -> int:

@@ -144,13 +144,12 @@ class PrefillSm80Config:
         if self.stage_codes and self.num_stages != 1:
             raise ValueError("PrefillSm80: stage_codes relies on FA4's one-stage order "
                              "(every load follows a cp_async_wait_group(0))")
-        prmt_reps = (dq.prmt_replicas(self.k_bits), dq.prmt_replicas(self.v_bits))
-        if self.prmt_lut and (self.k_register_lut or self.v_register_lut
-                              or (self.k_lut_replicas, self.v_lut_replicas) != prmt_reps):
-            raise NotImplementedError(
-                f"PrefillSm80: prmt_lut needs shared-memory tables on both sides with "
-                f"{prmt_reps} replicas; got register LUT {self.k_register_lut}/"
-                f"{self.v_register_lut}, replicas {self.k_lut_replicas}/{self.v_lut_replicas}")
+        if self.prmt_lut:
+            why = dq.prmt_sides_error(self.k_bits, self.v_bits, self.k_register_lut,
+                                      self.v_register_lut, self.k_lut_replicas,
+                                      self.v_lut_replicas)
+            if why:
+                raise NotImplementedError(f"PrefillSm80: {why}")
         for side, nbytes in (("k", self.k_part_bytes()), ("v", self.v_part_bytes())):
             if nbytes % 8:
                 raise ValueError(f"PrefillSm80: {side} codes per thread ({nbytes} B) must be "
@@ -186,16 +185,12 @@ class PrefillSm80Config:
         return self.v_row_bytes() // self.threads_per_row
 
     def k_lut_bytes(self) -> int:
-        if self.prmt_lut:  # both sides' interleaved tables
-            return dq.PRMT_LUT_BYTES
-        return (dq.REG_LUT_BYTES if self.k_register_lut
-                else dq.lut_bytes(self.k_bits, self.k_lut_replicas))
+        return dq.lut_region_bytes(self.k_bits, self.k_register_lut, self.k_lut_replicas,
+                                   self.prmt_lut, True)
 
     def v_lut_bytes(self) -> int:
-        if self.prmt_lut:  # (in the K region; a placeholder keeps the struct layout)
-            return 16
-        return (dq.REG_LUT_BYTES if self.v_register_lut
-                else dq.lut_bytes(self.v_bits, self.v_lut_replicas))
+        return dq.lut_region_bytes(self.v_bits, self.v_register_lut, self.v_lut_replicas,
+                                   self.prmt_lut, False)
 
     def stage_side_bytes(self, is_k: bool) -> int:
         """Staging of one side: 2 slots x threads x (codes part + one 32-bit norm word)."""
@@ -390,10 +385,8 @@ class PrefillSm80(FlashAttentionForwardSm80):
         storage = smem.allocate(SharedStorage)
         lutk_addr = dq.smem_addr(storage.sLutK.data_ptr())
         lutv_addr = dq.smem_addr(storage.sLutV.data_ptr())
-        stride = 0
-        if const_expr(cfg.prmt_lut):  # interleaved: K's entry e at + 256 e, V's at + 128
-            lutv_addr = lutk_addr + dq.PRMT_LUT_STRIDE // 2
-            stride = dq.PRMT_LUT_STRIDE
+        # (prmt_lut: interleaved, V's entries in the second half of K's)
+        lutk_addr, lutv_addr, stride = dq.table_bases(lutk_addr, lutv_addr, cfg.prmt_lut)
         # Tables from the codebooks, once per CTA (all threads; barrier below, before the
         # first K/V decode): byte -> bf16 LUT, or the bf16 codebook words for register LUTs.
         if const_expr(cfg.k_register_lut):

@@ -204,16 +204,14 @@ class PrefillSm90Config:
             if reg and bits not in (2, 4):
                 raise ValueError(f"register LUT decode is for 2- and 4-bit codes, not "
                                  f"{side}_bits={bits}")
-        prmt_reps = (dq.prmt_replicas(self.k_bits), dq.prmt_replicas(self.v_bits))
-        if self.prmt_lut and (self.k_register_lut or self.v_register_lut
-                              or (self.k_lut_replicas, self.v_lut_replicas) != prmt_reps
-                              or not self.direct_loads):
-            raise NotImplementedError(
-                f"PrefillSm90: prmt_lut needs shared-memory tables on both sides with "
-                f"{prmt_reps} replicas and direct_loads (64 KB of tables leave no room for "
-                f"staging); got register LUT {self.k_register_lut}/{self.v_register_lut}, "
-                f"replicas {self.k_lut_replicas}/{self.v_lut_replicas}, direct_loads "
-                f"{self.direct_loads}")
+        if self.prmt_lut:
+            why = dq.prmt_sides_error(self.k_bits, self.v_bits, self.k_register_lut,
+                                      self.v_register_lut, self.k_lut_replicas,
+                                      self.v_lut_replicas)
+            if why or not self.direct_loads:
+                raise NotImplementedError(
+                    f"PrefillSm90: {why or 'prmt_lut'}; it needs direct_loads too (64 KB of "
+                    f"tables leave no room for staging), got direct_loads {self.direct_loads}")
 
     @property
     def name(self) -> str:
@@ -252,16 +250,12 @@ class PrefillSm90Config:
         return self.head_dim * self.v_bits // 8
 
     def k_lut_bytes(self) -> int:
-        if self.prmt_lut:  # both sides' interleaved tables
-            return dq.PRMT_LUT_BYTES
-        return (dq.REG_LUT_BYTES if self.k_register_lut
-                else dq.lut_bytes(self.k_bits, self.k_lut_replicas))
+        return dq.lut_region_bytes(self.k_bits, self.k_register_lut, self.k_lut_replicas,
+                                   self.prmt_lut, True)
 
     def v_lut_bytes(self) -> int:
-        if self.prmt_lut:  # (in the K region; a placeholder keeps the struct layout)
-            return 16
-        return (dq.REG_LUT_BYTES if self.v_register_lut
-                else dq.lut_bytes(self.v_bits, self.v_lut_replicas))
+        return dq.lut_region_bytes(self.v_bits, self.v_register_lut, self.v_lut_replicas,
+                                   self.prmt_lut, False)
 
     def staging_bytes(self) -> int:
         if self.direct_loads:
@@ -1020,11 +1014,9 @@ class PrefillSm90(FlashAttentionForwardSm90):
         # LUT for shared-memory-LUT sides, the bf16 codebook words for register-LUT sides.
         # Each producer warpgroup builds the tables of the sides it decodes and waits on its
         # own named barrier (K or K+V: LUT_BARRIER_ID, V alone: LUT_BARRIER_ID + 1).
-        if const_expr(cfg.prmt_lut):
-            # interleaved: K's entry e at lutk_addr + 256 e, V's at + 128 (each side's own
-            # producer builds its half)
-            lutv_addr = lutk_addr + dq.PRMT_LUT_STRIDE // 2
-        stride = dq.PRMT_LUT_STRIDE if const_expr(cfg.prmt_lut) else 0
+        # (prmt_lut: interleaved, V's entries in the second half of K's; each side's own
+        # producer builds its half)
+        lutk_addr, lutv_addr, stride = dq.table_bases(lutk_addr, lutv_addr, cfg.prmt_lut)
         if const_expr(do_k):
             if const_expr(cfg.k_register_lut):
                 dq.build_entry_words(mKCB, lutk_addr, cfg.k_bits, tidx)

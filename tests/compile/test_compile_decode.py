@@ -99,57 +99,38 @@ def _emulate_ring_schedule(t_begin, t_end, stream, streams, S, block_table, bs, 
                 landed[s] = True
 
     first = t_begin + stream
-    ahead = S - 2 if pairs else S - 1
-    for s in range(ahead):
+    P = 2 if pairs else 1  # tiles per step, as the kernel's loop
+    for s in range(S - P):
         tile = first + s * streams
         if tile < t_end:
             issue(tile, block_table[tile * 16 // bs], (tile * 16) % bs, s)
         commit()
-    nt = first + ahead * streams
+    nt = first + (S - P) * streams
     walk = _start_walk(nt, streams, bs)
     physn = block_table[walk[0]] if nt < t_end else 0
     for base in range(first, t_end, S * streams):
-        if pairs:
-            for u in range(0, S, 2):
-                tile = base + u * streams
-                if tile < t_end:
-                    for d in range(2):
-                        nxt = tile + (S - 2 + d) * streams
-                        if nxt < t_end:
-                            issue(nxt, physn, walk[1], (u + S - 2 + d) % S)
-                            _walk_step(walk, bs)
-                            nn = nxt + streams
-                            if nn < t_end:
-                                physn = block_table[walk[0]]
-                        commit()
-                    wait(S - 2)
-                    assert stage[u] == tile and landed[u], (tile, u, stage, landed)
-                    assert norm_slot[u] == tile
-                    tile2 = tile + streams
-                    if tile2 < t_end:
-                        assert stage[u + 1] == tile2 and landed[u + 1]
-                        assert norm_slot[u + 1] == tile2
-                    else:  # read but masked (t0 = L): no copy may still be writing it
-                        assert stage[u + 1] is None
-                    stage[u] = stage[u + 1] = None
-                    computed += [t for t in (tile, tile2) if t < t_end]
-            continue
-        for u in range(S):
+        for u in range(0, S, P):
             tile = base + u * streams
             if tile < t_end:
-                nxt = tile + (S - 1) * streams
-                if nxt < t_end:
-                    issue(nxt, physn, walk[1], (u + S - 1) % S)
-                    _walk_step(walk, bs)
-                    nn = nxt + streams
-                    if nn < t_end:
-                        physn = block_table[walk[0]]
-                commit()
-                wait(S - 1)
-                assert stage[u] == tile and landed[u], (tile, u, stage, landed)
-                assert norm_slot[u] == tile
-                stage[u] = None  # read into registers: the slot may be refilled
-                computed.append(tile)
+                for d in range(P):
+                    nxt = tile + (S - P + d) * streams
+                    if nxt < t_end:
+                        issue(nxt, physn, walk[1], (u + S - P + d) % S)
+                        _walk_step(walk, bs)
+                        nn = nxt + streams
+                        if nn < t_end:
+                            physn = block_table[walk[0]]
+                    commit()
+                wait(S - P)
+                for n in range(P):
+                    t = tile + n * streams
+                    if t < t_end:
+                        assert stage[u + n] == t and landed[u + n], (t, u, stage, landed)
+                        assert norm_slot[u + n] == t
+                        computed.append(t)
+                    else:  # read but masked (t0 = L): no copy may still be writing it
+                        assert stage[u + n] is None
+                    stage[u + n] = None  # read into registers: the slot may be refilled
     wait(0)
     assert not pending
     return computed
